@@ -1,0 +1,214 @@
+//! `hwpass-issuer`: the admin's tool. Thin: parse arguments, call the library, print.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use hwpass::audit::AuditLog;
+use hwpass::issuer::{self, exit, IssuerConfig, IssuerError, PinPrompt};
+use hwpass::keys::KeyBackend as _;
+use hwpass::pkcs11::Hsm;
+use hwpass::token::Jwk;
+use hwpass::util::{self, format_duration, format_time};
+
+#[derive(Parser)]
+#[command(
+    name = "hwpass-issuer",
+    version,
+    about = "Sign hwpass access passes with a key inside a PKCS#11 HSM"
+)]
+struct Cli {
+    /// Issuer config file (TOML; see hsm-config/).
+    #[arg(
+        long,
+        global = true,
+        env = "HWPASS_CONFIG",
+        default_value = "/etc/hwpass/issuer.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the issuer key pair inside the HSM (never overwrites an existing key).
+    Keygen {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the trust bundle (JWKS) that desktops enrol with.
+    Jwks,
+    /// Verify a request, apply the policy, sign the pass in the HSM, audit it, print it.
+    Sign {
+        /// Lifetime of the pass (e.g. 7d, 12h); overrides the request's, within policy.
+        #[arg(long, value_parser = util::parse_duration)]
+        valid_for: Option<i64>,
+        /// The request string, or - (the default) to read it from stdin.
+        request: Option<String>,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; report the record count and head hash.
+    Verify,
+    /// List issued passes.
+    List {
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+struct TerminalPrompt;
+
+impl PinPrompt for TerminalPrompt {
+    fn pin(&self, prompt: &str) -> Result<SecretString, String> {
+        rpassword::prompt_password(prompt)
+            .map(SecretString::from)
+            .map_err(|_| {
+                format!(
+                    "no HSM PIN: no terminal to ask on; set {} or pin-source in the key URI",
+                    issuer::PIN_ENV
+                )
+            })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg, hint)) => {
+            eprintln!("hwpass-issuer: error: {msg}");
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+type Failure = (i32, String, Option<&'static str>);
+
+fn fail(e: IssuerError) -> Failure {
+    let hint = match &e {
+        IssuerError::Config { .. } => Some("fix the config file (see hsm-config/softhsm.toml for a working example)"),
+        IssuerError::Pin(_) => Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line"),
+        IssuerError::Request(_) => Some("ask the person for a new request (`hwpass request`), pasted whole on one line"),
+        IssuerError::Policy(_) => Some("sign with a shorter --valid-for, or change [policy] in the config"),
+        IssuerError::Key(_) => None,
+        IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
+    };
+    (e.exit_code(), e.to_string(), hint)
+}
+
+fn now() -> Result<i64, Failure> {
+    if std::env::var_os(util::FAKE_NOW_ENV).is_some() {
+        eprintln!(
+            "hwpass-issuer: note: using the injected time from {}",
+            util::FAKE_NOW_ENV
+        );
+    }
+    util::now().map_err(|m| (exit::OTHER, m, None))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let cfg = IssuerConfig::load(&cli.config).map_err(fail)?;
+    match cli.cmd {
+        Cmd::Keygen { json } => {
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            let key = hsm.generate(&pin).map_err(|e| fail(e.into()))?;
+            let kid = Jwk::new(*key.verifying_key()).thumbprint();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"kid": kid, "uri": cfg.key_uri.to_string()})
+                );
+            } else {
+                println!("created P-256 issuer key {} (kid {kid})", cfg.key_uri);
+                println!("the private key is sensitive and not extractable; export the trust bundle with `hwpass-issuer jwks`");
+            }
+        }
+        Cmd::Jwks => {
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let public = hsm.public_key().map_err(|e| fail(e.into()))?;
+            let bundle = cfg.trust_bundle([Jwk::new(public)]);
+            let text = serde_json::to_string_pretty(&bundle.to_json()).unwrap_or_default();
+            println!("{text}");
+        }
+        Cmd::Sign { valid_for, request } => {
+            let request = util::read_token_arg(request.as_deref())
+                .map_err(|m| (exit::BAD_REQUEST, m, None))?;
+            let now = now()?;
+            let approved = issuer::approve(&cfg, &request, valid_for, now).map_err(fail)?;
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            let key = hsm.open_key(&pin).map_err(|e| fail(e.into()))?;
+            drop(pin);
+            let log = AuditLog::new(&cfg.audit_log);
+            let passes =
+                issuer::issue(std::slice::from_ref(&approved), &key, &log, now).map_err(fail)?;
+            let c = &approved.claims;
+            eprintln!(
+                "signed a {} pass for {} ({}), valid until {} ({}); audit record {} written",
+                c.hwb.kind.as_str(),
+                c.sub,
+                c.dev.as_deref().unwrap_or("unnamed device"),
+                format_time(c.exp),
+                format_duration(c.exp - c.nbf),
+                c.jti
+            );
+            let mut out = std::io::stdout().lock();
+            for p in passes {
+                writeln!(out, "{p}")
+                    .map_err(|e| (exit::OTHER, format!("cannot print the pass: {e}"), None))?;
+            }
+        }
+        Cmd::Audit { cmd } => {
+            let log = AuditLog::new(&cfg.audit_log);
+            let (records, summary) = log.read().map_err(|e| fail(e.into()))?;
+            match cmd {
+                AuditCmd::Verify => {
+                    println!(
+                        "audit log {} verifies: {} records, head {}",
+                        log.path().display(),
+                        summary.records,
+                        summary.head
+                    );
+                    if summary.torn_tail {
+                        println!("note: the last line is an incomplete write (a crash before its fsync); its pass was never printed");
+                    }
+                }
+                AuditCmd::List { json } => {
+                    for r in records {
+                        if json {
+                            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        } else {
+                            println!(
+                                "{}  {:<24} {:<8} until {}  jti {}",
+                                format_time(r.time),
+                                r.sub,
+                                r.kind.as_str(),
+                                format_time(r.exp),
+                                r.jti
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

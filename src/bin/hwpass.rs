@@ -1,0 +1,317 @@
+//! `hwpass`: the desktop tool. Thin: parse arguments, call the library, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use hwpass::desktop::{self, exit, BackendChoice, DesktopError, DeviceOptions, Verdict};
+use hwpass::token::{self, PASS_TYP, REQUEST_TYP};
+use hwpass::util::{self, format_duration, format_time};
+
+#[derive(Parser)]
+#[command(
+    name = "hwpass",
+    version,
+    about = "Request, install and check hardware-bound offline access passes"
+)]
+struct Cli {
+    /// Where this desktop's key and pass live.
+    #[arg(long, global = true, env = "HWPASS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// TPM connection (TCTI), e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
+    #[arg(long, global = true)]
+    tcti: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Auto,
+    Tpm,
+    Software,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create this desktop's device key and store the issuer's trust bundle.
+    Enroll {
+        /// Where the device key lives.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: Backend,
+        /// The trust bundle from `hwpass-issuer jwks`.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Replace an existing enrolment (its key and pass are lost).
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pass request (one line) to send to the issuer.
+    Request {
+        /// Who the pass is for, e.g. alice@corp.
+        #[arg(long)]
+        subject: String,
+        /// Lifetime to ask for (e.g. 7d); the issuer's policy decides.
+        #[arg(long, value_parser = util::parse_duration)]
+        valid_for: Option<i64>,
+        /// Name of this device shown to the admin (default: the host name).
+        #[arg(long)]
+        device_name: Option<String>,
+    },
+    /// Verify a pass and store it sealed to this device.
+    Install {
+        /// The pass, or - (the default) to read it from stdin.
+        pass: Option<String>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installed pass offline, proving possession of the device key.
+    Check {
+        /// Print a machine-readable verdict.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the enrolment and the installed pass.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode and explain any hwpass token without trusting it.
+    Inspect {
+        /// The token, or - to read it from stdin.
+        token: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = run(cli);
+    ExitCode::from(code as u8)
+}
+
+fn state_dir(cli: &Option<PathBuf>) -> PathBuf {
+    if let Some(d) = cli {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("hwpass");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/hwpass")
+}
+
+fn now() -> Result<i64, i32> {
+    if std::env::var_os(util::FAKE_NOW_ENV).is_some() {
+        eprintln!(
+            "hwpass: note: using the injected time from {}",
+            util::FAKE_NOW_ENV
+        );
+    }
+    util::now().map_err(|m| {
+        eprintln!("hwpass: error: {m}");
+        exit::OTHER
+    })
+}
+
+fn report(e: &DesktopError) -> i32 {
+    eprintln!("hwpass: error: {e}");
+    eprintln!("hint: {}", e.hint());
+    e.exit_code()
+}
+
+fn print_verdict(v: &Verdict, json: bool) -> i32 {
+    if json {
+        println!("{}", serde_json::to_string(v).unwrap_or_default());
+    } else if v.is_valid() {
+        println!("{}", v.message);
+    } else {
+        eprintln!("hwpass: {}: {}", v.status, v.message);
+        if let Some(h) = v.hint {
+            eprintln!("hint: {h}");
+        }
+    }
+    v.exit_code
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+fn run(cli: Cli) -> i32 {
+    let dir = state_dir(&cli.state_dir);
+    let opts = DeviceOptions {
+        tcti: cli.tcti.clone(),
+    };
+    let now = match &cli.cmd {
+        Cmd::Inspect { .. } | Cmd::Status { .. } => Ok(0),
+        _ => now(),
+    };
+    let now = match now {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    match cli.cmd {
+        Cmd::Enroll {
+            backend,
+            trust,
+            force,
+            json,
+        } => {
+            let text = match std::fs::read_to_string(&trust) {
+                Ok(t) => t,
+                Err(e) => {
+                    return report(&DesktopError::Input(format!(
+                        "cannot read the trust bundle {}: {e}",
+                        trust.display()
+                    )))
+                }
+            };
+            let choice = match backend {
+                Backend::Auto => BackendChoice::Auto,
+                Backend::Tpm => BackendChoice::Tpm,
+                Backend::Software => BackendChoice::Software,
+            };
+            match desktop::enroll(&dir, &text, choice, force, now) {
+                Ok(r) => {
+                    if let Some(n) = &r.notice {
+                        eprintln!("hwpass: notice: {n}");
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        println!(
+                            "enrolled {} with a {} device key (thumbprint {})",
+                            dir.display(),
+                            r.kind.as_str(),
+                            r.jkt
+                        );
+                        if r.kind == token::BindingKind::Software {
+                            println!("note: a software key is the weaker binding: anyone who can copy this user's files and the machine identity can copy it");
+                        }
+                    }
+                    0
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Cmd::Request {
+            subject,
+            valid_for,
+            device_name,
+        } => {
+            let dev = device_name.or_else(hostname);
+            match desktop::request(&dir, &opts, &subject, valid_for, dev, now) {
+                Ok(r) => {
+                    println!("{r}");
+                    0
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Cmd::Install { pass, json } => {
+            let pass = match util::read_token_arg(pass.as_deref()) {
+                Ok(p) => p,
+                Err(m) => return report(&DesktopError::Input(m)),
+            };
+            match desktop::install(&dir, &opts, &pass, now) {
+                Ok(v) => {
+                    if !json {
+                        println!("installed: {}", v.message);
+                        return 0;
+                    }
+                    print_verdict(&v, true)
+                }
+                Err(e) => {
+                    if json {
+                        print_verdict(&Verdict::from_error(&e), true)
+                    } else {
+                        report(&e)
+                    }
+                }
+            }
+        }
+        Cmd::Check { json } => print_verdict(&desktop::check(&dir, &opts, now), json),
+        Cmd::Status { json } => match desktop::status(&dir, &opts) {
+            Ok(s) => {
+                if json {
+                    println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                } else {
+                    println!("state directory  {}", s.state_dir.display());
+                    println!("device key       {} ({})", s.device_key, s.binding.as_str());
+                    println!("enrolled         {}", format_time(s.enrolled_at));
+                    println!("issuer           {} (audience {})", s.issuer, s.audience);
+                    println!("trusted keys     {}", s.trusted_keys.join(", "));
+                    match &s.pass {
+                        Some(p) => println!(
+                            "pass             for {} until {} (jti {})",
+                            p.subject, p.expires, p.jti
+                        ),
+                        None => println!("pass             none installed"),
+                    }
+                    println!(
+                        "run `hwpass check` to verify the pass and prove possession of the key"
+                    );
+                }
+                0
+            }
+            Err(e) => report(&e),
+        },
+        Cmd::Inspect { token, json } => inspect(token.as_deref(), json),
+    }
+}
+
+fn inspect(arg: Option<&str>, json: bool) -> i32 {
+    let text = match util::read_token_arg(arg) {
+        Ok(t) => t,
+        Err(m) => return report(&DesktopError::Input(m)),
+    };
+    let d = match token::decode(&text) {
+        Ok(d) => d,
+        Err(e) => return report(&DesktopError::Token(e)),
+    };
+    let kind = match d.typ() {
+        PASS_TYP => "access pass",
+        REQUEST_TYP => "pass request",
+        _ => "unknown token type",
+    };
+    if json {
+        let out = serde_json::json!({
+            "kind": kind,
+            "header": d.header_json(),
+            "payload": d.payload,
+            "signature_verified": false,
+        });
+        println!("{out}");
+        return 0;
+    }
+    println!(
+        "{kind} ({} bytes) — decoded only: inspect trusts nothing and verifies no signature",
+        text.len()
+    );
+    println!("header:  {}", d.header_json());
+    println!(
+        "payload: {}",
+        serde_json::to_string_pretty(&d.payload).unwrap_or_default()
+    );
+    for field in ["iat", "nbf", "exp"] {
+        if let Some(t) = d.payload.get(field).and_then(|v| v.as_i64()) {
+            println!("{field}: {}", format_time(t));
+        }
+    }
+    if let Some(ttl) = d.payload.get("ttl").and_then(|v| v.as_i64()) {
+        println!("requested lifetime: {}", format_duration(ttl));
+    }
+    0
+}

@@ -1,0 +1,743 @@
+//! The desktop: enrolment, requests, installing and checking passes, all offline.
+//!
+//! State directory (0700):
+//! - `device.json` (0600): the device's public key, its binding kind and the backend's key
+//!   blobs (the software key encrypted; TPM blobs that only that TPM can load).
+//! - `state.sealed` (0600): AES-256-GCM of the trust bundle, the installed pass and the time
+//!   high-water mark, under a key the device backend keeps (sealed to the TPM, or derived for
+//!   the software backend). The AAD names the device key, so one device's state cannot be
+//!   passed off as another's.
+//!
+//! [`check`] is the library call an application makes; `hwpass check --json` prints the same
+//! [`Verdict`].
+
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::fsutil::{create_private_dir, write_atomic};
+use crate::keys::{prove_possession, KeyBackend, KeyError};
+use crate::software::{SoftwareDevice, SoftwareError, SoftwareKeyFile};
+use crate::token::{
+    self, b64url, b64url_decode, Attestation, BindingKind, Jwk, Jwks, PassClaims, PassExpectations,
+    RequestClaims, TokenError,
+};
+use crate::util::{format_duration, format_time};
+
+/// Device record file name.
+pub const DEVICE_FILE: &str = "device.json";
+/// Sealed state file name.
+pub const STATE_FILE: &str = "state.sealed";
+/// How far the wall clock may fall behind the recorded high-water mark before a check is
+/// refused as a clock rollback, in seconds.
+pub const ROLLBACK_TOLERANCE_SECS: i64 = 300;
+/// Largest state file read, in bytes.
+const MAX_STATE_FILE: u64 = 256 * 1024;
+
+/// `hwpass check` exit codes (SPEC).
+pub mod exit {
+    /// The pass is valid.
+    pub const VALID: i32 = 0;
+    /// Other error.
+    pub const OTHER: i32 = 1;
+    /// No pass installed (or not enrolled).
+    pub const NO_PASS: i32 = 3;
+    /// Invalid pass: format, signature, issuer.
+    pub const INVALID: i32 = 4;
+    /// Expired or not yet valid.
+    pub const EXPIRED: i32 = 5;
+    /// Bound to another device, or the device key is unusable.
+    pub const WRONG_DEVICE: i32 = 6;
+    /// Clock rollback detected.
+    pub const ROLLBACK: i32 = 7;
+    /// Revoked.
+    pub const REVOKED: i32 = 8;
+}
+
+/// What went wrong on the desktop. Each variant maps to one exit code and one next step.
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    /// No `device.json`.
+    #[error("this desktop is not enrolled (no {DEVICE_FILE} in {dir})")]
+    NotEnrolled {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// `enroll` over an existing enrolment.
+    #[error("{dir} already holds an enrolment; enrolling again would discard its key and pass")]
+    AlreadyEnrolled {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// Enrolled, but no pass installed.
+    #[error("no pass is installed")]
+    NoPass,
+    /// The pass (or trust bundle) failed verification.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// The pass is for another device key.
+    #[error("this pass is bound to another device (key {pass_jkt}, this device has {device_jkt})")]
+    OtherDevice {
+        /// `cnf.jkt` of the pass.
+        pass_jkt: String,
+        /// This device's key thumbprint.
+        device_jkt: String,
+    },
+    /// The pass claims another binding kind than this device has.
+    #[error("the pass says its key is held by {pass}, but this device's key is {device}")]
+    BindingMismatch {
+        /// `hwb.kind` of the pass.
+        pass: &'static str,
+        /// This device's kind.
+        device: &'static str,
+    },
+    /// The device key cannot be used (signing failed or proved the wrong key).
+    #[error("the device key cannot be used: {0}")]
+    KeyUnusable(String),
+    /// The sealed state or key cannot be opened here: another machine, or damaged.
+    #[error("{0}")]
+    Foreign(String),
+    /// The clock is behind what this desktop has already seen.
+    #[error("the clock is at {}, behind {} already seen on this desktop: clock rollback", format_time(*now), format_time(*high_water))]
+    Rollback {
+        /// The wall time now.
+        now: i64,
+        /// The largest time seen.
+        high_water: i64,
+    },
+    /// A state file is damaged (not foreign: unreadable structure).
+    #[error("{path} is damaged: {detail}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The TPM cannot be used at all right now.
+    #[error("{0}")]
+    Tpm(String),
+    /// Bad input from the person (not a token problem).
+    #[error("{0}")]
+    Input(String),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl DesktopError {
+    /// The exit code (SPEC "hwpass check exit codes").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::NotEnrolled { .. } | Self::NoPass => exit::NO_PASS,
+            Self::Token(TokenError::Expired { .. } | TokenError::NotYetValid { .. }) => {
+                exit::EXPIRED
+            }
+            Self::Token(_) => exit::INVALID,
+            Self::OtherDevice { .. }
+            | Self::BindingMismatch { .. }
+            | Self::KeyUnusable(_)
+            | Self::Foreign(_) => exit::WRONG_DEVICE,
+            Self::Rollback { .. } => exit::ROLLBACK,
+            Self::AlreadyEnrolled { .. }
+            | Self::Damaged { .. }
+            | Self::Tpm(_)
+            | Self::Input(_)
+            | Self::Io { .. } => exit::OTHER,
+        }
+    }
+
+    /// What the person should do next.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::NotEnrolled { .. } => "run `hwpass enroll --trust issuer.jwks`, then request a pass",
+            Self::AlreadyEnrolled { .. } => "use the existing enrolment, or pass --force to replace it (its pass is lost)",
+            Self::NoPass => "run `hwpass request --subject you@corp`, send the request to your admin and `hwpass install` the pass you get back",
+            Self::Token(TokenError::Expired { .. }) => "request a new pass",
+            Self::Token(TokenError::NotYetValid { .. }) => "check the computer's clock, or wait until the pass becomes valid",
+            Self::Token(_) => "ask your admin for a new pass; this one was damaged, altered or is from an issuer this desktop does not trust",
+            Self::OtherDevice { .. } | Self::BindingMismatch { .. } => "this pass belongs to another machine: request a pass from this one",
+            Self::KeyUnusable(_) => "enrol this desktop again (`hwpass enroll --force`) and request a new pass",
+            Self::Foreign(_) => "this state belongs to another machine or was damaged: enrol again (`hwpass enroll --force`) and request a new pass",
+            Self::Rollback { .. } => "set the computer's clock to the correct time and check again",
+            Self::Damaged { .. } => "restore the file from a backup, or enrol again (`hwpass enroll --force`)",
+            Self::Tpm(_) => "check that the TPM is reachable (--tcti, HWPASS_TCTI) and try again",
+            Self::Input(_) | Self::Io { .. } => "fix the problem above and try again",
+        }
+    }
+}
+
+impl From<SoftwareError> for DesktopError {
+    fn from(e: SoftwareError) -> Self {
+        match e {
+            SoftwareError::Foreign => Self::Foreign(e.to_string()),
+            SoftwareError::Key(k) => Self::KeyUnusable(k.to_string()),
+            other => Self::KeyUnusable(other.to_string()),
+        }
+    }
+}
+
+/// Which key backend to enrol with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The TPM if one answers, else software with a notice.
+    Auto,
+    /// The TPM or fail.
+    Tpm,
+    /// Software only.
+    Software,
+}
+
+/// How to reach the device's key.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// TCTI for the TPM backend; `None` falls back to the environment and the default.
+    pub tcti: Option<String>,
+}
+
+/// A device key plus the key that seals the desktop state.
+pub trait Device: std::fmt::Debug {
+    /// The device signing key.
+    fn key(&self) -> &dyn KeyBackend;
+    /// The state-sealing key.
+    fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError>;
+}
+
+impl Device for SoftwareDevice {
+    fn key(&self) -> &dyn KeyBackend {
+        SoftwareDevice::key(self)
+    }
+    fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError> {
+        Ok(SoftwareDevice::state_key(self))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceRecord {
+    v: u32,
+    backend: BindingKind,
+    jwk: serde_json::Value,
+    created: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    software: Option<SoftwareKeyFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedFile {
+    v: u32,
+    nonce: String,
+    ct: String,
+}
+
+/// The sealed desktop state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DesktopState {
+    v: u32,
+    trust: serde_json::Value,
+    iss: String,
+    aud: String,
+    #[serde(default)]
+    pass: Option<String>,
+    /// The largest wall time seen by install or check (clock-rollback detection).
+    high_water: i64,
+}
+
+/// An opened enrolment.
+#[derive(Debug)]
+struct Enrolment {
+    dir: PathBuf,
+    record: DeviceRecord,
+    jwk: Jwk,
+    device: Box<dyn Device>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DesktopError + '_ {
+    move |source| DesktopError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, DesktopError> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut buf = Vec::new();
+    f.take(MAX_STATE_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(path))?;
+    if buf.len() as u64 > MAX_STATE_FILE {
+        return Err(DesktopError::Damaged {
+            path: path.into(),
+            detail: "file is far too large".into(),
+        });
+    }
+    Ok(buf)
+}
+
+fn state_aad(jkt: &str) -> Vec<u8> {
+    format!("hwpass-state-v1:{jkt}").into_bytes()
+}
+
+impl Enrolment {
+    fn open(dir: &Path, _opts: &DeviceOptions) -> Result<Self, DesktopError> {
+        let path = dir.join(DEVICE_FILE);
+        if !path.exists() {
+            return Err(DesktopError::NotEnrolled { dir: dir.into() });
+        }
+        let damaged = |detail: String| DesktopError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        let bytes = read_limited(&path)?;
+        let record: DeviceRecord =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let jwk = Jwk::from_json(&record.jwk).map_err(|e| damaged(e.to_string()))?;
+        let device: Box<dyn Device> = match record.backend {
+            BindingKind::Software => {
+                let file = record
+                    .software
+                    .as_ref()
+                    .ok_or_else(|| damaged("software key missing".into()))?;
+                Box::new(SoftwareDevice::open(file, &jwk)?)
+            }
+            BindingKind::Tpm => {
+                return Err(DesktopError::Tpm(
+                    "this hwpass build has no TPM backend; enrol with --backend software".into(),
+                ))
+            }
+        };
+        Ok(Self {
+            dir: dir.into(),
+            record,
+            jwk,
+            device,
+        })
+    }
+
+    fn jkt(&self) -> String {
+        self.jwk.thumbprint()
+    }
+
+    fn load_state(&self) -> Result<DesktopState, DesktopError> {
+        let path = self.dir.join(STATE_FILE);
+        if !path.exists() {
+            return Err(DesktopError::Damaged {
+                path,
+                detail: "missing; the enrolment is incomplete".into(),
+            });
+        }
+        let damaged = |detail: &str| DesktopError::Damaged {
+            path: path.clone(),
+            detail: detail.into(),
+        };
+        let bytes = read_limited(&path)?;
+        let file: SealedFile =
+            serde_json::from_slice(&bytes).map_err(|_| damaged("not a sealed state file"))?;
+        let nonce: [u8; 12] = b64url_decode(&file.nonce)
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| damaged("bad nonce"))?;
+        let ct = b64url_decode(&file.ct).ok_or_else(|| damaged("bad ciphertext encoding"))?;
+        let key = self.device.state_key()?;
+        let plain = Zeroizing::new(
+            Aes256Gcm::new((&*key).into())
+                .decrypt(&Nonce::from(nonce), Payload { msg: &ct, aad: &state_aad(&self.jkt()) })
+                .map_err(|_| {
+                    DesktopError::Foreign(format!(
+                        "the sealed state {} cannot be opened with this device's key: it belongs to another machine or was altered",
+                        path.display()
+                    ))
+                })?,
+        );
+        serde_json::from_slice(&plain).map_err(|_| damaged("sealed content is not valid"))
+    }
+
+    fn save_state(&self, state: &DesktopState) -> Result<(), DesktopError> {
+        let path = self.dir.join(STATE_FILE);
+        let plain = Zeroizing::new(
+            serde_json::to_vec(state).map_err(|e| DesktopError::Input(e.to_string()))?,
+        );
+        let mut nonce = [0u8; 12];
+        getrandom::getrandom(&mut nonce)
+            .map_err(|_| DesktopError::KeyUnusable(KeyError::Rng.to_string()))?;
+        let key = self.device.state_key()?;
+        let ct = Aes256Gcm::new((&*key).into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &state_aad(&self.jkt()),
+                },
+            )
+            .map_err(|_| DesktopError::Input("state encryption failed".into()))?;
+        let file = SealedFile {
+            v: 1,
+            nonce: b64url(&nonce),
+            ct: b64url(&ct),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| DesktopError::Input(e.to_string()))?;
+        write_atomic(&path, &bytes).map_err(io_err(&path))
+    }
+
+    fn trust(&self, state: &DesktopState) -> Result<Jwks, DesktopError> {
+        Ok(Jwks::from_json(&state.trust.to_string())?)
+    }
+
+    /// Verifies a pass for this device: signature and claims, binding, proof of possession.
+    fn verify(
+        &self,
+        state: &DesktopState,
+        pass: &str,
+        now: i64,
+    ) -> Result<PassClaims, DesktopError> {
+        if now < state.high_water - ROLLBACK_TOLERANCE_SECS {
+            return Err(DesktopError::Rollback {
+                now,
+                high_water: state.high_water,
+            });
+        }
+        let trust = self.trust(state)?;
+        let expect = PassExpectations {
+            trust: &trust,
+            iss: &state.iss,
+            aud: &state.aud,
+        };
+        let claims = token::verify_pass(pass, &expect, now)?;
+        let device_jkt = self.jkt();
+        if claims.cnf.jkt != device_jkt {
+            return Err(DesktopError::OtherDevice {
+                pass_jkt: claims.cnf.jkt,
+                device_jkt,
+            });
+        }
+        if claims.hwb.kind != self.record.backend {
+            return Err(DesktopError::BindingMismatch {
+                pass: claims.hwb.kind.as_str(),
+                device: self.record.backend.as_str(),
+            });
+        }
+        // Proof of possession: the device signs a fresh challenge, checked against the key the
+        // pass is bound to (whose thumbprint equals cnf.jkt, checked above).
+        let proved = prove_possession(self.device.key(), self.jwk.verifying_key())
+            .map_err(|e| DesktopError::KeyUnusable(e.to_string()))?;
+        if !proved {
+            return Err(DesktopError::KeyUnusable(
+                "it signed the challenge with a different key than the one enrolled".into(),
+            ));
+        }
+        Ok(claims)
+    }
+}
+
+/// What `enroll` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollReport {
+    /// The binding kind chosen.
+    pub kind: BindingKind,
+    /// The device key thumbprint.
+    pub jkt: String,
+    /// Set when `auto` fell back to software: say so to the person.
+    pub notice: Option<String>,
+}
+
+/// Enrols: creates the device key and the sealed state holding the trust bundle.
+pub fn enroll(
+    dir: &Path,
+    trust_text: &str,
+    choice: BackendChoice,
+    force: bool,
+    now: i64,
+) -> Result<EnrollReport, DesktopError> {
+    let trust = Jwks::from_json(trust_text)?;
+    let params = trust.hwpass.clone().ok_or_else(|| {
+        DesktopError::Input(
+            "the trust bundle lacks the hwpass issuer parameters; export it with `hwpass-issuer jwks`".into(),
+        )
+    })?;
+    if dir.join(DEVICE_FILE).exists() && !force {
+        return Err(DesktopError::AlreadyEnrolled { dir: dir.into() });
+    }
+    create_private_dir(dir).map_err(io_err(dir))?;
+    let notice = match choice {
+        BackendChoice::Tpm => {
+            return Err(DesktopError::Tpm(
+                "this hwpass build has no TPM backend; enrol with --backend software".into(),
+            ))
+        }
+        BackendChoice::Auto => Some(
+            "no TPM backend is available: using the weaker software key (see README, \"Threat model\")".to_string(),
+        ),
+        BackendChoice::Software => None,
+    };
+    let (device, file) = SoftwareDevice::create()?;
+    let jwk = Jwk::new(*device.key().verifying_key());
+    let record = DeviceRecord {
+        v: 1,
+        backend: BindingKind::Software,
+        jwk: jwk.to_json(),
+        created: now,
+        software: Some(file),
+    };
+    let enrolment = Enrolment {
+        dir: dir.into(),
+        record,
+        jwk,
+        device: Box::new(device),
+    };
+    let state = DesktopState {
+        v: 1,
+        trust: trust.to_json(),
+        iss: params.iss,
+        aud: params.aud,
+        pass: None,
+        high_water: now,
+    };
+    // The state first, then the record: an interrupted enrolment leaves no device.json, so it
+    // reads as "not enrolled" rather than as an enrolment without state.
+    enrolment.save_state(&state)?;
+    let path = dir.join(DEVICE_FILE);
+    let bytes = serde_json::to_vec_pretty(&enrolment.record)
+        .map_err(|e| DesktopError::Input(e.to_string()))?;
+    write_atomic(&path, &bytes).map_err(io_err(&path))?;
+    Ok(EnrollReport {
+        kind: enrolment.record.backend,
+        jkt: enrolment.jkt(),
+        notice,
+    })
+}
+
+/// Makes a request: signed by the device key, carrying its public key.
+pub fn request(
+    dir: &Path,
+    opts: &DeviceOptions,
+    subject: &str,
+    ttl: Option<i64>,
+    dev: Option<String>,
+    now: i64,
+) -> Result<String, DesktopError> {
+    if subject.trim().is_empty() || subject.len() > 256 {
+        return Err(DesktopError::Input(
+            "the subject must be 1 to 256 characters".into(),
+        ));
+    }
+    let e = Enrolment::open(dir, opts)?;
+    let claims = RequestClaims {
+        sub: subject.into(),
+        iat: now,
+        kind: e.record.backend,
+        ttl,
+        dev,
+    };
+    token::sign_request(&claims, e.device.key())
+        .map_err(|k| DesktopError::KeyUnusable(k.to_string()))
+}
+
+/// Verifies a pass against the trust bundle and this device, then stores it sealed.
+pub fn install(
+    dir: &Path,
+    opts: &DeviceOptions,
+    pass: &str,
+    now: i64,
+) -> Result<Verdict, DesktopError> {
+    let e = Enrolment::open(dir, opts)?;
+    let mut state = e.load_state()?;
+    let claims = e.verify(&state, pass, now)?;
+    state.pass = Some(pass.into());
+    state.high_water = state.high_water.max(now);
+    e.save_state(&state)?;
+    Ok(Verdict::valid(&claims, now))
+}
+
+/// Checks the installed pass offline, with a fresh proof of possession. Never panics; every
+/// failure is a verdict with its exit code.
+pub fn check(dir: &Path, opts: &DeviceOptions, now: i64) -> Verdict {
+    match check_inner(dir, opts, now) {
+        Ok(v) => v,
+        Err(e) => Verdict::from_error(&e),
+    }
+}
+
+fn check_inner(dir: &Path, opts: &DeviceOptions, now: i64) -> Result<Verdict, DesktopError> {
+    let e = Enrolment::open(dir, opts)?;
+    let mut state = e.load_state()?;
+    let pass = state.pass.clone().ok_or(DesktopError::NoPass)?;
+    let claims = e.verify(&state, &pass, now)?;
+    if now > state.high_water {
+        state.high_water = now;
+        e.save_state(&state)?;
+    }
+    Ok(Verdict::valid(&claims, now))
+}
+
+/// The outcome of a check, as `hwpass check --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// `valid`, `no-pass`, `invalid`, `expired`, `wrong-device`, `rollback`, `revoked`, `error`.
+    pub status: &'static str,
+    /// The process exit code for this verdict.
+    pub exit_code: i32,
+    /// One sentence.
+    pub message: String,
+    /// What to do next, when not valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
+    /// Pass subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Pass issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Expiry, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Expiry, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Seconds left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_seconds: Option<i64>,
+    /// Binding kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<BindingKind>,
+    /// How the binding was vouched for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<Attestation>,
+    /// Pass id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+impl Verdict {
+    fn valid(c: &PassClaims, now: i64) -> Self {
+        let remaining = c.exp - now;
+        Self {
+            status: "valid",
+            exit_code: exit::VALID,
+            message: format!(
+                "pass for {} is valid until {} ({} left)",
+                c.sub,
+                format_time(c.exp),
+                format_duration(remaining.max(0))
+            ),
+            hint: None,
+            subject: Some(c.sub.clone()),
+            issuer: Some(c.iss.clone()),
+            expires_at: Some(c.exp),
+            expires: Some(format_time(c.exp)),
+            remaining_seconds: Some(remaining),
+            binding: Some(c.hwb.kind),
+            attestation: Some(c.hwb.att),
+            jti: Some(c.jti.clone()),
+        }
+    }
+
+    /// The verdict for an error.
+    pub fn from_error(e: &DesktopError) -> Self {
+        let exit_code = e.exit_code();
+        let status = match exit_code {
+            exit::NO_PASS => "no-pass",
+            exit::INVALID => "invalid",
+            exit::EXPIRED => "expired",
+            exit::WRONG_DEVICE => "wrong-device",
+            exit::ROLLBACK => "rollback",
+            exit::REVOKED => "revoked",
+            _ => "error",
+        };
+        Self {
+            status,
+            exit_code,
+            message: e.to_string(),
+            hint: Some(e.hint()),
+            subject: None,
+            issuer: None,
+            expires_at: None,
+            expires: None,
+            remaining_seconds: None,
+            binding: None,
+            attestation: None,
+            jti: None,
+        }
+    }
+
+    /// Whether the pass is valid.
+    pub fn is_valid(&self) -> bool {
+        self.exit_code == exit::VALID
+    }
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Binding kind.
+    pub binding: BindingKind,
+    /// Device key thumbprint.
+    pub device_key: String,
+    /// Enrolment time, Unix seconds.
+    pub enrolled_at: i64,
+    /// Expected issuer.
+    pub issuer: String,
+    /// Expected audience.
+    pub audience: String,
+    /// Trusted issuer key ids.
+    pub trusted_keys: Vec<String>,
+    /// The installed pass, decoded without a proof of possession (run `check` for that).
+    pub pass: Option<PassSummary>,
+}
+
+/// The installed pass as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassSummary {
+    /// Subject.
+    pub subject: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Expiry, RFC 3339.
+    pub expires: String,
+    /// Pass id.
+    pub jti: String,
+}
+
+/// Shows the enrolment and the installed pass.
+pub fn status(dir: &Path, opts: &DeviceOptions) -> Result<StatusReport, DesktopError> {
+    let e = Enrolment::open(dir, opts)?;
+    let state = e.load_state()?;
+    let trust = e.trust(&state)?;
+    let pass = match &state.pass {
+        Some(p) => {
+            let d = token::decode(p)?;
+            let c: PassClaims =
+                serde_json::from_value(d.payload).map_err(|err| TokenError::Json {
+                    part: "claims",
+                    detail: err.to_string(),
+                })?;
+            Some(PassSummary {
+                subject: c.sub,
+                expires_at: c.exp,
+                expires: format_time(c.exp),
+                jti: c.jti,
+            })
+        }
+        None => None,
+    };
+    Ok(StatusReport {
+        state_dir: dir.into(),
+        binding: e.record.backend,
+        device_key: e.jkt(),
+        enrolled_at: e.record.created,
+        issuer: state.iss,
+        audience: state.aud,
+        trusted_keys: trust.keys.iter().map(|(k, _)| k.clone()).collect(),
+        pass,
+    })
+}

@@ -1,0 +1,255 @@
+//! The issuer: config, PIN, and the sign flow (verify request → policy → HSM → audit → pass).
+
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::keys::{KeyBackend, KeyError};
+use crate::pkcs11_uri::{PinSource, Pkcs11Uri};
+use crate::policy::{Policy, PolicyConfig, PolicyError};
+use crate::token::{
+    self, Attestation, Confirmation, HardwareBinding, Jwk, Jwks, PassClaims, TokenError,
+    TrustParams,
+};
+
+/// Environment variable read for the HSM PIN when the URI has no `pin-source`.
+pub const PIN_ENV: &str = "HWPASS_PIN";
+
+/// Issuer exit codes (documented in the README).
+pub mod exit {
+    /// Something else failed (config, files).
+    pub const OTHER: i32 = 1;
+    /// The request is malformed, forged or not a request.
+    pub const BAD_REQUEST: i32 = 4;
+    /// The policy refused the request.
+    pub const POLICY: i32 = 9;
+    /// The HSM failed or refused.
+    pub const HSM: i32 = 10;
+    /// The audit log could not be written or does not verify.
+    pub const AUDIT: i32 = 11;
+}
+
+/// What went wrong on the issuer.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// The config file is missing or wrong.
+    #[error("config {path}: {detail}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No PIN could be obtained.
+    #[error("{0}")]
+    Pin(String),
+    /// The request was refused by verification.
+    #[error("request refused: {0}")]
+    Request(#[from] TokenError),
+    /// The request was refused by policy.
+    #[error("request refused by policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The HSM failed.
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    /// The audit log failed; no pass was printed.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
+}
+
+impl IssuerError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config { .. } | Self::Pin(_) => exit::OTHER,
+            Self::Request(_) => exit::BAD_REQUEST,
+            Self::Policy(_) => exit::POLICY,
+            Self::Key(_) => exit::HSM,
+            Self::Audit(_) => exit::AUDIT,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    issuer: String,
+    audience: String,
+    audit_log: PathBuf,
+    hsm: HsmSection,
+    policy: PolicyConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HsmSection {
+    uri: String,
+}
+
+/// The issuer configuration, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// `iss` of every pass.
+    pub iss: String,
+    /// `aud` of every pass.
+    pub aud: String,
+    /// The audit log (relative paths resolved against the config's directory).
+    pub audit_log: PathBuf,
+    /// The issuer key.
+    pub key_uri: Pkcs11Uri,
+    /// The signing policy.
+    pub policy: Policy,
+}
+
+impl IssuerConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, IssuerError> {
+        let err = |detail: String| IssuerError::Config {
+            path: path.to_owned(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        let key_uri = Pkcs11Uri::parse(&file.hsm.uri).map_err(|e| err(e.to_string()))?;
+        let policy = file.policy.resolve().map_err(err)?;
+        if file.issuer.trim().is_empty() || file.audience.trim().is_empty() {
+            return Err(err("issuer and audience must not be empty".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Self {
+            iss: file.issuer,
+            aud: file.audience,
+            audit_log: base.join(file.audit_log),
+            key_uri,
+            policy,
+        })
+    }
+
+    /// The trust bundle for desktops: the issuer's public key(s) and what passes must say.
+    pub fn trust_bundle(&self, keys: impl IntoIterator<Item = Jwk>) -> Jwks {
+        Jwks::new(
+            keys,
+            Some(TrustParams {
+                iss: self.iss.clone(),
+                aud: self.aud.clone(),
+            }),
+        )
+    }
+}
+
+/// Asks a person for a secret (the binaries prompt on the terminal; tests and services do not).
+pub trait PinPrompt {
+    /// Returns the PIN, or why none could be read.
+    fn pin(&self, prompt: &str) -> Result<SecretString, String>;
+}
+
+/// A [`PinPrompt`] that never asks: for scripts and tests.
+#[derive(Debug)]
+pub struct NoPrompt;
+
+impl PinPrompt for NoPrompt {
+    fn pin(&self, _: &str) -> Result<SecretString, String> {
+        Err(format!("no HSM PIN: set pin-source in the key URI, or {PIN_ENV}, or run on a terminal to be asked"))
+    }
+}
+
+/// The PIN: the URI's `pin-source`, else [`PIN_ENV`], else the prompt. Never argv.
+pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretString, IssuerError> {
+    let from_env = |var: &str| {
+        std::env::var(var)
+            .map_err(|_| IssuerError::Pin(format!("the PIN variable {var} is not set")))
+    };
+    let pin = match &uri.pin_source {
+        Some(PinSource::Env(var)) => from_env(var)?,
+        Some(PinSource::File(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                IssuerError::Pin(format!("cannot read the PIN file {}: {e}", path.display()))
+            })?;
+            text.lines().next().unwrap_or_default().to_string()
+        }
+        None => match std::env::var(PIN_ENV) {
+            Ok(v) => v,
+            Err(_) => {
+                return prompt
+                    .pin(&format!("PIN for {uri}: "))
+                    .map_err(IssuerError::Pin)
+            }
+        },
+    };
+    if pin.is_empty() {
+        return Err(IssuerError::Pin("the HSM PIN is empty".into()));
+    }
+    Ok(SecretString::from(pin))
+}
+
+/// A pass ready to be signed: the request verified and the policy applied.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The pass claims.
+    pub claims: PassClaims,
+}
+
+/// Verifies a request and applies the policy. Needs no HSM, so refusals cost no PIN entry.
+pub fn approve(
+    cfg: &IssuerConfig,
+    request: &str,
+    lifetime: Option<i64>,
+    now: i64,
+) -> Result<Approved, IssuerError> {
+    let req = token::verify_request(request, now)?;
+    let validity = cfg.policy.decide(&req.claims, lifetime, now)?;
+    let claims = PassClaims {
+        iss: cfg.iss.clone(),
+        sub: req.claims.sub,
+        aud: cfg.aud.clone(),
+        iat: validity.iat,
+        nbf: validity.nbf,
+        exp: validity.exp,
+        jti: token::random_jti()?,
+        cnf: Confirmation {
+            jkt: req.jwk.thumbprint(),
+        },
+        // Without attestation evidence the binding kind is the request's word only.
+        hwb: HardwareBinding {
+            kind: req.claims.kind,
+            att: Attestation::None,
+        },
+        dev: req.claims.dev,
+    };
+    Ok(Approved { claims })
+}
+
+/// Signs approved passes with the HSM key, appends their audit records and fsyncs the log.
+/// Returns the passes only once their records are durable: the caller prints them after this.
+pub fn issue(
+    approved: &[Approved],
+    key: &dyn KeyBackend,
+    log: &AuditLog,
+    now: i64,
+) -> Result<Vec<String>, IssuerError> {
+    let kid = Jwk::new(*key.verifying_key()).thumbprint();
+    let mut passes = Vec::with_capacity(approved.len());
+    let mut records = Vec::with_capacity(approved.len());
+    for a in approved {
+        let c = &a.claims;
+        passes.push(token::sign_pass(c, key)?);
+        records.push(AuditRecord {
+            v: 1,
+            time: now,
+            jti: c.jti.clone(),
+            sub: c.sub.clone(),
+            jkt: c.cnf.jkt.clone(),
+            kind: c.hwb.kind,
+            att: c.hwb.att,
+            nbf: c.nbf,
+            exp: c.exp,
+            kid: kid.clone(),
+            dev: c.dev.clone(),
+            prev: String::new(),
+        });
+    }
+    log.append(&mut records)?;
+    Ok(passes)
+}

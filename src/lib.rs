@@ -1,0 +1,22 @@
+//! hwpass: hardware-backed offline access passes.
+//!
+//! An issuer signs short-lived passes with a key inside a PKCS#11 HSM; a desktop verifies them
+//! offline and proves, on every check, that it holds the device key the pass is bound to (in a
+//! TPM 2.0, or a clearly weaker software key). The contract is `SPEC.md`; the README explains
+//! the threat model.
+//!
+//! Layout: [`token`] and [`policy`] are pure (no files, no clock); [`keys`] is the one seam for
+//! keys, with one module per device library ([`pkcs11`], [`software`]); [`issuer`] and
+//! [`desktop`] tie them to files; the binaries only parse arguments and print.
+
+pub mod audit;
+pub mod desktop;
+pub mod fsutil;
+pub mod issuer;
+pub mod keys;
+pub mod pkcs11;
+pub mod pkcs11_uri;
+pub mod policy;
+pub mod software;
+pub mod token;
+pub mod util;

@@ -1,0 +1,187 @@
+//! The software device backend: the weaker binding, for machines without a TPM.
+//!
+//! The P-256 device key is generated in memory and stored encrypted (AES-256-GCM) in the state
+//! directory. The wrapping key is HKDF-SHA256 over the machine's `/etc/machine-id`, with a
+//! random 32-byte salt stored beside the key. The desktop's sealed state uses a second key from
+//! the same derivation (another HKDF `info`).
+//!
+//! What this protects against: the state directory copied *alone* to another machine (a
+//! backup, a synced folder, an e-mailed archive) cannot be opened there, and no key material
+//! sits in plaintext on disk. What it does not protect against: anyone who can read this
+//! user's files *and* `/etc/machine-id` (world-readable) on this machine — the user, root,
+//! malware — nor a full disk image, which carries the machine-id. A TPM-bound key has none of
+//! these weaknesses; passes record the binding as `software` so issuers can treat them as
+//! weaker.
+
+use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyBackend, KeyError, MemoryKey};
+use crate::token::{b64url, b64url_decode, Jwk};
+
+/// Overrides the file the machine secret is read from. Meant for tests that model "another
+/// machine"; it grants nothing, since the real machine-id is world-readable anyway.
+pub const MACHINE_ID_ENV: &str = "HWPASS_MACHINE_ID_FILE";
+
+const KDF_NAME: &str = "hkdf-sha256:machine-id";
+const INFO_KEY: &[u8] = b"hwpass/software/key-wrap/v1";
+const INFO_STATE: &[u8] = b"hwpass/software/state/v1";
+
+/// The encrypted device key as stored in `device.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareKeyFile {
+    /// How the wrapping key is derived.
+    pub kdf: String,
+    /// HKDF salt, base64url.
+    pub salt: String,
+    /// AES-GCM nonce, base64url.
+    pub nonce: String,
+    /// AES-256-GCM ciphertext of the 32-byte private scalar, base64url.
+    pub ct: String,
+}
+
+/// Why the software key could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftwareError {
+    /// No machine secret.
+    #[error("cannot read the machine identity {path}: {reason}")]
+    MachineId {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Decryption failed: another machine, or a damaged file.
+    #[error("the software key cannot be decrypted on this machine: the state directory belongs to another machine or is damaged")]
+    Foreign,
+    /// The stored key does not match the recorded public key, or fields are malformed.
+    #[error("the software key file is damaged: {0}")]
+    Damaged(&'static str),
+    /// A key operation failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// An opened software device key with its state-sealing key.
+#[derive(Debug)]
+pub struct SoftwareDevice {
+    key: MemoryKey,
+    state_key: Zeroizing<[u8; 32]>,
+}
+
+fn machine_secret() -> Result<Zeroizing<Vec<u8>>, SoftwareError> {
+    let path = std::env::var(MACHINE_ID_ENV).unwrap_or_else(|_| "/etc/machine-id".into());
+    let paths = if std::env::var_os(MACHINE_ID_ENV).is_some() {
+        vec![path]
+    } else {
+        vec![path, "/var/lib/dbus/machine-id".into()]
+    };
+    let mut last = String::new();
+    for p in &paths {
+        match std::fs::read_to_string(p) {
+            Ok(s) if !s.trim().is_empty() => {
+                return Ok(Zeroizing::new(s.trim().as_bytes().to_vec()))
+            }
+            Ok(_) => last = format!("{p} is empty"),
+            Err(e) => last = format!("{p}: {e}"),
+        }
+    }
+    Err(SoftwareError::MachineId {
+        path: paths.join(" or "),
+        reason: format!("{last}; run systemd-machine-id-setup"),
+    })
+}
+
+fn derive(salt: &[u8]) -> Result<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>), SoftwareError> {
+    let secret = machine_secret()?;
+    let hk = Hkdf::<Sha256>::new(Some(salt), &secret);
+    let mut wrap = Zeroizing::new([0u8; 32]);
+    let mut state = Zeroizing::new([0u8; 32]);
+    // Invariant: 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+    hk.expand(INFO_KEY, &mut wrap[..])
+        .map_err(|_| SoftwareError::Damaged("kdf"))?;
+    hk.expand(INFO_STATE, &mut state[..])
+        .map_err(|_| SoftwareError::Damaged("kdf"))?;
+    Ok((wrap, state))
+}
+
+fn aad(jkt: &str) -> Vec<u8> {
+    format!("hwpass-software-key-v1:{jkt}").into_bytes()
+}
+
+impl SoftwareDevice {
+    /// Generates a new key and its encrypted file.
+    pub fn create() -> Result<(Self, SoftwareKeyFile), SoftwareError> {
+        let key = MemoryKey::generate();
+        let mut salt = [0u8; 32];
+        let mut nonce = [0u8; 12];
+        getrandom::getrandom(&mut salt).map_err(|_| KeyError::Rng)?;
+        getrandom::getrandom(&mut nonce).map_err(|_| KeyError::Rng)?;
+        let (wrap, state_key) = derive(&salt)?;
+        let jkt = Jwk::new(*key.verifying_key()).thumbprint();
+        let secret = key.secret_bytes();
+        let ct = Aes256Gcm::new((&*wrap).into())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &secret[..],
+                    aad: &aad(&jkt),
+                },
+            )
+            .map_err(|_| SoftwareError::Damaged("encryption failed"))?;
+        let file = SoftwareKeyFile {
+            kdf: KDF_NAME.into(),
+            salt: b64url(&salt),
+            nonce: b64url(&nonce),
+            ct: b64url(&ct),
+        };
+        Ok((Self { key, state_key }, file))
+    }
+
+    /// Decrypts the key; `jwk` is the public key recorded at enrolment, which it must match.
+    pub fn open(file: &SoftwareKeyFile, jwk: &Jwk) -> Result<Self, SoftwareError> {
+        if file.kdf != KDF_NAME {
+            return Err(SoftwareError::Damaged("unknown key derivation"));
+        }
+        let field = |s: &str, what| b64url_decode(s).ok_or(SoftwareError::Damaged(what));
+        let salt = field(&file.salt, "salt is not base64url")?;
+        let nonce: [u8; 12] = field(&file.nonce, "nonce is not base64url")?
+            .try_into()
+            .map_err(|_| SoftwareError::Damaged("nonce is not 12 bytes"))?;
+        let ct = field(&file.ct, "ciphertext is not base64url")?;
+        let (wrap, state_key) = derive(&salt)?;
+        let secret = Zeroizing::new(
+            Aes256Gcm::new((&*wrap).into())
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: &ct,
+                        aad: &aad(&jwk.thumbprint()),
+                    },
+                )
+                .map_err(|_| SoftwareError::Foreign)?,
+        );
+        let key = MemoryKey::from_bytes(&secret)?;
+        if key.verifying_key() != jwk.verifying_key() {
+            return Err(SoftwareError::Damaged(
+                "private key does not match the enrolled public key",
+            ));
+        }
+        Ok(Self { key, state_key })
+    }
+
+    /// The device key.
+    pub fn key(&self) -> &dyn KeyBackend {
+        &self.key
+    }
+
+    /// The key that seals the desktop state.
+    pub fn state_key(&self) -> Zeroizing<[u8; 32]> {
+        self.state_key.clone()
+    }
+}
