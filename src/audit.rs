@@ -119,6 +119,9 @@ impl AuditLog {
     /// Appends records (their `prev` is filled in here) and fsyncs them, under an exclusive
     /// lock so concurrent issuers keep one chain. Returns only once the records are durable.
     pub fn append(&self, records: &mut [AuditRecord]) -> Result<(), AuditError> {
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::fsutil::create_private_dir(dir).map_err(|e| self.io(e))?;
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)

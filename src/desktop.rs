@@ -200,6 +200,8 @@ pub enum BackendChoice {
 pub struct DeviceOptions {
     /// TCTI for the TPM backend; `None` falls back to the environment and the default.
     pub tcti: Option<String>,
+    /// The machine identity file for the software backend; `None` is `/etc/machine-id`.
+    pub machine_id_file: Option<PathBuf>,
 }
 
 /// A device key plus the key that seals the desktop state.
@@ -289,7 +291,7 @@ fn state_aad(jkt: &str) -> Vec<u8> {
 }
 
 impl Enrolment {
-    fn open(dir: &Path, _opts: &DeviceOptions) -> Result<Self, DesktopError> {
+    fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
         let path = dir.join(DEVICE_FILE);
         if !path.exists() {
             return Err(DesktopError::NotEnrolled { dir: dir.into() });
@@ -308,7 +310,11 @@ impl Enrolment {
                     .software
                     .as_ref()
                     .ok_or_else(|| damaged("software key missing".into()))?;
-                Box::new(SoftwareDevice::open(file, &jwk)?)
+                Box::new(SoftwareDevice::open(
+                    file,
+                    &jwk,
+                    opts.machine_id_file.as_deref(),
+                )?)
             }
             BindingKind::Tpm => {
                 return Err(DesktopError::Tpm(
@@ -455,6 +461,7 @@ pub fn enroll(
     trust_text: &str,
     choice: BackendChoice,
     force: bool,
+    opts: &DeviceOptions,
     now: i64,
 ) -> Result<EnrollReport, DesktopError> {
     let trust = Jwks::from_json(trust_text)?;
@@ -478,7 +485,7 @@ pub fn enroll(
         ),
         BackendChoice::Software => None,
     };
-    let (device, file) = SoftwareDevice::create()?;
+    let (device, file) = SoftwareDevice::create(opts.machine_id_file.as_deref())?;
     let jwk = Jwk::new(*device.key().verifying_key());
     let record = DeviceRecord {
         v: 1,
@@ -717,7 +724,7 @@ pub fn status(dir: &Path, opts: &DeviceOptions) -> Result<StatusReport, DesktopE
         Some(p) => {
             let d = token::decode(p)?;
             let c: PassClaims =
-                serde_json::from_value(d.payload).map_err(|err| TokenError::Json {
+                serde_json::from_value(d.payload()?).map_err(|err| TokenError::Json {
                     part: "claims",
                     detail: err.to_string(),
                 })?;

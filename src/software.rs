@@ -13,6 +13,8 @@
 //! these weaknesses; passes record the binding as `software` so issuers can treat them as
 //! weaker.
 
+use std::path::{Path, PathBuf};
+
 use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;
@@ -23,13 +25,16 @@ use zeroize::Zeroizing;
 use crate::keys::{KeyBackend, KeyError, MemoryKey};
 use crate::token::{b64url, b64url_decode, Jwk};
 
-/// Overrides the file the machine secret is read from. Meant for tests that model "another
-/// machine"; it grants nothing, since the real machine-id is world-readable anyway.
+/// Environment variable the `hwpass` binary reads to override the machine identity file.
+/// Meant for tests that model "another machine"; it grants nothing, since the real machine-id
+/// is world-readable anyway.
 pub const MACHINE_ID_ENV: &str = "HWPASS_MACHINE_ID_FILE";
 
 const KDF_NAME: &str = "hkdf-sha256:machine-id";
 const INFO_KEY: &[u8] = b"hwpass/software/key-wrap/v1";
 const INFO_STATE: &[u8] = b"hwpass/software/state/v1";
+
+type Key32 = Zeroizing<[u8; 32]>;
 
 /// The encrypted device key as stored in `device.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,12 +79,11 @@ pub struct SoftwareDevice {
     state_key: Zeroizing<[u8; 32]>,
 }
 
-fn machine_secret() -> Result<Zeroizing<Vec<u8>>, SoftwareError> {
-    let path = std::env::var(MACHINE_ID_ENV).unwrap_or_else(|_| "/etc/machine-id".into());
-    let paths = if std::env::var_os(MACHINE_ID_ENV).is_some() {
-        vec![path]
-    } else {
-        vec![path, "/var/lib/dbus/machine-id".into()]
+/// Reads the machine secret: `machine_id` if given, else `/etc/machine-id`, else the D-Bus copy.
+fn machine_secret(machine_id: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, SoftwareError> {
+    let paths: Vec<PathBuf> = match machine_id {
+        Some(p) => vec![p.to_owned()],
+        None => vec!["/etc/machine-id".into(), "/var/lib/dbus/machine-id".into()],
     };
     let mut last = String::new();
     for p in &paths {
@@ -87,18 +91,22 @@ fn machine_secret() -> Result<Zeroizing<Vec<u8>>, SoftwareError> {
             Ok(s) if !s.trim().is_empty() => {
                 return Ok(Zeroizing::new(s.trim().as_bytes().to_vec()))
             }
-            Ok(_) => last = format!("{p} is empty"),
-            Err(e) => last = format!("{p}: {e}"),
+            Ok(_) => last = format!("{} is empty", p.display()),
+            Err(e) => last = format!("{}: {e}", p.display()),
         }
     }
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     Err(SoftwareError::MachineId {
-        path: paths.join(" or "),
+        path: names.join(" or "),
         reason: format!("{last}; run systemd-machine-id-setup"),
     })
 }
 
-fn derive(salt: &[u8]) -> Result<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>), SoftwareError> {
-    let secret = machine_secret()?;
+fn derive(
+    salt: &[u8],
+    machine_id: Option<&Path>,
+) -> Result<(Key32, Key32), SoftwareError> {
+    let secret = machine_secret(machine_id)?;
     let hk = Hkdf::<Sha256>::new(Some(salt), &secret);
     let mut wrap = Zeroizing::new([0u8; 32]);
     let mut state = Zeroizing::new([0u8; 32]);
@@ -116,13 +124,13 @@ fn aad(jkt: &str) -> Vec<u8> {
 
 impl SoftwareDevice {
     /// Generates a new key and its encrypted file.
-    pub fn create() -> Result<(Self, SoftwareKeyFile), SoftwareError> {
+    pub fn create(machine_id: Option<&Path>) -> Result<(Self, SoftwareKeyFile), SoftwareError> {
         let key = MemoryKey::generate();
         let mut salt = [0u8; 32];
         let mut nonce = [0u8; 12];
         getrandom::getrandom(&mut salt).map_err(|_| KeyError::Rng)?;
         getrandom::getrandom(&mut nonce).map_err(|_| KeyError::Rng)?;
-        let (wrap, state_key) = derive(&salt)?;
+        let (wrap, state_key) = derive(&salt, machine_id)?;
         let jkt = Jwk::new(*key.verifying_key()).thumbprint();
         let secret = key.secret_bytes();
         let ct = Aes256Gcm::new((&*wrap).into())
@@ -144,7 +152,11 @@ impl SoftwareDevice {
     }
 
     /// Decrypts the key; `jwk` is the public key recorded at enrolment, which it must match.
-    pub fn open(file: &SoftwareKeyFile, jwk: &Jwk) -> Result<Self, SoftwareError> {
+    pub fn open(
+        file: &SoftwareKeyFile,
+        jwk: &Jwk,
+        machine_id: Option<&Path>,
+    ) -> Result<Self, SoftwareError> {
         if file.kdf != KDF_NAME {
             return Err(SoftwareError::Damaged("unknown key derivation"));
         }
@@ -154,7 +166,7 @@ impl SoftwareDevice {
             .try_into()
             .map_err(|_| SoftwareError::Damaged("nonce is not 12 bytes"))?;
         let ct = field(&file.ct, "ciphertext is not base64url")?;
-        let (wrap, state_key) = derive(&salt)?;
+        let (wrap, state_key) = derive(&salt, machine_id)?;
         let secret = Zeroizing::new(
             Aes256Gcm::new((&*wrap).into())
                 .decrypt(

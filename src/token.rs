@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::keys::{KeyBackend, KeyError};
+use crate::util::format_time;
 
 /// Largest token (pass or request) accepted, in bytes, checked before anything is parsed.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -78,10 +79,10 @@ pub enum TokenError {
     #[error("bad signature")]
     BadSignature,
     /// `exp` is past.
-    #[error("pass expired at {exp} (now {now})")]
+    #[error("pass expired at {} (now {})", format_time(*exp), format_time(*now))]
     Expired { now: i64, exp: i64 },
     /// `nbf` (or a request's `iat`) is in the future.
-    #[error("token is not valid before {nbf} (now {now})")]
+    #[error("token is not valid before {} (now {})", format_time(*nbf), format_time(*now))]
     NotYetValid { now: i64, nbf: i64 },
     /// `aud` differs.
     #[error("pass is for audience {found:?}, not {expected:?}")]
@@ -473,8 +474,6 @@ pub fn verify_es256(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), To
 #[derive(Debug)]
 pub struct Decoded {
     header: Header,
-    /// The payload as JSON.
-    pub payload: serde_json::Value,
     payload_bytes: Vec<u8>,
     signing_input_len: usize,
     signature: Vec<u8>,
@@ -497,9 +496,25 @@ impl Decoded {
     pub fn header_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.header).unwrap_or_default()
     }
+
+    /// The payload as a JSON object. Verifiers call this only after the signature checked out.
+    pub fn payload(&self) -> Result<serde_json::Value, TokenError> {
+        let payload: serde_json::Value =
+            serde_json::from_slice(&self.payload_bytes).map_err(|e| TokenError::Json {
+                part: "payload",
+                detail: e.to_string(),
+            })?;
+        if !payload.is_object() {
+            return Err(TokenError::Json {
+                part: "payload",
+                detail: "not a JSON object".into(),
+            });
+        }
+        Ok(payload)
+    }
 }
 
-/// Splits and decodes a compact JWS without checking anything but its shape.
+/// Splits a compact JWS and decodes its header; the payload is decoded from base64url only.
 pub fn decode(token: &str) -> Result<Decoded, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLong {
@@ -526,20 +541,8 @@ pub fn decode(token: &str) -> Result<Decoded, TokenError> {
         part: "header",
         detail: e.to_string(),
     })?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(&payload_bytes).map_err(|e| TokenError::Json {
-            part: "payload",
-            detail: e.to_string(),
-        })?;
-    if !payload.is_object() {
-        return Err(TokenError::Json {
-            part: "payload",
-            detail: "not a JSON object".into(),
-        });
-    }
     Ok(Decoded {
         header,
-        payload,
         payload_bytes,
         signing_input_len: parts[0].len() + 1 + parts[1].len(),
         signature,
@@ -560,6 +563,7 @@ fn check_alg_typ(d: &Decoded, typ: &'static str) -> Result<(), TokenError> {
 }
 
 fn claims<C: serde::de::DeserializeOwned>(d: &Decoded) -> Result<C, TokenError> {
+    d.payload()?;
     // From the bytes, not the Value: serde's derive refuses duplicate keys only there.
     serde_json::from_slice(&d.payload_bytes).map_err(|e| TokenError::Json {
         part: "claims",

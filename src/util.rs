@@ -65,22 +65,6 @@ pub fn format_time(unix: i64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("7d").unwrap(), 7 * 86400);
-        assert_eq!(parse_duration("12h 30m").unwrap(), 12 * 3600 + 1800);
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(format_duration(7 * 86400 - 60), "6d 23h 59m");
-        assert_eq!(format_duration(42), "42s");
-        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
-    }
-}
-
 /// Reads a token from the argument, or from stdin when it is `-` or absent. Surrounding
 /// whitespace (the newline of a paste) is removed; anything else is left for the strict parser.
 pub fn read_token_arg(arg: Option<&str>) -> Result<String, String> {
@@ -98,4 +82,20 @@ pub fn read_token_arg(arg: Option<&str>) -> Result<String, String> {
         }
     };
     Ok(text.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), 7 * 86400);
+        assert_eq!(parse_duration("12h 30m").unwrap(), 12 * 3600 + 1800);
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_duration(7 * 86400 - 60), "6d 23h 59m");
+        assert_eq!(format_duration(42), "42s");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+    }
 }

@@ -43,6 +43,12 @@ enum Cmd {
     },
     /// Print the trust bundle (JWKS) that desktops enrol with.
     Jwks,
+    /// Show the issuer key and how the HSM protects it (read back through PKCS#11).
+    KeyInfo {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a request, apply the policy, sign the pass in the HSM, audit it, print it.
     Sign {
         /// Lifetime of the pass (e.g. 7d, 12h); overrides the request's, within policy.
@@ -147,6 +153,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let bundle = cfg.trust_bundle([Jwk::new(public)]);
             let text = serde_json::to_string_pretty(&bundle.to_json()).unwrap_or_default();
             println!("{text}");
+        }
+        Cmd::KeyInfo { json } => {
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            let key = hsm.open_key(&pin).map_err(|e| fail(e.into()))?;
+            let p = key.protection().map_err(|e| fail(e.into()))?;
+            let value_readable = key
+                .try_extract_private_value()
+                .map_err(|e| fail(e.into()))?
+                .is_some();
+            let kid = Jwk::new(*key.verifying_key()).thumbprint();
+            if json {
+                let out = serde_json::json!({
+                    "kid": kid,
+                    "uri": cfg.key_uri.to_string(),
+                    "token": p.token, "private": p.private, "sensitive": p.sensitive,
+                    "extractable": p.extractable, "always_sensitive": p.always_sensitive,
+                    "never_extractable": p.never_extractable, "sign": p.sign,
+                    "decrypt": p.decrypt, "derive": p.derive,
+                    "private_value_readable": value_readable,
+                });
+                println!("{out}");
+            } else {
+                println!("key   {} (kid {kid})", cfg.key_uri);
+                println!("flags token={} private={} sensitive={} extractable={} always_sensitive={} never_extractable={}",
+                    p.token, p.private, p.sensitive, p.extractable, p.always_sensitive, p.never_extractable);
+                println!(
+                    "usage sign={} decrypt={} derive={}",
+                    p.sign, p.decrypt, p.derive
+                );
+                println!(
+                    "private value readable through PKCS#11: {}",
+                    if value_readable {
+                        "YES — this key is not protected"
+                    } else {
+                        "no"
+                    }
+                );
+            }
         }
         Cmd::Sign { valid_for, request } => {
             let request = util::read_token_arg(request.as_deref())

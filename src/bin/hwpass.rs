@@ -153,6 +153,7 @@ fn run(cli: Cli) -> i32 {
     let dir = state_dir(&cli.state_dir);
     let opts = DeviceOptions {
         tcti: cli.tcti.clone(),
+        machine_id_file: std::env::var_os(hwpass::software::MACHINE_ID_ENV).map(PathBuf::from),
     };
     let now = match &cli.cmd {
         Cmd::Inspect { .. } | Cmd::Status { .. } => Ok(0),
@@ -183,7 +184,7 @@ fn run(cli: Cli) -> i32 {
                 Backend::Tpm => BackendChoice::Tpm,
                 Backend::Software => BackendChoice::Software,
             };
-            match desktop::enroll(&dir, &text, choice, force, now) {
+            match desktop::enroll(&dir, &text, choice, force, &opts, now) {
                 Ok(r) => {
                     if let Some(n) = &r.notice {
                         eprintln!("hwpass: notice: {n}");
@@ -281,6 +282,10 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
         Ok(d) => d,
         Err(e) => return report(&DesktopError::Token(e)),
     };
+    let payload = match d.payload() {
+        Ok(p) => p,
+        Err(e) => return report(&DesktopError::Token(e)),
+    };
     let kind = match d.typ() {
         PASS_TYP => "access pass",
         REQUEST_TYP => "pass request",
@@ -290,7 +295,7 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
         let out = serde_json::json!({
             "kind": kind,
             "header": d.header_json(),
-            "payload": d.payload,
+            "payload": payload,
             "signature_verified": false,
         });
         println!("{out}");
@@ -303,14 +308,14 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
     println!("header:  {}", d.header_json());
     println!(
         "payload: {}",
-        serde_json::to_string_pretty(&d.payload).unwrap_or_default()
+        serde_json::to_string_pretty(&payload).unwrap_or_default()
     );
     for field in ["iat", "nbf", "exp"] {
-        if let Some(t) = d.payload.get(field).and_then(|v| v.as_i64()) {
+        if let Some(t) = payload.get(field).and_then(|v| v.as_i64()) {
             println!("{field}: {}", format_time(t));
         }
     }
-    if let Some(ttl) = d.payload.get("ttl").and_then(|v| v.as_i64()) {
+    if let Some(ttl) = payload.get("ttl").and_then(|v| v.as_i64()) {
         println!("requested lifetime: {}", format_duration(ttl));
     }
     0

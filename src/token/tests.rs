@@ -310,7 +310,7 @@ fn rejects_claims_changed_after_signing() {
         ("sub", json!("mallory")),
         ("cnf", json!({"jkt": "x"})),
     ] {
-        let mut p = decode(&t).unwrap().payload;
+        let mut p = decode(&t).unwrap().payload().unwrap();
         p[k] = v;
         let forged = format!(
             "{}.{}.{}",

@@ -1,0 +1,8 @@
+//! Integration tests: the real binaries against a real SoftHSM token per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod desktop_software;
+mod interop;
+mod issuer;
