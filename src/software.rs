@@ -102,10 +102,7 @@ fn machine_secret(machine_id: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Softw
     })
 }
 
-fn derive(
-    salt: &[u8],
-    machine_id: Option<&Path>,
-) -> Result<(Key32, Key32), SoftwareError> {
+fn derive(salt: &[u8], machine_id: Option<&Path>) -> Result<(Key32, Key32), SoftwareError> {
     let secret = machine_secret(machine_id)?;
     let hk = Hkdf::<Sha256>::new(Some(salt), &secret);
     let mut wrap = Zeroizing::new([0u8; 32]);
