@@ -25,6 +25,7 @@ use crate::token::{
     self, b64url, b64url_decode, Attestation, BindingKind, Jwk, Jwks, PassClaims, PassExpectations,
     RequestClaims, TokenError,
 };
+use crate::tpm::{self, TpmDevice, TpmError, TpmKeyFile};
 use crate::util::{format_duration, format_time};
 
 /// Device record file name.
@@ -174,6 +175,28 @@ impl DesktopError {
     }
 }
 
+impl From<TpmError> for DesktopError {
+    fn from(e: TpmError) -> Self {
+        match e {
+            TpmError::Foreign | TpmError::Damaged(_) => Self::Foreign(e.to_string()),
+            TpmError::KeyGone => Self::KeyUnusable(e.to_string()),
+            TpmError::Unreachable { .. }
+            | TpmError::Stopped { .. }
+            | TpmError::Lockout { .. }
+            | TpmError::Device { .. } => Self::Tpm(e.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for DesktopError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Unavailable { message } => Self::Tpm(message),
+            other => Self::KeyUnusable(other.to_string()),
+        }
+    }
+}
+
 impl From<SoftwareError> for DesktopError {
     fn from(e: SoftwareError) -> Self {
         match e {
@@ -212,6 +235,15 @@ pub trait Device: std::fmt::Debug {
     fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError>;
 }
 
+impl Device for TpmDevice {
+    fn key(&self) -> &dyn KeyBackend {
+        self
+    }
+    fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError> {
+        Ok(TpmDevice::state_key(self)?)
+    }
+}
+
 impl Device for SoftwareDevice {
     fn key(&self) -> &dyn KeyBackend {
         SoftwareDevice::key(self)
@@ -230,6 +262,8 @@ struct DeviceRecord {
     created: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     software: Option<SoftwareKeyFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm: Option<TpmKeyFile>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -317,9 +351,12 @@ impl Enrolment {
                 )?)
             }
             BindingKind::Tpm => {
-                return Err(DesktopError::Tpm(
-                    "this hwpass build has no TPM backend; enrol with --backend software".into(),
-                ))
+                let file = record
+                    .tpm
+                    .as_ref()
+                    .ok_or_else(|| damaged("TPM key blobs missing".into()))?;
+                let tcti = tpm::requested_tcti(opts.tcti.as_deref());
+                Box::new(TpmDevice::open(file, tcti.as_deref())?)
             }
         };
         Ok(Self {
@@ -433,8 +470,7 @@ impl Enrolment {
         }
         // Proof of possession: the device signs a fresh challenge, checked against the key the
         // pass is bound to (whose thumbprint equals cnf.jkt, checked above).
-        let proved = prove_possession(self.device.key(), self.jwk.verifying_key())
-            .map_err(|e| DesktopError::KeyUnusable(e.to_string()))?;
+        let proved = prove_possession(self.device.key(), self.jwk.verifying_key())?;
         if !proved {
             return Err(DesktopError::KeyUnusable(
                 "it signed the challenge with a different key than the one enrolled".into(),
@@ -474,31 +510,45 @@ pub fn enroll(
         return Err(DesktopError::AlreadyEnrolled { dir: dir.into() });
     }
     create_private_dir(dir).map_err(io_err(dir))?;
-    let notice = match choice {
-        BackendChoice::Tpm => {
-            return Err(DesktopError::Tpm(
-                "this hwpass build has no TPM backend; enrol with --backend software".into(),
-            ))
-        }
-        BackendChoice::Auto => Some(
-            "no TPM backend is available: using the weaker software key (see README, \"Threat model\")".to_string(),
-        ),
-        BackendChoice::Software => None,
+    let tcti = tpm::resolve_tcti(opts.tcti.as_deref());
+    let use_tpm = match choice {
+        BackendChoice::Tpm => Ok(()),
+        BackendChoice::Software => Err(None),
+        BackendChoice::Auto => tpm::probe(&tcti).map_err(Some),
     };
-    let (device, file) = SoftwareDevice::create(opts.machine_id_file.as_deref())?;
+    let (device, record_tail, notice): (Box<dyn Device>, _, _) = match use_tpm {
+        Ok(()) => {
+            let device = TpmDevice::create(&tcti)?;
+            let file = device.file().clone();
+            (Box::new(device), (BindingKind::Tpm, None, Some(file)), None)
+        }
+        Err(why) => {
+            let (device, file) = SoftwareDevice::create(opts.machine_id_file.as_deref())?;
+            let notice = why.map(|e| {
+                format!("no TPM answered ({e}): using the weaker software key instead (see README, \"Threat model\")")
+            });
+            (
+                Box::new(device),
+                (BindingKind::Software, Some(file), None),
+                notice,
+            )
+        }
+    };
     let jwk = Jwk::new(*device.key().verifying_key());
+    let (backend, software, tpm) = record_tail;
     let record = DeviceRecord {
         v: 1,
-        backend: BindingKind::Software,
+        backend,
         jwk: jwk.to_json(),
         created: now,
-        software: Some(file),
+        software,
+        tpm,
     };
     let enrolment = Enrolment {
         dir: dir.into(),
         record,
         jwk,
-        device: Box::new(device),
+        device,
     };
     let state = DesktopState {
         v: 1,
@@ -544,8 +594,7 @@ pub fn request(
         ttl,
         dev,
     };
-    token::sign_request(&claims, e.device.key())
-        .map_err(|k| DesktopError::KeyUnusable(k.to_string()))
+    Ok(token::sign_request(&claims, e.device.key())?)
 }
 
 /// Verifies a pass against the trust bundle and this device, then stores it sealed.

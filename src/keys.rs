@@ -29,6 +29,13 @@ pub enum KeyError {
         /// What happened and what to do.
         message: String,
     },
+    /// The device cannot be used right now (not reachable, stopped answering, locked out);
+    /// trying again later may work.
+    #[error("{message}")]
+    Unavailable {
+        /// What happened and what to do.
+        message: String,
+    },
     /// The device returned something that is not a valid P-256 key or signature.
     #[error("the key device returned a malformed {0}")]
     Malformed(&'static str),
@@ -38,7 +45,11 @@ pub enum KeyError {
 }
 
 /// An ECDSA P-256 key whose private half never leaves its backend.
-pub trait KeyBackend: std::fmt::Debug + Send + Sync {
+///
+/// Not `Send`/`Sync` as a whole: a TPM context (tss-esapi) is bound to one thread. Code that
+/// shares a key across threads asks for `KeyBackend + Send + Sync`, which the PKCS#11 and
+/// in-memory keys are.
+pub trait KeyBackend: std::fmt::Debug {
     /// Where the key lives.
     fn kind(&self) -> BackendKind;
     /// The public key, read once when the key was opened.

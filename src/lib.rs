@@ -19,4 +19,5 @@ pub mod pkcs11_uri;
 pub mod policy;
 pub mod software;
 pub mod token;
+pub mod tpm;
 pub mod util;

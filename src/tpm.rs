@@ -1,0 +1,639 @@
+//! The TPM 2.0 device backend. The only module that imports `tss_esapi`.
+//!
+//! Keys live under the storage root key (SRK): the persistent one at 0x81000001 when the TPM
+//! has it, else one this module creates from the TCG ECC P-256 SRK template and makes
+//! persistent there (the same template always yields the same key under the same owner seed,
+//! so a TPM whose owner refuses `EvictControl` still works, one `CreatePrimary` per use).
+//!
+//! - The **device key**: ECC P-256, ECDSA-SHA256, attributes fixedTPM, fixedParent,
+//!   sensitiveDataOrigin, userWithAuth, noDA, sign (not decrypt, not restricted); no auth value
+//!   and no PCR policy, so unclean shutdowns and firmware updates cannot brick it.
+//! - The **state key**: 32 random bytes in a sealed data object (keyedHash, fixedTPM,
+//!   fixedParent, userWithAuth, noDA). Only this TPM can load the blob and unseal it.
+//!
+//! A check issues: ReadPublic (SRK), Load + Unseal + FlushContext (state key), Load + Sign +
+//! FlushContext (device key) — 7 commands, and every transient handle is flushed.
+
+use std::cell::RefCell;
+use std::str::FromStr as _;
+
+use p256::ecdsa::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::constants::{CapabilityType, PropertyTag, Tss2ResponseCodeKind};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::KeyedHashScheme;
+use tss_esapi::structures::{
+    CapabilityData, Digest, EccParameter, EccPoint, EccScheme, HashScheme, Private, Public,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
+    Signature as TpmSignature, SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use crate::keys::{signature_from_scalars, BackendKind, KeyBackend, KeyError};
+use crate::token::{b64url, b64url_decode};
+
+/// TCTI used when none is given.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The conventional persistent handle of the storage root key.
+pub const SRK_HANDLE: u32 = 0x8100_0001;
+
+/// The TCTI asked for: the explicit one, else `HWPASS_TCTI`, else `TPM2TOOLS_TCTI`.
+pub fn requested_tcti(explicit: Option<&str>) -> Option<String> {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var("HWPASS_TCTI").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("TPM2TOOLS_TCTI")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+}
+
+/// The TCTI to use for a new enrolment: [`requested_tcti`], else [`DEFAULT_TCTI`].
+pub fn resolve_tcti(explicit: Option<&str>) -> String {
+    requested_tcti(explicit).unwrap_or_else(|| DEFAULT_TCTI.to_owned())
+}
+
+/// What went wrong with the TPM, sorted by what the person should do.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    /// No TPM answered at this TCTI.
+    #[error("no TPM answers at {tcti}: {detail}")]
+    Unreachable {
+        /// The TCTI tried.
+        tcti: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The TPM stopped answering in the middle of an operation.
+    #[error("the TPM stopped answering while trying to {doing}")]
+    Stopped {
+        /// The operation.
+        doing: &'static str,
+    },
+    /// Dictionary-attack lockout.
+    #[error("the TPM is in dictionary-attack lockout{}", match wait_secs { Some(s) => format!("; it accepts authorisations again in about {} (each failure adds {}s)", crate::util::format_duration(i64::from(*s)), s), None => String::new() })]
+    Lockout {
+        /// Seconds per lockout interval, if the TPM said.
+        wait_secs: Option<u32>,
+    },
+    /// The storage key is gone or changed: the TPM was cleared, or this is another TPM.
+    #[error("the TPM no longer holds the storage key this desktop was enrolled under (the TPM was cleared, or this is another machine)")]
+    KeyGone,
+    /// A blob failed the TPM's integrity check: it was made by another TPM.
+    #[error("the TPM refuses this desktop's key: it was made by another TPM, so this state belongs to another machine")]
+    Foreign,
+    /// The stored blobs are damaged.
+    #[error("the stored TPM key blobs are damaged: {0}")]
+    Damaged(&'static str),
+    /// Any other TPM failure.
+    #[error("the TPM failed to {doing}: {detail}")]
+    Device {
+        /// The operation.
+        doing: &'static str,
+        /// The TPM's answer.
+        detail: String,
+    },
+}
+
+/// The TPM key blobs stored in `device.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmKeyFile {
+    /// TCTI used at enrolment (used again unless overridden).
+    pub tcti: String,
+    /// `persistent` (the SRK at 0x81000001) or `template` (re-created on each use).
+    pub parent: String,
+    /// Hex TPM name of the parent at enrolment.
+    pub parent_name: String,
+    /// Device key TPMT_PUBLIC, base64url.
+    pub key_public: String,
+    /// Device key TPM2B_PRIVATE contents, base64url.
+    pub key_private: String,
+    /// Sealed state key TPMT_PUBLIC, base64url.
+    pub seal_public: String,
+    /// Sealed state key TPM2B_PRIVATE contents, base64url.
+    pub seal_private: String,
+}
+
+/// The TPM2_Create results for the device key, to read its attributes back in tests.
+pub fn key_blobs(file: &TpmKeyFile) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+    let public = b64url_decode(&file.key_public).ok_or(TpmError::Damaged("key public"))?;
+    let private = b64url_decode(&file.key_private).ok_or(TpmError::Damaged("key private"))?;
+    Ok((public, private))
+}
+
+fn classify(e: tss_esapi::Error, doing: &'static str) -> TpmError {
+    let tss_esapi::Error::Tss2Error(rc) = e else {
+        return TpmError::Device {
+            doing,
+            detail: e.to_string(),
+        };
+    };
+    let raw = raw_rc(&rc);
+    // TSS2 layers (bits 16..24): 0 = TPM; 10 = TCTI (the transport).
+    if raw.map(|r| (r >> 16) & 0xff) == Some(10) {
+        return TpmError::Stopped { doing };
+    }
+    match rc.kind() {
+        Some(Tss2ResponseCodeKind::Lockout) => TpmError::Lockout { wait_secs: None },
+        Some(Tss2ResponseCodeKind::Integrity | Tss2ResponseCodeKind::Binding) => TpmError::Foreign,
+        _ => TpmError::Device {
+            doing,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// The raw TSS2 response code. tss-esapi keeps it private but shows it in the Display of the
+/// error's source ("Response code value: 0x…").
+fn raw_rc(rc: &tss_esapi::constants::response_code::Tss2ResponseCode) -> Option<u32> {
+    let text = std::error::Error::source(rc)?.to_string();
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn srk_template() -> Result<Public, tss_esapi::Error> {
+    // TCG TPM v2.0 Provisioning Guidance, ECC P-256 SRK template.
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(vec![0u8; 32])?,
+            EccParameter::try_from(vec![0u8; 32])?,
+        ))
+        .build()
+}
+
+fn device_key_template() -> Result<Public, tss_esapi::Error> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .with_restricted(false)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+fn seal_template() -> Result<Public, tss_esapi::Error> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+fn verifying_key_of(public: &Public) -> Result<VerifyingKey, TpmError> {
+    let Public::Ecc { unique, .. } = public else {
+        return Err(TpmError::Damaged("device key is not an ECC key"));
+    };
+    let pad = |v: &[u8]| -> Result<[u8; 32], TpmError> {
+        let mut out = [0u8; 32];
+        if v.len() > 32 {
+            return Err(TpmError::Damaged("ECC coordinate longer than 32 bytes"));
+        }
+        out[32 - v.len()..].copy_from_slice(v);
+        Ok(out)
+    };
+    let (x, y) = (pad(unique.x().value())?, pad(unique.y().value())?);
+    let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+    VerifyingKey::from_encoded_point(&point).map_err(|_| TpmError::Damaged("device key point"))
+}
+
+/// The storage parent, as resolved in this process.
+#[derive(Debug, Clone, Copy)]
+enum Parent {
+    /// The persistent SRK (needs no flush).
+    Persistent(KeyHandle),
+    /// A primary created from the template for this process (flushed on drop).
+    Transient(KeyHandle),
+}
+
+impl Parent {
+    fn handle(self) -> KeyHandle {
+        match self {
+            Parent::Persistent(h) | Parent::Transient(h) => h,
+        }
+    }
+}
+
+struct Inner {
+    ctx: Context,
+    parent: Option<Parent>,
+}
+
+/// A device key (and state key) in a TPM.
+pub struct TpmDevice {
+    inner: RefCell<Inner>,
+    file: TpmKeyFile,
+    verifying: VerifyingKey,
+    state_key: RefCell<Option<Zeroizing<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for TpmDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TpmDevice({})", self.file.tcti)
+    }
+}
+
+fn connect(tcti: &str) -> Result<Context, TpmError> {
+    let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::Unreachable {
+        tcti: tcti.into(),
+        detail: format!("not a valid TCTI ({e}); use device:/dev/tpmrm0 or swtpm:host=…,port=…"),
+    })?;
+    let mut ctx = Context::new(conf).map_err(|e| TpmError::Unreachable {
+        tcti: tcti.into(),
+        detail: e.to_string(),
+    })?;
+    // Context::new does not talk to the TPM; the first command tells whether one answers.
+    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    Ok(ctx)
+}
+
+/// Whether a TPM answers at `tcti` (one GetCapability round trip).
+pub fn probe(tcti: &str) -> Result<(), TpmError> {
+    let mut ctx = connect(tcti)?;
+    ctx.execute_without_session(|c| {
+        c.get_capability(
+            CapabilityType::TpmProperties,
+            PropertyTag::Manufacturer.into(),
+            1,
+        )
+    })
+    .map(|_| ())
+    .map_err(|e| match classify(e, "answer") {
+        TpmError::Stopped { .. } => TpmError::Unreachable {
+            tcti: tcti.into(),
+            detail: "no answer".into(),
+        },
+        other => other,
+    })
+}
+
+fn persistent_srk() -> Result<TpmHandle, TpmError> {
+    PersistentTpmHandle::new(SRK_HANDLE)
+        .map(TpmHandle::Persistent)
+        .map_err(|e| TpmError::Device {
+            doing: "address the SRK",
+            detail: e.to_string(),
+        })
+}
+
+/// Finds the SRK at 0x81000001 if present, with its name (one ReadPublic). With `check`, also
+/// reads its public area to make sure it is a storage key (enrolment only: on later use the
+/// name, a hash of the public area, is compared with the one recorded at enrolment instead).
+fn find_persistent_srk(
+    ctx: &mut Context,
+    check: bool,
+) -> Result<Option<(KeyHandle, Vec<u8>)>, TpmError> {
+    let tpm_handle = persistent_srk()?;
+    let handle = match ctx.execute_without_session(|c| c.tr_from_tpm_public(tpm_handle)) {
+        Ok(h) => h,
+        Err(e) => {
+            return match classify(e, "look up the storage key") {
+                TpmError::Device { .. } => Ok(None),
+                other => Err(other),
+            }
+        }
+    };
+    let key = KeyHandle::from(handle);
+    let name = ctx
+        .tr_get_name(handle)
+        .map_err(|e| classify(e, "name the storage key"))?;
+    if check {
+        let (public, _, _) = ctx
+            .execute_without_session(|c| c.read_public(key))
+            .map_err(|e| classify(e, "read the storage key"))?;
+        let a = public.object_attributes();
+        if !(a.restricted() && a.decrypt() && !a.sign_encrypt()) {
+            return Ok(None);
+        }
+    }
+    Ok(Some((key, name.value().to_vec())))
+}
+
+fn create_srk(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), TpmError> {
+    let template = srk_template().map_err(|e| classify(e, "build the SRK template"))?;
+    let primary = ctx
+        .create_primary(Hierarchy::Owner, template, None, None, None, None)
+        .map_err(|e| classify(e, "create the storage key"))?;
+    let (_, name, _) = ctx
+        .execute_without_session(|c| c.read_public(primary.key_handle))
+        .map_err(|e| classify(e, "read the storage key"))?;
+    Ok((primary.key_handle, name.value().to_vec()))
+}
+
+fn make_blob(public: &Public, private: &Private) -> Result<(String, String), TpmError> {
+    let public = public.marshall().map_err(|e| classify(e, "encode a key"))?;
+    Ok((b64url(&public), b64url(private.value())))
+}
+
+fn load_blob(
+    ctx: &mut Context,
+    parent: KeyHandle,
+    public: &str,
+    private: &str,
+) -> Result<KeyHandle, TpmError> {
+    let public = b64url_decode(public).ok_or(TpmError::Damaged("public area encoding"))?;
+    let private = b64url_decode(private).ok_or(TpmError::Damaged("private area encoding"))?;
+    let public = Public::unmarshall(&public).map_err(|_| TpmError::Damaged("public area"))?;
+    let private = Private::try_from(private).map_err(|_| TpmError::Damaged("private area"))?;
+    ctx.load(parent, private, public)
+        .map_err(|e| classify(e, "load the key"))
+}
+
+fn flush(ctx: &mut Context, handle: KeyHandle) {
+    // A failed flush leaves nothing we can do; the handle dies with the TPM's next reset.
+    let _ = ctx.flush_context(ObjectHandle::from(handle));
+}
+
+impl TpmDevice {
+    /// Creates the device key and the sealed state key in the TPM at `tcti`.
+    pub fn create(tcti: &str) -> Result<Self, TpmError> {
+        let mut ctx = connect(tcti)?;
+        let (parent, parent_kind, parent_name) = match find_persistent_srk(&mut ctx, true)? {
+            Some((h, name)) => (Parent::Persistent(h), "persistent", name),
+            None => {
+                let (h, name) = create_srk(&mut ctx)?;
+                let persisted =
+                    Persistent::Persistent(PersistentTpmHandle::new(SRK_HANDLE).map_err(|e| {
+                        TpmError::Device {
+                            doing: "address the SRK",
+                            detail: e.to_string(),
+                        }
+                    })?);
+                match ctx.evict_control(Provision::Owner, h.into(), persisted) {
+                    Ok(_) => {
+                        flush(&mut ctx, h);
+                        let (ph, name2) =
+                            find_persistent_srk(&mut ctx, false)?.ok_or(TpmError::KeyGone)?;
+                        debug_assert_eq!(name, name2);
+                        (Parent::Persistent(ph), "persistent", name2)
+                    }
+                    // The owner hierarchy may have an auth value we do not know: stay transient.
+                    Err(_) => (Parent::Transient(h), "template", name),
+                }
+            }
+        };
+        let mut state_key = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut state_key[..]).map_err(|_| TpmError::Damaged("no randomness"))?;
+        let key_template =
+            device_key_template().map_err(|e| classify(e, "build the key template"))?;
+        let key = ctx
+            .create(parent.handle(), key_template, None, None, None, None)
+            .map_err(|e| classify(e, "create the device key"))?;
+        let seal_data =
+            SensitiveData::try_from(state_key.to_vec()).map_err(|e| classify(e, "seal"))?;
+        let seal_template = seal_template().map_err(|e| classify(e, "build the seal template"))?;
+        let seal = ctx
+            .create(
+                parent.handle(),
+                seal_template,
+                None,
+                Some(seal_data),
+                None,
+                None,
+            )
+            .map_err(|e| classify(e, "seal the state key"))?;
+        let verifying = verifying_key_of(&key.out_public)?;
+        let (key_public, key_private) = make_blob(&key.out_public, &key.out_private)?;
+        let (seal_public, seal_private) = make_blob(&seal.out_public, &seal.out_private)?;
+        let file = TpmKeyFile {
+            tcti: tcti.into(),
+            parent: parent_kind.into(),
+            parent_name: hex::encode(parent_name),
+            key_public,
+            key_private,
+            seal_public,
+            seal_private,
+        };
+        Ok(Self {
+            inner: RefCell::new(Inner {
+                ctx,
+                parent: Some(parent),
+            }),
+            file,
+            verifying,
+            state_key: RefCell::new(Some(state_key)),
+        })
+    }
+
+    /// Opens an enrolled device; no TPM command is sent until the key or state key is used.
+    pub fn open(file: &TpmKeyFile, tcti: Option<&str>) -> Result<Self, TpmError> {
+        let public =
+            b64url_decode(&file.key_public).ok_or(TpmError::Damaged("public area encoding"))?;
+        let public = Public::unmarshall(&public).map_err(|_| TpmError::Damaged("public area"))?;
+        let verifying = verifying_key_of(&public)?;
+        let tcti = tcti.map(str::to_owned).unwrap_or_else(|| file.tcti.clone());
+        let ctx = connect(&tcti)?;
+        Ok(Self {
+            inner: RefCell::new(Inner { ctx, parent: None }),
+            file: file.clone(),
+            verifying,
+            state_key: RefCell::new(None),
+        })
+    }
+
+    /// The blobs to store.
+    pub fn file(&self) -> &TpmKeyFile {
+        &self.file
+    }
+
+    fn with_parent<T>(
+        &self,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let mut inner = self.inner.borrow_mut();
+        let parent = match inner.parent {
+            Some(p) => p,
+            None => {
+                let p = match self.file.parent.as_str() {
+                    "persistent" => {
+                        let (h, name) =
+                            find_persistent_srk(&mut inner.ctx, false)?.ok_or(TpmError::KeyGone)?;
+                        if hex::encode(name) != self.file.parent_name {
+                            return Err(TpmError::KeyGone);
+                        }
+                        Parent::Persistent(h)
+                    }
+                    "template" => {
+                        let (h, name) = create_srk(&mut inner.ctx)?;
+                        if hex::encode(name) != self.file.parent_name {
+                            flush(&mut inner.ctx, h);
+                            return Err(TpmError::KeyGone);
+                        }
+                        Parent::Transient(h)
+                    }
+                    _ => return Err(TpmError::Damaged("unknown parent kind")),
+                };
+                inner.parent = Some(p);
+                p
+            }
+        };
+        let result = f(&mut inner.ctx, parent.handle());
+        if let Err(TpmError::Lockout { wait_secs: None }) = result {
+            return Err(TpmError::Lockout {
+                wait_secs: lockout_interval(&mut inner.ctx),
+            });
+        }
+        result
+    }
+
+    /// Unseals the state key (once per process).
+    pub fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, TpmError> {
+        if let Some(k) = self.state_key.borrow().as_ref() {
+            return Ok(k.clone());
+        }
+        let key = self.with_parent(|ctx, parent| {
+            let h = load_blob(ctx, parent, &self.file.seal_public, &self.file.seal_private)?;
+            let result = ctx
+                .unseal(h.into())
+                .map_err(|e| classify(e, "unseal the state key"));
+            flush(ctx, h);
+            let data = result?;
+            let bytes: [u8; 32] = data
+                .value()
+                .try_into()
+                .map_err(|_| TpmError::Damaged("sealed key length"))?;
+            Ok(Zeroizing::new(bytes))
+        })?;
+        *self.state_key.borrow_mut() = Some(key.clone());
+        Ok(key)
+    }
+
+    fn sign_digest(&self, digest: &[u8]) -> Result<Signature, TpmError> {
+        self.with_parent(|ctx, parent| {
+            let h = load_blob(ctx, parent, &self.file.key_public, &self.file.key_private)?;
+            let validation = TPMT_TK_HASHCHECK {
+                tag: TPM2_ST_HASHCHECK,
+                hierarchy: TPM2_RH_NULL,
+                digest: Default::default(),
+            };
+            let result = (|| {
+                let digest = Digest::try_from(digest.to_vec()).map_err(|e| classify(e, "sign"))?;
+                let ticket = validation.try_into().map_err(|e| classify(e, "sign"))?;
+                ctx.sign(h, digest, SignatureScheme::Null, ticket)
+                    .map_err(|e| classify(e, "sign with the device key"))
+            })();
+            flush(ctx, h);
+            match result? {
+                TpmSignature::EcDsa(sig) => {
+                    signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+                        .map_err(|_| TpmError::Damaged("signature from the TPM"))
+                }
+                _ => Err(TpmError::Damaged("the TPM returned a non-ECDSA signature")),
+            }
+        })
+    }
+}
+
+/// How long the TPM's lockout lasts per failure (TPM_PT_LOCKOUT_INTERVAL), if it says.
+fn lockout_interval(ctx: &mut Context) -> Option<u32> {
+    let (data, _) = ctx
+        .execute_without_session(|c| {
+            c.get_capability(
+                CapabilityType::TpmProperties,
+                PropertyTag::LockoutInterval.into(),
+                1,
+            )
+        })
+        .ok()?;
+    match data {
+        CapabilityData::TpmProperties(list) => {
+            list.find(PropertyTag::LockoutInterval).map(|p| p.value())
+        }
+        _ => None,
+    }
+}
+
+impl Drop for TpmDevice {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        if let Some(Parent::Transient(h)) = inner.parent.take() {
+            flush(&mut inner.ctx, h);
+        }
+    }
+}
+
+impl KeyBackend for TpmDevice {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tpm
+    }
+
+    fn verifying_key(&self) -> &VerifyingKey {
+        &self.verifying
+    }
+
+    fn try_sign(&self, msg: &[u8]) -> Result<Signature, KeyError> {
+        let digest = Sha256::digest(msg);
+        self.sign_digest(&digest).map_err(KeyError::from)
+    }
+}
+
+impl From<TpmError> for KeyError {
+    fn from(e: TpmError) -> Self {
+        match e {
+            TpmError::Unreachable { .. } | TpmError::Stopped { .. } | TpmError::Lockout { .. } => {
+                KeyError::Unavailable {
+                    message: e.to_string(),
+                }
+            }
+            other => KeyError::Device {
+                message: other.to_string(),
+            },
+        }
+    }
+}
