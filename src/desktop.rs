@@ -183,6 +183,7 @@ impl From<TpmError> for DesktopError {
             TpmError::Unreachable { .. }
             | TpmError::Stopped { .. }
             | TpmError::Lockout { .. }
+            | TpmError::NoSlots
             | TpmError::Device { .. } => Self::Tpm(e.to_string()),
         }
     }

@@ -89,6 +89,9 @@ pub enum TpmError {
         /// Seconds per lockout interval, if the TPM said.
         wait_secs: Option<u32>,
     },
+    /// No free object slots: objects left loaded by an interrupted program.
+    #[error("the TPM has no free object slots: another program, or an interrupted one, left objects loaded. Through the kernel resource manager (device:/dev/tpmrm0) they are flushed when that program exits; on a TPM used directly, flush them with `tpm2_flushcontext -t` or restart it")]
+    NoSlots,
     /// The storage key is gone or changed: the TPM was cleared, or this is another TPM.
     #[error("the TPM no longer holds the storage key this desktop was enrolled under (the TPM was cleared, or this is another machine)")]
     KeyGone,
@@ -142,17 +145,22 @@ fn classify(e: tss_esapi::Error, doing: &'static str) -> TpmError {
             detail: e.to_string(),
         };
     };
-    let raw = raw_rc(&rc);
-    // TSS2 layers (bits 16..24): 0 = TPM; 10 = TCTI (the transport).
-    if raw.map(|r| (r >> 16) & 0xff) == Some(10) {
+    let raw = raw_rc(&rc).unwrap_or(0);
+    // TSS2_RC layers (bits 16..24): 0 = the TPM itself, 7 = ESAPI, 8 = SAPI, 10 = TCTI (the
+    // transport). ESAPI's BAD_SEQUENCE (7) and IO_ERROR (10) follow a transport failure.
+    let layer = (raw >> 16) & 0xff;
+    let base = raw & 0xffff;
+    if layer == 10 || (layer == 7 && matches!(base, 7 | 10)) {
         return TpmError::Stopped { doing };
     }
-    match rc.kind() {
+    let kind = if layer == 0 { rc.kind() } else { None };
+    match kind {
         Some(Tss2ResponseCodeKind::Lockout) => TpmError::Lockout { wait_secs: None },
+        Some(Tss2ResponseCodeKind::ObjectMemory) => TpmError::NoSlots,
         Some(Tss2ResponseCodeKind::Integrity | Tss2ResponseCodeKind::Binding) => TpmError::Foreign,
         _ => TpmError::Device {
             doing,
-            detail: e.to_string(),
+            detail: format!("{e} (TSS2_RC 0x{raw:x})"),
         },
     }
 }
@@ -342,12 +350,13 @@ fn find_persistent_srk(
     let tpm_handle = persistent_srk()?;
     let handle = match ctx.execute_without_session(|c| c.tr_from_tpm_public(tpm_handle)) {
         Ok(h) => h,
-        Err(e) => {
-            return match classify(e, "look up the storage key") {
-                TpmError::Device { .. } => Ok(None),
-                other => Err(other),
-            }
+        Err(tss_esapi::Error::Tss2Error(rc))
+            if raw_rc(&rc).is_some_and(|r| r >> 16 == 0)
+                && matches!(rc.kind(), Some(Tss2ResponseCodeKind::Handle)) =>
+        {
+            return Ok(None)
         }
+        Err(e) => return Err(classify(e, "look up the storage key")),
     };
     let key = KeyHandle::from(handle);
     let name = ctx

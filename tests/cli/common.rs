@@ -202,6 +202,8 @@ pub struct Desktop {
     pub dir: TempDir,
     pub state: PathBuf,
     pub machine_id: PathBuf,
+    /// Passed as HWPASS_TCTI (so the environment path is exercised); `--tcti` wins over it.
+    pub tcti: Option<String>,
 }
 
 impl Desktop {
@@ -216,6 +218,7 @@ impl Desktop {
             dir,
             state,
             machine_id,
+            tcti: None,
         }
     }
 
@@ -241,7 +244,31 @@ impl Desktop {
         cmd.env("HWPASS_MACHINE_ID_FILE", &self.machine_id)
             .arg("--state-dir")
             .arg(&self.state);
+        if let Some(t) = &self.tcti {
+            cmd.env("HWPASS_TCTI", t);
+        }
         cmd
+    }
+
+    /// A desktop enrolled with the TPM backend on `tpm`.
+    pub fn with_tpm(trust: &Path, tpm: &Swtpm) -> Self {
+        let mut d = Self::new();
+        d.tcti = Some(tpm.tcti());
+        let r = d
+            .run(
+                &[
+                    "enroll",
+                    "--backend",
+                    "tpm",
+                    "--trust",
+                    trust.to_str().unwrap(),
+                ],
+                None,
+                NOW,
+            )
+            .ok();
+        assert!(r.stdout.contains("tpm device key"), "{r:?}");
+        d
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>, now: i64) -> Run {
@@ -288,4 +315,197 @@ pub fn with_payload(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> S
     edit(&mut payload);
     let p = URL_SAFE_NO_PAD.encode(payload.to_string());
     format!("{}.{}.{}", parts[0], p, parts[2])
+}
+
+/// A swtpm TPM 2.0 simulator of its own: temp state dir, free loopback ports, killed on drop.
+pub struct Swtpm {
+    pub state: TempDir,
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+fn free_port_pair() -> u16 {
+    // Two consecutive free ports (server, ctrl). The OS hands out a free one; the next one is
+    // checked too. Another process may still take them before swtpm binds: start() retries.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Swtpm {
+    pub fn start() -> Self {
+        require("swtpm", "swtpm");
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut tpm = Self {
+            state,
+            child: None,
+            port: 0,
+        };
+        tpm.launch();
+        tpm
+    }
+
+    fn launch(&mut self) {
+        for _ in 0..10 {
+            let port = free_port_pair();
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", self.state.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn swtpm");
+            // Wait until it listens (or exits because a port was taken), polling readiness.
+            for _ in 0..500 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.child = Some(child);
+                    self.port = port;
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("swtpm did not start");
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Stops the simulator (the TPM "stops answering").
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts the simulator on the same state (a reboot of the machine).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Runs a tpm2-tools command against this TPM.
+    pub fn tool(&self, args: &[&str]) -> Run {
+        require("tpm2_getcap", "tpm2-tools");
+        let mut cmd = Command::new(args[0]);
+        cmd.args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .env("TSS2_LOG", "all+none");
+        run(cmd, None)
+    }
+
+    /// Transient object handles currently loaded.
+    pub fn transient_handles(&self) -> Vec<String> {
+        let r = self.tool(&["tpm2_getcap", "handles-transient"]).ok();
+        r.stdout
+            .lines()
+            .map(|l| l.trim_start_matches("- ").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback TCP proxy in front of a TPM that forwards `commands` whole TPM commands and
+/// their responses, then cuts the connection: a TPM that stops answering mid-operation.
+pub struct CuttingProxy {
+    pub port: u16,
+}
+
+impl CuttingProxy {
+    pub fn start(target: u16, commands: usize) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let port = free_port_pair();
+        let data = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
+        let ctrl = TcpListener::bind(("127.0.0.1", port + 1)).expect("bind proxy ctrl");
+        // The control channel is passed through untouched. swtpm serves one control
+        // connection at a time, so each end is shut down as soon as the other closes.
+        std::thread::spawn(move || {
+            for client in ctrl.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target + 1)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        // The swtpm TCTI opens a connection per command (and one idle one at start-up), so each
+        // connection gets its own thread; the command count is shared.
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for client in data.incoming().flatten() {
+                let forwarded = forwarded.clone();
+                std::thread::spawn(move || {
+                    let mut client = client;
+                    // TPM command/response: a 10-byte header whose bytes 2..6 are the size.
+                    let read_message = |from: &mut TcpStream| -> Option<Vec<u8>> {
+                        let mut message = vec![0u8; 10];
+                        from.read_exact(&mut message).ok()?;
+                        let size =
+                            u32::from_be_bytes([message[2], message[3], message[4], message[5]])
+                                as usize;
+                        message.resize(size.max(10), 0);
+                        from.read_exact(&mut message[10..]).ok()?;
+                        Some(message)
+                    };
+                    while let Some(command) = read_message(&mut client) {
+                        let n = forwarded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if n >= commands {
+                            // Hang up without an answer.
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        // One connection per command, as the TCTI does; one write, since swtpm
+                        // takes each read as a whole command.
+                        let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            return;
+                        };
+                        if server.write_all(&command).is_err() {
+                            return;
+                        }
+                        let Some(response) = read_message(&mut server) else {
+                            return;
+                        };
+                        if client.write_all(&response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port }
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
 }

@@ -4,5 +4,6 @@
 
 mod common;
 mod desktop_software;
+mod desktop_tpm;
 mod interop;
 mod issuer;

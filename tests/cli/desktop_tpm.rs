@@ -1,0 +1,349 @@
+//! The desktop with the TPM backend, against a swtpm simulator per test.
+
+use std::path::Path;
+
+use hwpass::keys::KeyBackend as _;
+use hwpass::token::b64url_decode;
+
+use crate::common::*;
+
+fn flow(issuer: &Issuer, desk: &Desktop) -> String {
+    let req = desk.request("bob@corp", &[]);
+    let claims = hwpass::token::decode(&req).unwrap().payload().unwrap();
+    assert_eq!(claims["kind"], "tpm");
+    let pass = issuer.sign(&req, NOW, &[]).ok().line();
+    desk.install(&pass, NOW).ok();
+    pass
+}
+
+#[test]
+fn full_flow_with_the_tpm_backend_leaves_no_handles() {
+    let mut tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    let pass = flow(&issuer, &desk);
+    assert!(pass.len() <= 600, "pass is {} characters", pass.len());
+    let (code, v) = desk.check(NOW + 60);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["binding"], "tpm");
+    // Tpm-bound passes get the policy's 7d default, not the 3d software maximum.
+    assert_eq!(v["expires_at"].as_i64(), Some(NOW + 7 * 86400));
+    assert_eq!(issuer.audit_lines()[0]["kind"], "tpm");
+    assert!(
+        tpm.transient_handles().is_empty(),
+        "{:?}",
+        tpm.transient_handles()
+    );
+    // The record holds TPM blobs and no software key.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(desk.state.join("device.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["backend"], "tpm");
+    assert!(record.get("software").is_none());
+    assert_eq!(record["tpm"]["parent"], "persistent");
+    // A reboot (TPM restart with its state kept) changes nothing: the SRK is persistent.
+    tpm.restart();
+    let mut moved = Desktop::new();
+    moved.tcti = Some(tpm.tcti());
+    moved.state = desk.state.clone();
+    moved.machine_id = desk.machine_id.clone();
+    assert_eq!(moved.check(NOW + 120).0, 0);
+}
+
+#[test]
+fn a_check_issues_seven_tpm_commands() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    let mut cmd = desk.cmd(NOW + 60);
+    cmd.env("TSS2_LOG", "tcti+debug").arg("check");
+    let r = run(cmd, None);
+    assert_eq!(r.code, 0, "{r:?}");
+    let codes: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Sending command"))
+        .filter_map(|l| l.split("TPM_CC ").nth(1)?.split(' ').next())
+        .collect();
+    // ReadPublic(SRK), Load, Unseal, FlushContext, Load, Sign, FlushContext.
+    assert_eq!(
+        codes,
+        ["0x173", "0x157", "0x15e", "0x165", "0x157", "0x15d", "0x165"],
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn replay_on_another_tpm_fails_with_exit_6() {
+    let tpm_a = Swtpm::start();
+    let tpm_b = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let a = Desktop::with_tpm(&trust, &tpm_a);
+    let pass = flow(&issuer, &a);
+    assert_eq!(a.check(NOW).0, 0);
+
+    // Machine B has never seen hwpass: no storage key at 0x81000001.
+    let mut copy = Desktop::new();
+    copy_dir(&a.state, &copy.state);
+    copy.tcti = Some(tpm_b.tcti());
+    let (code, v) = copy.check(NOW);
+    assert_eq!(code, 6, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("cleared, or this is another machine"),
+        "{v}"
+    );
+
+    // Machine B already has its own SRK (another desktop enrolled there): the blobs from A do
+    // not load under it.
+    let _b = Desktop::with_tpm(&trust, &tpm_b);
+    let (code, v) = copy.check(NOW);
+    assert_eq!(code, 6, "{v}");
+    // The pass itself, installed on B's own enrolment, is bound to A's key.
+    let out = _b.install(&pass, NOW);
+    assert_eq!(out.code, 6, "{out:?}");
+
+    // Independently, with tpm2-tools: A's key blob cannot be loaded into B's TPM, but loads in A.
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private) = blobs(&a.state, dir.path());
+    let load = |tpm: &Swtpm| {
+        tpm.tool(&[
+            "tpm2_load",
+            "-C",
+            "0x81000001",
+            "-u",
+            &public,
+            "-r",
+            &private,
+            "-c",
+            dir.path().join("k.ctx").to_str().unwrap(),
+        ])
+    };
+    assert_eq!(load(&tpm_a).code, 0);
+    tpm_a.tool(&["tpm2_flushcontext", "-t"]).ok();
+    let on_b = load(&tpm_b);
+    assert_ne!(on_b.code, 0, "{on_b:?}");
+    assert!(tpm_a.transient_handles().is_empty() && tpm_b.transient_handles().is_empty());
+}
+
+#[test]
+fn key_attributes_read_back_from_the_tpm() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private) = blobs(&desk.state, dir.path());
+    let ctx = dir.path().join("k.ctx");
+    tpm.tool(&[
+        "tpm2_load",
+        "-C",
+        "0x81000001",
+        "-u",
+        &public,
+        "-r",
+        &private,
+        "-c",
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let out = tpm
+        .tool(&["tpm2_readpublic", "-c", ctx.to_str().unwrap()])
+        .ok();
+    let raw = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("attributes:"))
+        .nth(1)
+        .and_then(|l| l.trim().strip_prefix("value: "))
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string();
+    let mut attrs: Vec<&str> = raw.split('|').collect();
+    attrs.sort();
+    assert_eq!(
+        attrs,
+        [
+            "fixedparent",
+            "fixedtpm",
+            "noda",
+            "sensitivedataorigin",
+            "sign",
+            "userwithauth"
+        ],
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("curve-id:\n  value: NIST p256"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("scheme:\n  value: ecdsa\n  raw: 0x18\nscheme-halg:\n  value: sha256"),
+        "{}",
+        out.stdout
+    );
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    assert!(tpm.transient_handles().is_empty());
+    // The public key the TPM reports is the one in the request.
+    let jwk = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(desk.state.join("device.json")).unwrap(),
+    )
+    .unwrap()["jwk"]
+        .clone();
+    let x = hex::encode(b64url_decode(jwk["x"].as_str().unwrap()).unwrap());
+    assert!(out.stdout.contains(&x), "x {x} not in {}", out.stdout);
+}
+
+#[test]
+fn tpm_that_stops_answering_gives_a_clear_error() {
+    let mut tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    // Mid-check: the connection is cut after 3 of the 7 commands (during the state unseal)
+    // and after 5 (during the signature).
+    for after in [3, 5] {
+        let proxy = CuttingProxy::start(tpm.port, after);
+        let r = desk.run(&["--tcti", &proxy.tcti(), "check", "--json"], None, NOW);
+        let v = r.json();
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            v["message"].as_str().unwrap().contains("stopped answering"),
+            "{v}"
+        );
+        assert!(
+            v["hint"].as_str().unwrap().contains("TPM is reachable"),
+            "{v}"
+        );
+    }
+    // The cut connections left their loaded objects in the TPM (swtpm has no resource manager
+    // to flush them, unlike /dev/tpmrm0): the next check says so and what to do…
+    let (code, v) = desk.check(NOW);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("tpm2_flushcontext -t"),
+        "{v}"
+    );
+    // …and after doing it, the pass checks out again.
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    let (code, v) = desk.check(NOW);
+    assert_eq!(code, 0, "{v}");
+    assert!(tpm.transient_handles().is_empty());
+    // The TPM gone entirely.
+    tpm.kill();
+    let (code, v) = desk.check(NOW);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("TPM"), "{v}");
+}
+
+#[test]
+fn auto_uses_the_tpm_when_one_answers_and_software_otherwise() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let t = trust.to_str().unwrap();
+    let with = Desktop::new();
+    let r = with
+        .run(
+            &["--tcti", &tpm.tcti(), "enroll", "--trust", t, "--json"],
+            None,
+            NOW,
+        )
+        .ok();
+    assert_eq!(r.json()["kind"], "tpm");
+
+    let without = Desktop::new();
+    let closed = format!("swtpm:host=127.0.0.1,port={}", closed_port());
+    let r = without
+        .run(
+            &["--tcti", &closed, "enroll", "--trust", t, "--json"],
+            None,
+            NOW,
+        )
+        .ok();
+    assert_eq!(r.json()["kind"], "software");
+    assert!(r.stderr.contains("notice: no TPM answered"), "{r:?}");
+    // Asking for the TPM explicitly when none answers is an error, not a silent fallback.
+    let strict = Desktop::new();
+    let r = strict.run(
+        &[
+            "--tcti",
+            &closed,
+            "enroll",
+            "--backend",
+            "tpm",
+            "--trust",
+            t,
+        ],
+        None,
+        NOW,
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no TPM answers"), "{r:?}");
+    assert!(!strict.state.join("device.json").exists());
+}
+
+#[test]
+fn many_tpm_signatures_all_verify_including_short_r_and_s() {
+    let tpm = Swtpm::start();
+    let device = hwpass::tpm::TpmDevice::create(&tpm.tcti()).unwrap();
+    let key = *device.verifying_key();
+    let mut short = 0;
+    for i in 0..2000u32 {
+        let msg = i.to_be_bytes();
+        let sig = device.try_sign(&msg).unwrap();
+        let bytes = sig.to_bytes();
+        if bytes[0] == 0 || bytes[32] == 0 {
+            short += 1;
+        }
+        hwpass::token::verify_es256(&key, &msg, &bytes)
+            .unwrap_or_else(|e| panic!("signature {i}: {e}"));
+    }
+    // About 2000/128 ≈ 16 expected; none in 2000 has probability below 1e-6.
+    assert!(short > 0, "no signature with a short r or s was seen");
+    drop(device);
+    assert!(tpm.transient_handles().is_empty());
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Writes the device key's public and private blobs as tpm2-tools files (TPM2B_PUBLIC,
+/// TPM2B_PRIVATE: a 16-bit size then the contents).
+fn blobs(state: &Path, dir: &Path) -> (String, String) {
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("device.json")).unwrap()).unwrap();
+    let file: hwpass::tpm::TpmKeyFile = serde_json::from_value(record["tpm"].clone()).unwrap();
+    let (public, private) = hwpass::tpm::key_blobs(&file).unwrap();
+    let write = |name: &str, body: &[u8]| {
+        let path = dir.join(name);
+        let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    (write("key.pub", &public), write("key.priv", &private))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
