@@ -145,13 +145,12 @@ impl DesktopError {
             Self::OtherDevice { .. }
             | Self::BindingMismatch { .. }
             | Self::KeyUnusable(_)
-            | Self::Foreign(_) => exit::WRONG_DEVICE,
+            | Self::Foreign(_)
+            | Self::Damaged { .. } => exit::WRONG_DEVICE,
             Self::Rollback { .. } => exit::ROLLBACK,
-            Self::AlreadyEnrolled { .. }
-            | Self::Damaged { .. }
-            | Self::Tpm(_)
-            | Self::Input(_)
-            | Self::Io { .. } => exit::OTHER,
+            Self::AlreadyEnrolled { .. } | Self::Tpm(_) | Self::Input(_) | Self::Io { .. } => {
+                exit::OTHER
+            }
         }
     }
 

@@ -315,3 +315,54 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn corrupt_state_files_are_clear_errors_and_never_replaced() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::enrolled(&trust);
+    let pass = issued(&issuer, &desk, &[]);
+    desk.install(&pass, NOW).ok();
+    let sealed = desk.state.join("state.sealed");
+    let device = desk.state.join("device.json");
+    let good_sealed = std::fs::read(&sealed).unwrap();
+    let good_device = std::fs::read(&device).unwrap();
+
+    let mut flipped = good_sealed.clone();
+    let at = flipped.len() - 10;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let cases: Vec<(&std::path::Path, Vec<u8>, &str)> = vec![
+        (
+            &sealed,
+            good_sealed[..good_sealed.len() / 2].to_vec(),
+            "damaged",
+        ),
+        (&sealed, Vec::new(), "damaged"),
+        (&sealed, flipped, "another machine or was altered"),
+        (
+            &device,
+            good_device[..good_device.len() / 2].to_vec(),
+            "damaged",
+        ),
+        (&device, b"{}".to_vec(), "damaged"),
+    ];
+    for (path, bytes, needle) in cases {
+        std::fs::write(path, &bytes).unwrap();
+        let (code, v) = desk.check(NOW);
+        assert_eq!(code, 6, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{needle}: {v}"
+        );
+        // install refuses too, and neither replaces the damaged file.
+        assert_eq!(desk.install(&pass, NOW).code, 6);
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            bytes,
+            "the damaged file is left as it was"
+        );
+        std::fs::write(&sealed, &good_sealed).unwrap();
+        std::fs::write(&device, &good_device).unwrap();
+    }
+    assert_eq!(desk.check(NOW).0, 0);
+}

@@ -347,3 +347,30 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[test]
+fn damaged_tpm_blobs_are_refused_with_exit_6() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    let path = desk.state.join("device.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&good).unwrap();
+    // Flip one byte inside the encrypted part of the sealed-key blob.
+    let mut blob = b64url_decode(record["tpm"]["seal_private"].as_str().unwrap()).unwrap();
+    let at = blob.len() - 5;
+    blob[at] ^= 0x01;
+    record["tpm"]["seal_private"] = hwpass::token::b64url(&blob).into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let (code, v) = desk.check(NOW);
+    assert_eq!(code, 6, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("another TPM"),
+        "{v}"
+    );
+    assert!(tpm.transient_handles().is_empty());
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(desk.check(NOW).0, 0);
+}
