@@ -374,3 +374,40 @@ fn damaged_tpm_blobs_are_refused_with_exit_6() {
     std::fs::write(&path, good).unwrap();
     assert_eq!(desk.check(NOW).0, 0);
 }
+
+#[test]
+fn tpm_cleared_after_enrolment_says_enrol_again() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    tpm.tool(&["tpm2_clear", "-c", "p"]).ok();
+    let (code, v) = desk.check(NOW);
+    assert_eq!(code, 6, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("TPM was cleared"),
+        "{v}"
+    );
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap()
+            .contains("enrol this desktop again"),
+        "{v}"
+    );
+    // Enrolling again on the cleared TPM works, with a new key.
+    let t = trust.to_str().unwrap();
+    desk.run(
+        &["enroll", "--backend", "tpm", "--trust", t, "--force"],
+        None,
+        NOW,
+    )
+    .ok();
+    let pass = issuer
+        .sign(&desk.request("bob@corp", &[]), NOW, &[])
+        .ok()
+        .line();
+    desk.install(&pass, NOW).ok();
+    assert_eq!(desk.check(NOW).0, 0);
+}
