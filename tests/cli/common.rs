@@ -509,3 +509,12 @@ impl CuttingProxy {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 }
+
+/// Copies a flat directory (a desktop state dir), as a person copying it to another machine.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

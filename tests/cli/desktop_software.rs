@@ -308,14 +308,6 @@ fn run_inspect(token: &str) -> Run {
     run(cmd, Some(token))
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn corrupt_state_files_are_clear_errors_and_never_replaced() {
     let issuer = Issuer::new();

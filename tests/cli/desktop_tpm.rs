@@ -340,14 +340,6 @@ fn blobs(state: &Path, dir: &Path) -> (String, String) {
     (write("key.pub", &public), write("key.priv", &private))
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn damaged_tpm_blobs_are_refused_with_exit_6() {
     let tpm = Swtpm::start();
