@@ -10,6 +10,7 @@
 //! [`desktop`] tie them to files; the binaries only parse arguments and print.
 
 pub mod audit;
+pub mod credential;
 pub mod desktop;
 pub mod fsutil;
 pub mod issuer;

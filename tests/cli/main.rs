@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attest;
 mod common;
 mod desktop_software;
 mod desktop_tpm;
