@@ -233,6 +233,20 @@ pub trait Device: std::fmt::Debug {
     fn key(&self) -> &dyn KeyBackend;
     /// The state-sealing key.
     fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError>;
+    /// Attestation evidence for the key, where the backend can give any.
+    fn evidence(&self, _qualifying_data: &[u8]) -> Result<Option<tpm::Evidence>, DesktopError> {
+        Ok(None)
+    }
+    /// Releases a credential the issuer sealed to this device's TPM.
+    fn activate(
+        &self,
+        _id_object: &[u8],
+        _secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
+        Err(DesktopError::Foreign(
+            "this pass was delivered sealed to a TPM, and this desktop's key is not in one".into(),
+        ))
+    }
 }
 
 impl Device for TpmDevice {
@@ -241,6 +255,21 @@ impl Device for TpmDevice {
     }
     fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError> {
         Ok(TpmDevice::state_key(self)?)
+    }
+    fn evidence(&self, qualifying_data: &[u8]) -> Result<Option<tpm::Evidence>, DesktopError> {
+        Ok(Some(TpmDevice::evidence(self, qualifying_data)?))
+    }
+    fn activate(
+        &self,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
+        TpmDevice::activate(self, id_object, secret).map_err(|e| match e {
+            TpmError::Device { .. } | TpmError::Foreign => DesktopError::Foreign(
+                "this delivery was sealed to another machine's TPM (or another enrolment); request a pass from this desktop".into(),
+            ),
+            other => other.into(),
+        })
     }
 }
 
@@ -587,12 +616,24 @@ pub fn request(
         ));
     }
     let e = Enrolment::open(dir, opts)?;
+    let att = e
+        .device
+        .evidence(&crate::attest::qualifying_data(&e.jkt()))?
+        .map(|ev| crate::attest::EvidenceClaims {
+            ekc: ev.ek_cert.as_deref().map(b64url),
+            ekp: ev.ek_public.as_deref().map(b64url),
+            ak: b64url(&ev.ak_public),
+            key: b64url(&ev.key_public),
+            cert: b64url(&ev.certify),
+            sig: b64url(&ev.signature),
+        });
     let claims = RequestClaims {
         sub: subject.into(),
         iat: now,
         kind: e.record.backend,
         ttl,
         dev,
+        att,
     };
     Ok(token::sign_request(&claims, e.device.key())?)
 }
@@ -606,6 +647,21 @@ pub fn install(
 ) -> Result<Verdict, DesktopError> {
     let e = Enrolment::open(dir, opts)?;
     let mut state = e.load_state()?;
+    // A pass delivered sealed to this TPM: ActivateCredential releases the key that opens it.
+    let opened;
+    let pass = match crate::attest::Delivery::parse(pass) {
+        Some(delivery) => {
+            let delivery = delivery.map_err(|err| DesktopError::Input(err.to_string()))?;
+            let credential = e
+                .device
+                .activate(&delivery.id_object, &delivery.encrypted_secret)?;
+            opened = delivery
+                .open(&credential)
+                .map_err(|err| DesktopError::Foreign(err.to_string()))?;
+            opened.as_str()
+        }
+        None => pass,
+    };
     let claims = e.verify(&state, pass, now)?;
     state.pass = Some(pass.into());
     state.high_water = state.high_water.max(now);

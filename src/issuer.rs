@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::attest::{self, AttestError, AttestationPolicy};
 use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::keys::{KeyBackend, KeyError};
 use crate::pkcs11_uri::{PinSource, Pkcs11Uri};
 use crate::policy::{Policy, PolicyConfig, PolicyError};
 use crate::token::{
-    self, Attestation, Confirmation, HardwareBinding, Jwk, Jwks, PassClaims, TokenError,
-    TrustParams,
+    self, Attestation, BindingKind, Confirmation, HardwareBinding, Jwk, Jwks, PassClaims,
+    TokenError, TrustParams,
 };
 
 /// Environment variable read for the HSM PIN when the URI has no `pin-source`.
@@ -51,6 +52,9 @@ pub enum IssuerError {
     /// The request was refused by policy.
     #[error("request refused by policy: {0}")]
     Policy(#[from] PolicyError),
+    /// The attestation evidence was refused.
+    #[error("request refused: {0}")]
+    Attest(#[from] AttestError),
     /// The HSM failed.
     #[error("{0}")]
     Key(#[from] KeyError),
@@ -65,7 +69,8 @@ impl IssuerError {
         match self {
             Self::Config { .. } | Self::Pin(_) => exit::OTHER,
             Self::Request(_) => exit::BAD_REQUEST,
-            Self::Policy(_) => exit::POLICY,
+            Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
+            Self::Attest(_) => exit::BAD_REQUEST,
             Self::Key(_) => exit::HSM,
             Self::Audit(_) => exit::AUDIT,
         }
@@ -80,6 +85,22 @@ struct ConfigFile {
     audit_log: PathBuf,
     hsm: HsmSection,
     policy: PolicyConfig,
+    #[serde(default)]
+    attestation: AttestationSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestationSection {
+    /// Refuse `tpm` requests without evidence.
+    #[serde(default)]
+    require: bool,
+    /// PEM files of trusted TPM manufacturer CA certificates (roots and intermediates).
+    #[serde(default)]
+    ek_roots: Vec<PathBuf>,
+    /// File of allowed EK names (hex), one per line, `#` comments.
+    #[serde(default)]
+    ek_allowlist: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +122,8 @@ pub struct IssuerConfig {
     pub key_uri: Pkcs11Uri,
     /// The signing policy.
     pub policy: Policy,
+    /// What attestation evidence is required and trusted.
+    pub attestation: AttestationPolicy,
 }
 
 impl IssuerConfig {
@@ -118,12 +141,41 @@ impl IssuerConfig {
             return Err(err("issuer and audience must not be empty".into()));
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let mut attestation = AttestationPolicy {
+            require: file.attestation.require,
+            ..Default::default()
+        };
+        for root in &file.attestation.ek_roots {
+            let root = base.join(root);
+            let text = std::fs::read_to_string(&root)
+                .map_err(|e| err(format!("{}: {e}", root.display())))?;
+            let certs = attest::parse_pem_certificates(&text)
+                .map_err(|e| err(format!("{}: {e}", root.display())))?;
+            attestation.roots.extend(certs);
+        }
+        if let Some(list) = &file.attestation.ek_allowlist {
+            let list = base.join(list);
+            let text = std::fs::read_to_string(&list)
+                .map_err(|e| err(format!("{}: {e}", list.display())))?;
+            attestation.allowlist = text
+                .lines()
+                .map(|l| {
+                    l.split('#')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .filter(|l| !l.is_empty())
+                .collect();
+        }
         Ok(Self {
             iss: file.issuer,
             aud: file.audience,
             audit_log: base.join(file.audit_log),
             key_uri,
             policy,
+            attestation,
         })
     }
 
@@ -189,6 +241,8 @@ pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretStri
 pub struct Approved {
     /// The pass claims.
     pub claims: PassClaims,
+    /// The attested TPM the pass is delivered sealed to, if the request carried evidence.
+    pub deliver_to: Option<attest::Verified>,
 }
 
 /// Verifies a request and applies the policy. Needs no HSM, so refusals cost no PIN entry.
@@ -200,6 +254,15 @@ pub fn approve(
 ) -> Result<Approved, IssuerError> {
     let req = token::verify_request(request, now)?;
     let validity = cfg.policy.decide(&req.claims, lifetime, now)?;
+    let deliver_to = match (&req.claims.att, req.claims.kind) {
+        (Some(_), BindingKind::Software) => return Err(AttestError::Unexpected.into()),
+        (Some(ev), BindingKind::Tpm) => Some(attest::verify(ev, &req.jwk, &cfg.attestation, now)?),
+        (None, BindingKind::Tpm) if cfg.attestation.require => {
+            return Err(AttestError::Missing.into())
+        }
+        (None, _) => None,
+    };
+    let att = deliver_to.as_ref().map_or(Attestation::None, |v| v.att);
     let claims = PassClaims {
         iss: cfg.iss.clone(),
         sub: req.claims.sub,
@@ -214,15 +277,16 @@ pub fn approve(
         // Without attestation evidence the binding kind is the request's word only.
         hwb: HardwareBinding {
             kind: req.claims.kind,
-            att: Attestation::None,
+            att,
         },
         dev: req.claims.dev,
     };
-    Ok(Approved { claims })
+    Ok(Approved { claims, deliver_to })
 }
 
 /// Signs approved passes with the HSM key, appends their audit records and fsyncs the log.
-/// Returns the passes only once their records are durable: the caller prints them after this.
+/// Returns the passes (sealed to their TPM when attested) only once their records are
+/// durable: the caller prints them after this.
 pub fn issue(
     approved: &[Approved],
     key: &dyn KeyBackend,
@@ -234,7 +298,11 @@ pub fn issue(
     let mut records = Vec::with_capacity(approved.len());
     for a in approved {
         let c = &a.claims;
-        passes.push(token::sign_pass(c, key)?);
+        let pass = token::sign_pass(c, key)?;
+        passes.push(match &a.deliver_to {
+            Some(to) => attest::seal_delivery(&pass, to)?,
+            None => pass,
+        });
         records.push(AuditRecord {
             v: 1,
             time: now,

@@ -9,6 +9,7 @@
 //! keys, with one module per device library ([`pkcs11`], [`software`]); [`issuer`] and
 //! [`desktop`] tie them to files; the binaries only parse arguments and print.
 
+pub mod attest;
 pub mod audit;
 pub mod credential;
 pub mod desktop;

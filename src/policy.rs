@@ -168,6 +168,7 @@ mod tests {
             kind,
             ttl,
             dev: None,
+            att: None,
         }
     }
 

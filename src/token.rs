@@ -398,6 +398,9 @@ pub struct RequestClaims {
     pub ttl: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// TPM attestation evidence for the key (see `attest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub att: Option<crate::attest::EvidenceClaims>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -20,20 +20,27 @@ use std::str::FromStr as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tss_esapi::abstraction::{ek, nv};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::constants::{CapabilityType, PropertyTag, Tss2ResponseCodeKind};
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, Tss2ResponseCodeKind};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle,
+    TpmHandle,
+};
+use tss_esapi::interface_types::algorithm::{
+    AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm,
+};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
-use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::KeyedHashScheme;
 use tss_esapi::structures::{
-    CapabilityData, Digest, EccParameter, EccPoint, EccScheme, HashScheme, Private, Public,
-    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
-    Signature as TpmSignature, SignatureScheme, SymmetricDefinitionObject,
+    CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, HashScheme,
+    IdObject, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, Signature as TpmSignature, SignatureScheme,
+    SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
@@ -129,6 +136,10 @@ pub struct TpmKeyFile {
     pub seal_public: String,
     /// Sealed state key TPM2B_PRIVATE contents, base64url.
     pub seal_private: String,
+    /// Attestation key TPMT_PUBLIC, base64url.
+    pub ak_public: String,
+    /// Attestation key TPM2B_PRIVATE contents, base64url.
+    pub ak_private: String,
 }
 
 /// The TPM2_Create results for the device key, to read its attributes back in tests.
@@ -223,6 +234,38 @@ fn device_key_template() -> Result<Public, tss_esapi::Error> {
                 EccCurve::NistP256,
             )
             .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+fn ak_template() -> Result<Public, tss_esapi::Error> {
+    // An attestation key: restricted signing, so it only signs structures the TPM made.
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new()
+                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                .with_curve(EccCurve::NistP256)
+                .with_is_signing_key(true)
+                .with_is_decryption_key(false)
+                .with_restricted(true)
+                .with_key_derivation_function_scheme(
+                    tss_esapi::structures::KeyDerivationFunctionScheme::Null,
+                )
+                .build()?,
         )
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
@@ -460,6 +503,11 @@ impl TpmDevice {
         let verifying = verifying_key_of(&key.out_public)?;
         let (key_public, key_private) = make_blob(&key.out_public, &key.out_private)?;
         let (seal_public, seal_private) = make_blob(&seal.out_public, &seal.out_private)?;
+        let ak_template = ak_template().map_err(|e| classify(e, "build the AK template"))?;
+        let ak = ctx
+            .create(parent.handle(), ak_template, None, None, None, None)
+            .map_err(|e| classify(e, "create the attestation key"))?;
+        let (ak_public, ak_private) = make_blob(&ak.out_public, &ak.out_private)?;
         let file = TpmKeyFile {
             tcti: tcti.into(),
             parent: parent_kind.into(),
@@ -468,6 +516,8 @@ impl TpmDevice {
             key_private,
             seal_public,
             seal_private,
+            ak_public,
+            ak_private,
         };
         Ok(Self {
             inner: RefCell::new(Inner {
@@ -587,6 +637,203 @@ impl TpmDevice {
             }
         })
     }
+}
+
+/// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile).
+pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
+/// Persistent handle of the RSA EK (TCG Provisioning Guidance).
+pub const EK_HANDLE: u32 = 0x8101_0001;
+
+/// Attestation evidence for the device key (all TPM wire formats, unparsed).
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    /// The RSA EK certificate (DER), when the TPM has one.
+    pub ek_cert: Option<Vec<u8>>,
+    /// The EK TPMT_PUBLIC, when there is no certificate.
+    pub ek_public: Option<Vec<u8>>,
+    /// The AK TPMT_PUBLIC.
+    pub ak_public: Vec<u8>,
+    /// The device key TPMT_PUBLIC.
+    pub key_public: Vec<u8>,
+    /// TPMS_ATTEST of TPM2_Certify(device key) by the AK.
+    pub certify: Vec<u8>,
+    /// The AK's ECDSA signature over it, r‖s.
+    pub signature: [u8; 64],
+}
+
+/// Opens the RSA EK: the persistent one, else created from the default template (flushed by
+/// the caller when `transient`).
+fn open_ek(ctx: &mut Context) -> Result<(KeyHandle, bool), TpmError> {
+    let handle = PersistentTpmHandle::new(EK_HANDLE).map_err(|e| TpmError::Device {
+        doing: "address the EK",
+        detail: e.to_string(),
+    })?;
+    match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle))) {
+        Ok(h) => Ok((KeyHandle::from(h), false)),
+        Err(_) => {
+            let h = ek::create_ek_object(ctx, AsymmetricAlgorithm::Rsa, None)
+                .map_err(|e| classify(e, "create the endorsement key"))?;
+            Ok((h, true))
+        }
+    }
+}
+
+impl TpmDevice {
+    /// Collects attestation evidence: EK certificate (or EK public), AK public, device key
+    /// public, and TPM2_Certify of the device key by the AK over `qualifying_data`.
+    pub fn evidence(&self, qualifying_data: &[u8]) -> Result<Evidence, TpmError> {
+        let ak_public =
+            b64url_decode(&self.file.ak_public).ok_or(TpmError::Damaged("AK public area"))?;
+        let key_public = b64url_decode(&self.file.key_public)
+            .ok_or(TpmError::Damaged("public area encoding"))?;
+        self.with_parent(|ctx, parent| {
+            let ek_cert = NvIndexTpmHandle::new(EK_CERT_NV_INDEX)
+                .ok()
+                .and_then(|idx| nv::read_full(ctx, NvAuth::Owner, idx).ok())
+                .map(trim_der);
+            let ek_public = if ek_cert.is_some() {
+                None
+            } else {
+                let (ek, transient) = open_ek(ctx)?;
+                let public = ctx.execute_without_session(|c| c.read_public(ek));
+                if transient {
+                    flush(ctx, ek);
+                }
+                let (public, _, _) = public.map_err(|e| classify(e, "read the endorsement key"))?;
+                Some(
+                    public
+                        .marshall()
+                        .map_err(|e| classify(e, "encode the endorsement key"))?,
+                )
+            };
+            let ak = load_blob(ctx, parent, &self.file.ak_public, &self.file.ak_private)?;
+            let key = match load_blob(ctx, parent, &self.file.key_public, &self.file.key_private) {
+                Ok(k) => k,
+                Err(e) => {
+                    flush(ctx, ak);
+                    return Err(e);
+                }
+            };
+            let result = (|| {
+                let data =
+                    Data::try_from(qualifying_data.to_vec()).map_err(|e| classify(e, "certify"))?;
+                ctx.set_sessions((
+                    Some(AuthSession::Password),
+                    Some(AuthSession::Password),
+                    None,
+                ));
+                let r = ctx.certify(key.into(), ak, data, SignatureScheme::Null);
+                ctx.set_sessions((Some(AuthSession::Password), None, None));
+                r.map_err(|e| classify(e, "certify the device key"))
+            })();
+            flush(ctx, key);
+            flush(ctx, ak);
+            let (attest, signature) = result?;
+            let certify = attest
+                .marshall()
+                .map_err(|e| classify(e, "encode the certification"))?;
+            let TpmSignature::EcDsa(sig) = signature else {
+                return Err(TpmError::Damaged("the AK returned a non-ECDSA signature"));
+            };
+            let mut raw = [0u8; 64];
+            for (src, dst) in [
+                (sig.signature_r().value(), 0),
+                (sig.signature_s().value(), 32),
+            ] {
+                if src.len() > 32 {
+                    return Err(TpmError::Damaged("AK signature scalar"));
+                }
+                raw[dst + 32 - src.len()..dst + 32].copy_from_slice(src);
+            }
+            Ok(Evidence {
+                ek_cert,
+                ek_public,
+                ak_public: ak_public.clone(),
+                key_public: key_public.clone(),
+                certify,
+                signature: raw,
+            })
+        })
+    }
+
+    /// TPM2_ActivateCredential with the AK and the EK: releases the credential the issuer made
+    /// for this TPM's EK and this AK's name, or fails (another TPM, another AK).
+    pub fn activate(
+        &self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let id_object = IdObject::try_from(id_object.to_vec())
+            .map_err(|_| TpmError::Damaged("credential blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|_| TpmError::Damaged("credential secret"))?;
+        self.with_parent(|ctx, parent| {
+            let (ek, ek_transient) = open_ek(ctx)?;
+            let ak = match load_blob(ctx, parent, &self.file.ak_public, &self.file.ak_private) {
+                Ok(ak) => ak,
+                Err(e) => {
+                    if ek_transient {
+                        flush(ctx, ek);
+                    }
+                    return Err(e);
+                }
+            };
+            let result = (|| {
+                // The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT) (TCG EK Credential Profile).
+                let session = ctx
+                    .execute_without_session(|c| {
+                        c.start_auth_session(
+                            None,
+                            None,
+                            None,
+                            SessionType::Policy,
+                            SymmetricDefinition::AES_128_CFB,
+                            HashingAlgorithm::Sha256,
+                        )
+                    })
+                    .map_err(|e| classify(e, "start a policy session"))?
+                    .ok_or(TpmError::Damaged("no policy session"))?;
+                let policy = PolicySession::try_from(session)
+                    .map_err(|e| classify(e, "start a policy session"))?;
+                let r = ctx
+                    .execute_with_session(Some(AuthSession::Password), |c| {
+                        c.policy_secret(
+                            policy,
+                            AuthHandle::Endorsement,
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            None,
+                        )
+                    })
+                    .map_err(|e| classify(e, "satisfy the EK policy"))
+                    .and_then(|_| {
+                        ctx.set_sessions((Some(AuthSession::Password), Some(session), None));
+                        let r = ctx.activate_credential(ak, ek, id_object, secret);
+                        ctx.set_sessions((Some(AuthSession::Password), None, None));
+                        r.map_err(|e| classify(e, "activate the credential"))
+                    });
+                let _ = ctx.flush_context(SessionHandle::from(session).into());
+                r
+            })();
+            flush(ctx, ak);
+            if ek_transient {
+                flush(ctx, ek);
+            }
+            Ok(Zeroizing::new(result?.value().to_vec()))
+        })
+    }
+}
+
+/// An NV index may be larger than the certificate in it: keep the DER SEQUENCE only.
+fn trim_der(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = match bytes.get(..4) {
+        Some([0x30, 0x82, hi, lo]) => 4 + ((*hi as usize) << 8 | *lo as usize),
+        Some([0x30, 0x81, l, _]) => 3 + *l as usize,
+        _ => bytes.len(),
+    };
+    bytes.truncate(len.min(bytes.len()));
+    bytes
 }
 
 /// How long the TPM's lockout lasts per failure (TPM_PT_LOCKOUT_INTERVAL), if it says.

@@ -113,6 +113,10 @@ fn fail(e: IssuerError) -> Failure {
         IssuerError::Pin(_) => Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line"),
         IssuerError::Request(_) => Some("ask the person for a new request (`hwpass request`), pasted whole on one line"),
         IssuerError::Policy(_) => Some("sign with a shorter --valid-for, or change [policy] in the config"),
+        IssuerError::Attest(hwpass::attest::AttestError::Missing) => {
+            Some("the desktop must request from its TPM (hwpass enroll --backend tpm), or set [attestation] require = false")
+        }
+        IssuerError::Attest(_) => Some("the TPM evidence does not hold up: do not issue a pass for this device; see README \"Attestation\""),
         IssuerError::Key(_) => None,
         IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
     };

@@ -90,6 +90,7 @@ fn request_round_trip() {
         kind: BindingKind::Tpm,
         ttl: Some(86400),
         dev: None,
+        att: None,
     };
     let token = sign_request(&c, &f.device).unwrap();
     let v = verify_request(&token, NOW).unwrap();
@@ -192,6 +193,7 @@ fn rejects_typ_confusion() {
             kind: BindingKind::Software,
             ttl: None,
             dev: None,
+            att: None,
         },
         &f.device,
     )
@@ -514,6 +516,7 @@ fn request_rejections() {
         kind: BindingKind::Software,
         ttl: None,
         dev: None,
+        att: None,
     };
     let payload = serde_json::to_vec(&rc).unwrap();
     let jwk = Jwk::new(*f.device.verifying_key()).to_json();
