@@ -100,6 +100,14 @@ pub struct AttestationPolicy {
     pub allowlist: Vec<String>,
 }
 
+impl AttestationPolicy {
+    /// Whether the admin configured any way to trust an EK. An issuer that did not (and does
+    /// not require attestation) ignores evidence and issues `att: none` passes as before.
+    pub fn configured(&self) -> bool {
+        self.require || !self.roots.is_empty() || !self.allowlist.is_empty()
+    }
+}
+
 /// The result of a successful verification: how the key is vouched for, and where to send
 /// the pass.
 #[derive(Debug, Clone)]

@@ -671,7 +671,11 @@ fn open_ek(ctx: &mut Context) -> Result<(KeyHandle, bool), TpmError> {
     match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle))) {
         Ok(h) => Ok((KeyHandle::from(h), false)),
         Err(_) => {
-            let h = ek::create_ek_object(ctx, AsymmetricAlgorithm::Rsa, None)
+            // create_ek_object runs its own null-auth session; ours must be off meanwhile.
+            let h = ctx
+                .execute_without_session(|c| {
+                    ek::create_ek_object(c, AsymmetricAlgorithm::Rsa, None)
+                })
                 .map_err(|e| classify(e, "create the endorsement key"))?;
             Ok((h, true))
         }
