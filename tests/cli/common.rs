@@ -349,6 +349,32 @@ impl Swtpm {
         tpm
     }
 
+    /// A TPM provisioned like a manufactured one by `swtpm_setup --create-ek-cert`: an RSA EK
+    /// at 0x81010001 with its certificate (signed by `ca`) in NV index 0x01c00002.
+    pub fn provisioned(ca: &LocalCa) -> Self {
+        require("swtpm_setup", "swtpm-tools");
+        let state = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(state.path())
+            .arg("--config")
+            .arg(ca.dir.path().join("swtpm_setup.conf"))
+            .output()
+            .expect("run swtpm_setup");
+        assert!(
+            out.status.success(),
+            "swtpm_setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut tpm = Self {
+            state,
+            child: None,
+            port: 0,
+        };
+        tpm.launch();
+        tpm
+    }
+
     fn launch(&mut self) {
         for _ in 0..10 {
             let port = free_port_pair();
@@ -516,5 +542,75 @@ pub fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// A TPM manufacturer's CA of its own (swtpm-localca state in a temp dir).
+pub struct LocalCa {
+    pub dir: TempDir,
+}
+
+impl LocalCa {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ca = d.join("ca");
+        std::fs::create_dir_all(&ca).unwrap();
+        std::fs::write(
+            d.join("swtpm-localca.conf"),
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("swtpm-localca.options"),
+            "--platform-manufacturer hwpass-test\n--platform-version 2.1\n--platform-model swtpm\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {0}/swtpm-localca.conf\ncreate_certs_tool_options = {0}/swtpm-localca.options\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    /// The CA certificates (root and intermediate); they exist once a TPM was provisioned.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        let ca = self.dir.path().join("ca");
+        vec![
+            ca.join("swtpm-localca-rootca-cert.pem"),
+            ca.join("issuercert.pem"),
+        ]
+    }
+}
+
+impl Issuer {
+    /// An issuer that verifies attestation evidence.
+    pub fn with_attestation(roots: &[PathBuf], allowlist: Option<&Path>, require: bool) -> Self {
+        let issuer = Self::new();
+        let roots: Vec<String> = roots
+            .iter()
+            .map(|r| format!("{:?}", r.display().to_string()))
+            .collect();
+        let mut section = format!(
+            "\n[attestation]\nrequire = {require}\nek_roots = [{}]\n",
+            roots.join(", ")
+        );
+        if let Some(list) = allowlist {
+            section.push_str(&format!(
+                "ek_allowlist = {:?}\n",
+                list.display().to_string()
+            ));
+        }
+        let mut text = std::fs::read_to_string(&issuer.config).unwrap();
+        text.push_str(&section);
+        std::fs::write(&issuer.config, text).unwrap();
+        issuer
     }
 }
