@@ -81,8 +81,10 @@ pub struct EvidenceClaims {
     pub ekp: Option<String>,
     /// AK TPMT_PUBLIC.
     pub ak: String,
-    /// Device key TPMT_PUBLIC.
-    pub key: String,
+    /// Device key TPMT_PUBLIC; absent when it is exactly [`device_key_public`] of the
+    /// request's key (the usual case), which keeps requests small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// TPMS_ATTEST of TPM2_Certify.
     pub cert: String,
     /// AK signature over it, r‖s.
@@ -120,6 +122,41 @@ pub struct Verified {
     pub ak_name: Vec<u8>,
 }
 
+/// The TPMT_PUBLIC of an hwpass TPM device key with this public point: ECC P-256,
+/// ECDSA-SHA256, nameAlg SHA-256, `fixedTPM | fixedParent | sensitiveDataOrigin |
+/// userWithAuth | noDA | sign`, no auth policy (the template in `tpm`).
+pub fn device_key_public(jwk: &Jwk) -> Vec<u8> {
+    let point = jwk.verifying_key().to_encoded_point(false);
+    let attributes = attr::FIXED_TPM
+        | attr::FIXED_PARENT
+        | attr::SENSITIVE_DATA_ORIGIN
+        | attr::USER_WITH_AUTH
+        | attr::NO_DA
+        | attr::SIGN;
+    let mut out = Vec::with_capacity(88);
+    for v in [TPM_ALG_ECC, TPM_ALG_SHA256] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&attributes.to_be_bytes());
+    // authPolicy (empty), symmetric NULL, scheme ECDSA/SHA-256, curve P-256, kdf NULL.
+    for v in [
+        0,
+        TPM_ALG_NULL,
+        TPM_ALG_ECDSA,
+        TPM_ALG_SHA256,
+        TPM_ECC_NIST_P256,
+        TPM_ALG_NULL,
+    ] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    for coordinate in [point.x(), point.y()] {
+        out.extend_from_slice(&32u16.to_be_bytes());
+        // Invariant: an uncompressed point has both 32-byte coordinates.
+        out.extend_from_slice(coordinate.map(|c| &c[..]).unwrap_or(&[0u8; 32]));
+    }
+    out
+}
+
 /// The certify qualifying data for a device key: binds the evidence to this request's key.
 pub fn qualifying_data(jkt: &str) -> [u8; 32] {
     Sha256::new()
@@ -146,6 +183,8 @@ mod attr {
     pub const FIXED_TPM: u32 = 1 << 1;
     pub const FIXED_PARENT: u32 = 1 << 4;
     pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    pub const USER_WITH_AUTH: u32 = 1 << 6;
+    pub const NO_DA: u32 = 1 << 10;
     pub const RESTRICTED: u32 = 1 << 16;
     pub const DECRYPT: u32 = 1 << 17;
     pub const SIGN: u32 = 1 << 18;
@@ -470,7 +509,10 @@ pub fn verify(
     }
 
     // The device key: the certified object, created in the TPM, and the request's key.
-    let key = parse_public(&field(&ev.key, "key public encoding")?)?;
+    let key = match &ev.key {
+        Some(k) => parse_public(&field(k, "key public encoding")?)?,
+        None => parse_public(&device_key_public(jwk))?,
+    };
     if certify.certified_name != key.name.as_slice() {
         return Err(AttestError::NameMismatch);
     }
@@ -580,5 +622,50 @@ impl Delivery {
                 AttestError::Malformed("delivery does not decrypt with the released credential")
             })?;
         String::from_utf8(plain).map_err(|_| AttestError::Malformed("delivered pass is not text"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_key_public_parses_back_to_its_point_and_attributes() {
+        let key = crate::keys::MemoryKey::generate();
+        let jwk = Jwk::new(*crate::keys::KeyBackend::verifying_key(&key));
+        let bytes = device_key_public(&jwk);
+        let p = parse_public(&bytes).unwrap();
+        assert_eq!(
+            p.attributes, 0x0004_0472,
+            "the attributes tpm2_readpublic shows for hwpass keys"
+        );
+        let point = jwk.verifying_key().to_encoded_point(false);
+        assert_eq!(
+            p.ecc.map(|(x, _)| x.to_vec()),
+            point.x().map(|x| x.to_vec())
+        );
+        assert_eq!(p.name.len(), 34);
+    }
+
+    #[test]
+    fn malformed_structures_are_refused() {
+        assert!(parse_public(&[]).is_err());
+        let key = crate::keys::MemoryKey::generate();
+        let mut bytes = device_key_public(&Jwk::new(*crate::keys::KeyBackend::verifying_key(&key)));
+        bytes.push(0);
+        assert_eq!(
+            parse_public(&bytes).unwrap_err(),
+            AttestError::Malformed("TPM structure has trailing bytes")
+        );
+        assert!(matches!(
+            parse_certify(&[0xff, 0x54, 0x43, 0x47, 0x80, 0x18]),
+            Err(AttestError::BadCertify(_))
+        ));
+        assert!(matches!(
+            parse_certify(&[0, 0, 0, 0]),
+            Err(AttestError::BadCertify(_))
+        ));
+        assert!(Delivery::parse("hwpass-dlv1.a.b").unwrap().is_err());
+        assert!(Delivery::parse("eyJhbGciOi").is_none());
     }
 }

@@ -623,7 +623,9 @@ pub fn request(
             ekc: ev.ek_cert.as_deref().map(b64url),
             ekp: ev.ek_public.as_deref().map(b64url),
             ak: b64url(&ev.ak_public),
-            key: b64url(&ev.key_public),
+            // Left out when the issuer can rebuild it from the request's key (hwpass's template).
+            key: (ev.key_public != crate::attest::device_key_public(&e.jwk))
+                .then(|| b64url(&ev.key_public)),
             cert: b64url(&ev.certify),
             sig: b64url(&ev.signature),
         });

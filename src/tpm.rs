@@ -885,13 +885,13 @@ impl KeyBackend for TpmDevice {
 
 impl From<TpmError> for KeyError {
     fn from(e: TpmError) -> Self {
+        // The key or the state is unusable here (exit 6) versus the TPM cannot be used right
+        // now (exit 1: unreachable, stopped answering, locked out, out of slots, other faults).
         match e {
-            TpmError::Unreachable { .. } | TpmError::Stopped { .. } | TpmError::Lockout { .. } => {
-                KeyError::Unavailable {
-                    message: e.to_string(),
-                }
-            }
-            other => KeyError::Device {
+            TpmError::Foreign | TpmError::KeyGone | TpmError::Damaged(_) => KeyError::Device {
+                message: e.to_string(),
+            },
+            other => KeyError::Unavailable {
                 message: other.to_string(),
             },
         }

@@ -275,3 +275,286 @@ fn forged_tpm_claims_are_refused() {
     );
     assert!(issuer.audit_lines().is_empty());
 }
+
+mod with_tss {
+    //! Evidence built by hand with tss-esapi and tpm2-tools, outside hwpass's own request code.
+
+    use std::str::FromStr as _;
+
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::handles::{KeyHandle, PersistentTpmHandle, TpmHandle};
+    use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::resource_handles::Hierarchy;
+    use tss_esapi::interface_types::session_handles::AuthSession;
+    use tss_esapi::structures::{
+        Auth, Data, Digest, EccParameter, EccPoint, EccScheme, HashScheme, Private, Public,
+        PublicBuilder, PublicEccParametersBuilder, Sensitive, Signature, SignatureScheme,
+    };
+    use tss_esapi::tcti_ldr::TctiNameConf;
+    use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+    use tss_esapi::Context;
+
+    use super::{evidence_of, forged_request};
+    use crate::common::*;
+    use hwpass::attest::{qualifying_data, AttestationPolicy, EvidenceClaims};
+    use hwpass::keys::{KeyBackend as _, MemoryKey};
+    use hwpass::token::{b64url, b64url_decode, Jwk};
+
+    fn signing_public(fixed: bool, point: EccPoint) -> Public {
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(fixed)
+            .with_fixed_parent(fixed)
+            .with_sensitive_data_origin(fixed)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .build()
+            .unwrap();
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(point)
+            .build()
+            .unwrap()
+    }
+
+    fn load(ctx: &mut Context, parent: KeyHandle, public: &str, private: &str) -> KeyHandle {
+        let public = Public::unmarshall(&b64url_decode(public).unwrap()).unwrap();
+        let private = Private::try_from(b64url_decode(private).unwrap()).unwrap();
+        ctx.load(parent, private, public).unwrap()
+    }
+
+    fn certify(
+        ctx: &mut Context,
+        object: KeyHandle,
+        signer: KeyHandle,
+        qualifying: &[u8],
+    ) -> (String, String) {
+        ctx.set_sessions((
+            Some(AuthSession::Password),
+            Some(AuthSession::Password),
+            None,
+        ));
+        let (attest, sig) = ctx
+            .certify(
+                object.into(),
+                signer,
+                Data::try_from(qualifying.to_vec()).unwrap(),
+                SignatureScheme::Null,
+            )
+            .unwrap();
+        let Signature::EcDsa(sig) = sig else {
+            panic!("not ECDSA")
+        };
+        let mut raw = [0u8; 64];
+        let (r, s) = (sig.signature_r().value(), sig.signature_s().value());
+        raw[32 - r.len()..32].copy_from_slice(r);
+        raw[64 - s.len()..].copy_from_slice(s);
+        (b64url(&attest.marshall().unwrap()), b64url(&raw))
+    }
+
+    fn tpm_file(desk: &Desktop) -> hwpass::tpm::TpmKeyFile {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(desk.state.join("device.json")).unwrap())
+                .unwrap();
+        serde_json::from_value(record["tpm"].clone()).unwrap()
+    }
+
+    #[test]
+    fn external_keys_unrestricted_aks_refused_and_tpm2_tools_certify_accepted() {
+        let ca = LocalCa::new();
+        let tpm = Swtpm::provisioned(&ca);
+        let issuer = Issuer::with_attestation(&ca.roots(), None, true);
+        let trust = issuer.setup();
+        let desk = Desktop::with_tpm(&trust, &tpm);
+        let real = evidence_of(&desk.request("eve@corp", &[]));
+        let file = tpm_file(&desk);
+
+        let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
+        let srk = ctx
+            .execute_without_session(|c| {
+                c.tr_from_tpm_public(TpmHandle::Persistent(
+                    PersistentTpmHandle::new(0x8100_0001).unwrap(),
+                ))
+            })
+            .unwrap();
+        let srk = KeyHandle::from(srk);
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let ak = load(&mut ctx, srk, &file.ak_public, &file.ak_private);
+
+        // 1. A key made outside the TPM and brought in with LoadExternal, certified by the real AK.
+        let soft = MemoryKey::generate();
+        let point = soft.verifying_key().to_encoded_point(false);
+        let ecc_point = EccPoint::new(
+            EccParameter::try_from(point.x().unwrap().to_vec()).unwrap(),
+            EccParameter::try_from(point.y().unwrap().to_vec()).unwrap(),
+        );
+        let public = signing_public(false, ecc_point);
+        let sensitive = Sensitive::Ecc {
+            auth_value: Auth::default(),
+            seed_value: Digest::default(),
+            sensitive: EccParameter::try_from(soft.secret_bytes().to_vec()).unwrap(),
+        };
+        let external = ctx
+            .execute_without_session(|c| {
+                c.load_external(sensitive, public.clone(), Hierarchy::Null)
+            })
+            .unwrap();
+        let jkt = Jwk::new(*soft.verifying_key()).thumbprint();
+        let (cert, sig) = certify(&mut ctx, external, ak, &qualifying_data(&jkt));
+        ctx.flush_context(external.into()).unwrap();
+        let ev = EvidenceClaims {
+            key: Some(b64url(&public.marshall().unwrap())),
+            cert,
+            sig,
+            ..real.clone()
+        };
+        let out = issuer.sign(&forged_request(&soft, Some(ev)), NOW, &[]);
+        assert_eq!(out.code, 4, "{out:?}");
+        assert!(
+            out.stderr.contains("was not created inside the TPM"),
+            "{out:?}"
+        );
+
+        // 2. The real device key certified by an unrestricted signing key posing as the AK.
+        ctx.flush_context(ak.into()).unwrap();
+        ctx.set_sessions((Some(AuthSession::Password), None, None));
+        let fake_ak = ctx
+            .create(
+                srk,
+                signing_public(true, EccPoint::default()),
+                None,
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+        let fake_ak_public = b64url(&fake_ak.out_public.marshall().unwrap());
+        let fake = ctx
+            .load(srk, fake_ak.out_private, fake_ak.out_public)
+            .unwrap();
+        let device = load(&mut ctx, srk, &file.key_public, &file.key_private);
+        let device_key = hwpass::tpm::TpmDevice::open(&file, Some(&tpm.tcti())).unwrap();
+        let jkt = Jwk::new(*device_key.verifying_key()).thumbprint();
+        let (cert, sig) = certify(&mut ctx, device, fake, &qualifying_data(&jkt));
+        for h in [fake, device] {
+            ctx.flush_context(h.into()).unwrap();
+        }
+        let ev = EvidenceClaims {
+            ak: fake_ak_public,
+            cert,
+            sig,
+            ..real.clone()
+        };
+        let out = issuer.sign(&forged_request(&device_key, Some(ev)), NOW, &[]);
+        assert_eq!(out.code, 4, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("not a restricted, fixedTPM, fixedParent signing key"),
+            "{out:?}"
+        );
+        drop(ctx);
+
+        // 3. tpm2-tools' own TPM2_Certify of the device key by the AK: hwpass parses it and
+        // verifies the AK signature over it. tpm2_certify 5.4 cannot set qualifying data, so the
+        // one check left to fail is exactly that one — every earlier check passed.
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let write_tpm2b = |name: &str, body: &[u8]| {
+            let mut b = (body.len() as u16).to_be_bytes().to_vec();
+            b.extend_from_slice(body);
+            std::fs::write(p(name), b).unwrap();
+        };
+        for (prefix, public, private) in [
+            ("ak", &file.ak_public, &file.ak_private),
+            ("key", &file.key_public, &file.key_private),
+        ] {
+            write_tpm2b(&format!("{prefix}.pub"), &b64url_decode(public).unwrap());
+            write_tpm2b(&format!("{prefix}.priv"), &b64url_decode(private).unwrap());
+            tpm.tool(&[
+                "tpm2_load",
+                "-C",
+                "0x81000001",
+                "-u",
+                &p(&format!("{prefix}.pub")),
+                "-r",
+                &p(&format!("{prefix}.priv")),
+                "-c",
+                &p(&format!("{prefix}.ctx")),
+            ])
+            .ok();
+            tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+        }
+        tpm.tool(&[
+            "tpm2_certify",
+            "-C",
+            &p("ak.ctx"),
+            "-c",
+            &p("key.ctx"),
+            "-g",
+            "sha256",
+            "-o",
+            &p("attest"),
+            "-s",
+            &p("sig"),
+            "-f",
+            "plain",
+        ])
+        .ok();
+        tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+        let ev = EvidenceClaims {
+            cert: b64url(&std::fs::read(p("attest")).unwrap()),
+            // tpm2-tools writes ECDSA "plain" signatures as DER; the evidence carries r‖s.
+            sig: b64url(
+                &p256::ecdsa::Signature::from_der(&std::fs::read(p("sig")).unwrap())
+                    .unwrap()
+                    .to_bytes(),
+            ),
+            ..real.clone()
+        };
+        let roots: Vec<_> = ca
+            .roots()
+            .iter()
+            .flat_map(|r| {
+                hwpass::attest::parse_pem_certificates(&std::fs::read_to_string(r).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let policy = AttestationPolicy {
+            require: true,
+            roots,
+            allowlist: Vec::new(),
+        };
+        let jwk = Jwk::new(*device_key.verifying_key());
+        assert_eq!(
+            hwpass::attest::verify(&ev, &jwk, &policy, NOW).unwrap_err(),
+            hwpass::attest::AttestError::WrongQualifyingData
+        );
+        // The same signature over a changed structure does not verify.
+        let mut bent = std::fs::read(p("attest")).unwrap();
+        let last = bent.len() - 1;
+        bent[last] ^= 1;
+        let ev = EvidenceClaims {
+            cert: b64url(&bent),
+            ..ev
+        };
+        assert_eq!(
+            hwpass::attest::verify(&ev, &jwk, &policy, NOW).unwrap_err(),
+            hwpass::attest::AttestError::BadCertifySignature
+        );
+        // And hwpass's own evidence from the same TPM passes every check.
+        let verified = hwpass::attest::verify(&real, &jwk, &policy, NOW).unwrap();
+        assert_eq!(verified.att, hwpass::token::Attestation::EkCert);
+        drop(device_key);
+        assert!(tpm.transient_handles().is_empty());
+    }
+}
