@@ -820,6 +820,8 @@ pub struct PassSummary {
     pub expires: String,
     /// Pass id.
     pub jti: String,
+    /// The pass itself (bound to this device, so useless elsewhere).
+    pub token: String,
 }
 
 /// Shows the enrolment and the installed pass.
@@ -840,6 +842,7 @@ pub fn status(dir: &Path, opts: &DeviceOptions) -> Result<StatusReport, DesktopE
                 expires_at: c.exp,
                 expires: format_time(c.exp),
                 jti: c.jti,
+                token: p.clone(),
             })
         }
         None => None,
