@@ -176,6 +176,15 @@ fn delivery_for_tpm_a_cannot_be_opened_on_tpm_b() {
     copy_dir(&a.state, &copy.state);
     copy.tcti = Some(tpm_b.tcti());
     assert_eq!(copy.install(&delivery, NOW).code, 6);
+    // Another enrolment on the same TPM A has another AK: the TPM refuses to activate.
+    let a2 = Desktop::with_tpm(&trust, &tpm_a);
+    let out = a2.install(&delivery, NOW);
+    assert_eq!(out.code, 6, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("sealed to another machine's TPM (or another enrolment)"),
+        "{out:?}"
+    );
     a.install(&delivery, NOW).ok();
     assert!(tpm_a.transient_handles().is_empty() && tpm_b.transient_handles().is_empty());
 }
