@@ -309,6 +309,21 @@ fn parse_public(bytes: &[u8]) -> Result<TpmPublic, AttestError> {
 struct CertifyInfo<'a> {
     extra_data: &'a [u8],
     certified_name: &'a [u8],
+    clock: TpmClock,
+}
+
+/// TPMS_CLOCK_INFO as a TPM signed it. For keys outside the endorsement hierarchy the TPM
+/// obfuscates `reset_count` and `restart_count`, consistently for one key, so they can be
+/// compared between two certifications by the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmClock {
+    /// Milliseconds the TPM has been powered, kept across resets.
+    pub clock: u64,
+    /// TPM resets (reboots), obfuscated.
+    pub reset_count: u32,
+    /// TPM restarts (resume from hibernation), obfuscated.
+    pub restart_count: u32,
 }
 
 fn parse_certify(bytes: &[u8]) -> Result<CertifyInfo<'_>, AttestError> {
@@ -321,7 +336,17 @@ fn parse_certify(bytes: &[u8]) -> Result<CertifyInfo<'_>, AttestError> {
     }
     r.tpm2b()?; // qualifiedSigner
     let extra_data = r.tpm2b()?;
-    r.take(8 + 4 + 4 + 1)?; // clockInfo
+    let clock = r.take(8)?;
+    let clock = TpmClock {
+        clock: u64::from_be_bytes(
+            clock
+                .try_into()
+                .map_err(|_| AttestError::Malformed("clock"))?,
+        ),
+        reset_count: r.u32()?,
+        restart_count: r.u32()?,
+    };
+    r.take(1)?; // safe
     r.take(8)?; // firmwareVersion
     let certified_name = r.tpm2b()?;
     r.tpm2b()?; // qualifiedName
@@ -329,6 +354,7 @@ fn parse_certify(bytes: &[u8]) -> Result<CertifyInfo<'_>, AttestError> {
     Ok(CertifyInfo {
         extra_data,
         certified_name,
+        clock,
     })
 }
 
@@ -532,6 +558,27 @@ pub fn verify(
         ek,
         ak_name: ak.name,
     })
+}
+
+/// Checks a TPM2_Certify of the device key by itself over a fresh `challenge`: a proof that
+/// the TPM holding `jwk`'s key signed just now, which also carries the TPM's clock.
+pub fn verify_self_certify(
+    certify_bytes: &[u8],
+    signature: &p256::ecdsa::Signature,
+    jwk: &Jwk,
+    challenge: &[u8],
+) -> Result<TpmClock, AttestError> {
+    jwk.verifying_key()
+        .verify_prehash(&Sha256::digest(certify_bytes), signature)
+        .map_err(|_| AttestError::BadCertifySignature)?;
+    let info = parse_certify(certify_bytes)?;
+    if info.extra_data != challenge {
+        return Err(AttestError::WrongQualifyingData);
+    }
+    if info.certified_name != parse_public(&device_key_public(jwk))?.name.as_slice() {
+        return Err(AttestError::NameMismatch);
+    }
+    Ok(info.clock)
 }
 
 /// Prefix of a pass delivered sealed to a TPM.

@@ -18,6 +18,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::attest::TpmClock;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::keys::{prove_possession, KeyBackend, KeyError};
 use crate::software::{SoftwareDevice, SoftwareError, SoftwareKeyFile};
@@ -109,6 +110,14 @@ pub enum DesktopError {
         /// The largest time seen.
         high_water: i64,
     },
+    /// The wall clock advanced less than the TPM's own clock since the last check.
+    #[error("the clock advanced {} since the last check, but the TPM has been running for {} since then: clock rollback", format_duration(*wall_elapsed), format_duration(*tpm_elapsed))]
+    RollbackTpm {
+        /// Wall-clock seconds since the last check.
+        wall_elapsed: i64,
+        /// TPM-clock seconds since the last check.
+        tpm_elapsed: i64,
+    },
     /// A state file is damaged (not foreign: unreadable structure).
     #[error("{path} is damaged: {detail}")]
     Damaged {
@@ -147,7 +156,7 @@ impl DesktopError {
             | Self::KeyUnusable(_)
             | Self::Foreign(_)
             | Self::Damaged { .. } => exit::WRONG_DEVICE,
-            Self::Rollback { .. } => exit::ROLLBACK,
+            Self::Rollback { .. } | Self::RollbackTpm { .. } => exit::ROLLBACK,
             Self::AlreadyEnrolled { .. } | Self::Tpm(_) | Self::Input(_) | Self::Io { .. } => {
                 exit::OTHER
             }
@@ -166,7 +175,9 @@ impl DesktopError {
             Self::OtherDevice { .. } | Self::BindingMismatch { .. } => "this pass belongs to another machine: request a pass from this one",
             Self::KeyUnusable(_) => "enrol this desktop again (`hwpass enroll --force`) and request a new pass",
             Self::Foreign(_) => "this state belongs to another machine or was damaged: enrol again (`hwpass enroll --force`) and request a new pass",
-            Self::Rollback { .. } => "set the computer's clock to the correct time and check again",
+            Self::Rollback { .. } | Self::RollbackTpm { .. } => {
+                "set the computer's clock to the correct time and check again"
+            }
             Self::Damaged { .. } => "restore the file from a backup, or enrol again (`hwpass enroll --force`)",
             Self::Tpm(_) => "check that the TPM is reachable (--tcti, HWPASS_TCTI) and try again",
             Self::Input(_) | Self::Io { .. } => "fix the problem above and try again",
@@ -233,6 +244,17 @@ pub trait Device: std::fmt::Debug {
     fn key(&self) -> &dyn KeyBackend;
     /// The state-sealing key.
     fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, DesktopError>;
+    /// Proves, with a fresh challenge, that this device holds the enrolled key `jwk` right now.
+    /// A TPM also returns its signed clock, for clock-rollback detection.
+    fn prove(&self, jwk: &Jwk) -> Result<Option<TpmClock>, DesktopError> {
+        if prove_possession(self.key(), jwk.verifying_key())? {
+            Ok(None)
+        } else {
+            Err(DesktopError::KeyUnusable(
+                "it signed the challenge with a different key than the one enrolled".into(),
+            ))
+        }
+    }
     /// Attestation evidence for the key, where the backend can give any.
     fn evidence(&self, _qualifying_data: &[u8]) -> Result<Option<tpm::Evidence>, DesktopError> {
         Ok(None)
@@ -258,6 +280,21 @@ impl Device for TpmDevice {
     }
     fn evidence(&self, qualifying_data: &[u8]) -> Result<Option<tpm::Evidence>, DesktopError> {
         Ok(Some(TpmDevice::evidence(self, qualifying_data)?))
+    }
+    fn prove(&self, jwk: &Jwk) -> Result<Option<TpmClock>, DesktopError> {
+        // TPM2_Certify of the key by itself over a fresh challenge: a signature by the key
+        // (proof of possession) over a TPM-made structure that also carries the TPM clock.
+        let mut challenge = [0u8; 32];
+        getrandom::getrandom(&mut challenge)
+            .map_err(|_| DesktopError::KeyUnusable(KeyError::Rng.to_string()))?;
+        let (certify, signature) = self.certify_self(&challenge)?;
+        crate::attest::verify_self_certify(&certify, &signature, jwk, &challenge)
+            .map(Some)
+            .map_err(|e| {
+                DesktopError::KeyUnusable(format!(
+                    "the TPM's proof does not verify against the enrolled key ({e})"
+                ))
+            })
     }
     fn activate(
         &self,
@@ -315,6 +352,16 @@ struct DesktopState {
     pass: Option<String>,
     /// The largest wall time seen by install or check (clock-rollback detection).
     high_water: i64,
+    /// The TPM clock at the last successful install or check, and the wall time then.
+    #[serde(default)]
+    tpm_clock: Option<ClockMark>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockMark {
+    tpm: TpmClock,
+    wall: i64,
 }
 
 /// An opened enrolment.
@@ -465,9 +512,10 @@ impl Enrolment {
     }
 
     /// Verifies a pass for this device: signature and claims, binding, proof of possession.
+    /// On success, advances the state's clock marks (the caller saves the state).
     fn verify(
         &self,
-        state: &DesktopState,
+        state: &mut DesktopState,
         pass: &str,
         now: i64,
     ) -> Result<PassClaims, DesktopError> {
@@ -499,11 +547,24 @@ impl Enrolment {
         }
         // Proof of possession: the device signs a fresh challenge, checked against the key the
         // pass is bound to (whose thumbprint equals cnf.jkt, checked above).
-        let proved = prove_possession(self.device.key(), self.jwk.verifying_key())?;
-        if !proved {
-            return Err(DesktopError::KeyUnusable(
-                "it signed the challenge with a different key than the one enrolled".into(),
-            ));
+        let tpm_clock = self.device.prove(&self.jwk)?;
+        // The TPM's clock runs only while it is powered, so the wall clock must have advanced
+        // at least as much since the last check (compared within one TPM reset epoch).
+        if let (Some(mark), Some(clock)) = (state.tpm_clock, tpm_clock) {
+            if mark.tpm.reset_count == clock.reset_count && clock.clock >= mark.tpm.clock {
+                let tpm_elapsed = ((clock.clock - mark.tpm.clock) / 1000) as i64;
+                let wall_elapsed = now - mark.wall;
+                if wall_elapsed + ROLLBACK_TOLERANCE_SECS < tpm_elapsed {
+                    return Err(DesktopError::RollbackTpm {
+                        wall_elapsed,
+                        tpm_elapsed,
+                    });
+                }
+            }
+        }
+        state.high_water = state.high_water.max(now);
+        if let Some(tpm) = tpm_clock {
+            state.tpm_clock = Some(ClockMark { tpm, wall: now });
         }
         Ok(claims)
     }
@@ -586,6 +647,7 @@ pub fn enroll(
         aud: params.aud,
         pass: None,
         high_water: now,
+        tpm_clock: None,
     };
     // The state first, then the record: an interrupted enrolment leaves no device.json, so it
     // reads as "not enrolled" rather than as an enrolment without state.
@@ -664,9 +726,8 @@ pub fn install(
         }
         None => pass,
     };
-    let claims = e.verify(&state, pass, now)?;
+    let claims = e.verify(&mut state, pass, now)?;
     state.pass = Some(pass.into());
-    state.high_water = state.high_water.max(now);
     e.save_state(&state)?;
     Ok(Verdict::valid(&claims, now))
 }
@@ -684,11 +745,8 @@ fn check_inner(dir: &Path, opts: &DeviceOptions, now: i64) -> Result<Verdict, De
     let e = Enrolment::open(dir, opts)?;
     let mut state = e.load_state()?;
     let pass = state.pass.clone().ok_or(DesktopError::NoPass)?;
-    let claims = e.verify(&state, &pass, now)?;
-    if now > state.high_water {
-        state.high_water = now;
-        e.save_state(&state)?;
-    }
+    let claims = e.verify(&mut state, &pass, now)?;
+    e.save_state(&state)?;
     Ok(Verdict::valid(&claims, now))
 }
 

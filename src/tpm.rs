@@ -829,6 +829,42 @@ impl TpmDevice {
     }
 }
 
+impl TpmDevice {
+    /// TPM2_Certify of the device key by itself over `challenge`: the proof of possession a
+    /// check uses. Costs what a plain signature does (Load, Certify, FlushContext) and also
+    /// returns the TPM's signed clock. Returns the TPMS_ATTEST bytes and the signature.
+    pub fn certify_self(&self, challenge: &[u8]) -> Result<(Vec<u8>, Signature), TpmError> {
+        self.with_parent(|ctx, parent| {
+            let key = load_blob(ctx, parent, &self.file.key_public, &self.file.key_private)?;
+            let result = (|| {
+                let data =
+                    Data::try_from(challenge.to_vec()).map_err(|e| classify(e, "certify"))?;
+                ctx.set_sessions((
+                    Some(AuthSession::Password),
+                    Some(AuthSession::Password),
+                    None,
+                ));
+                let r = ctx.certify(key.into(), key, data, SignatureScheme::Null);
+                ctx.set_sessions((Some(AuthSession::Password), None, None));
+                r.map_err(|e| classify(e, "prove possession of the device key"))
+            })();
+            flush(ctx, key);
+            let (attest, signature) = result?;
+            let bytes = attest
+                .marshall()
+                .map_err(|e| classify(e, "encode the certification"))?;
+            let TpmSignature::EcDsa(sig) = signature else {
+                return Err(TpmError::Damaged(
+                    "the device key returned a non-ECDSA signature",
+                ));
+            };
+            let sig = signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+                .map_err(|_| TpmError::Damaged("signature from the TPM"))?;
+            Ok((bytes, sig))
+        })
+    }
+}
+
 /// An NV index may be larger than the certificate in it: keep the DER SEQUENCE only.
 fn trim_der(mut bytes: Vec<u8>) -> Vec<u8> {
     let len = match bytes.get(..4) {

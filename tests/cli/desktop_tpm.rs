@@ -68,10 +68,11 @@ fn a_check_issues_seven_tpm_commands() {
         .filter(|l| l.contains("Sending command"))
         .filter_map(|l| l.split("TPM_CC ").nth(1)?.split(' ').next())
         .collect();
-    // ReadPublic(SRK), Load, Unseal, FlushContext, Load, Sign, FlushContext.
+    // ReadPublic(SRK), Load, Unseal, FlushContext, Load, Certify (the key certifies itself over
+    // the challenge: proof of possession and the signed TPM clock), FlushContext.
     assert_eq!(
         codes,
-        ["0x173", "0x157", "0x15e", "0x165", "0x157", "0x15d", "0x165"],
+        ["0x173", "0x157", "0x15e", "0x165", "0x157", "0x148", "0x165"],
         "{}",
         r.stderr
     );
@@ -402,4 +403,73 @@ fn tpm_cleared_after_enrolment_says_enrol_again() {
         .line();
     desk.install(&pass, NOW).ok();
     assert_eq!(desk.check(NOW).0, 0);
+}
+
+/// Moves the TPM's clock forward, as if the machine had been running that long.
+fn run_tpm_for(tpm: &Swtpm, secs: u64) {
+    let out = tpm.tool(&["tpm2_readclock"]).ok();
+    let clock: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("clock: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    tpm.tool(&["tpm2_setclock", &(clock + secs * 1000).to_string()])
+        .ok();
+}
+
+#[test]
+fn tpm_clock_catches_a_wall_clock_turned_back() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    assert_eq!(desk.check(NOW + 60).0, 0);
+    // Three days of running, but the wall clock says one hour: it was turned back.
+    run_tpm_for(&tpm, 3 * 86400);
+    let (code, v) = desk.check(NOW + 3600);
+    assert_eq!(code, 7, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("the TPM has been running for 3d"),
+        "{v}"
+    );
+    // With the clock right, the pass is fine.
+    assert_eq!(desk.check(NOW + 3 * 86400 + 60).0, 0);
+}
+
+#[test]
+fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    let pass = issuer
+        .sign(&desk.request("bob@corp", &[]), NOW, &["--valid-for", "1d"])
+        .ok()
+        .line();
+    desk.install(&pass, NOW).ok();
+    assert_eq!(desk.check(NOW + 60).0, 0);
+    let old = std::fs::read(desk.state.join("state.sealed")).unwrap();
+
+    run_tpm_for(&tpm, 2 * 86400);
+    assert_eq!(desk.check(NOW + 2 * 86400).0, 5, "expired");
+    // Put back the copy from the day it was valid and turn the wall clock back to that day.
+    std::fs::write(desk.state.join("state.sealed"), &old).unwrap();
+    let (code, v) = desk.check(NOW + 3600);
+    assert_eq!(code, 7, "{v}");
+    // A TPM reset (reboot) starts a new epoch: no false alarm with an honest clock.
+    let mut tpm = tpm;
+    tpm.restart();
+    let mut after = Desktop::new();
+    after.tcti = Some(tpm.tcti());
+    after.state = desk.state.clone();
+    assert_eq!(
+        after.check(NOW + 2 * 86400 + 60).0,
+        5,
+        "still expired, not a rollback"
+    );
 }
