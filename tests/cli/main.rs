@@ -6,5 +6,6 @@ mod attest;
 mod common;
 mod desktop_software;
 mod desktop_tpm;
+mod durability;
 mod interop;
 mod issuer;
