@@ -9,3 +9,4 @@ mod desktop_tpm;
 mod durability;
 mod interop;
 mod issuer;
+mod matrix;
