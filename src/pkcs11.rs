@@ -23,6 +23,7 @@ use crate::pkcs11_uri::Pkcs11Uri;
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// An initialized PKCS#11 module and the slot holding the token the URI names.
+#[derive(Clone)]
 pub struct Hsm {
     ctx: Pkcs11,
     slot: Slot,
@@ -175,7 +176,13 @@ impl Hsm {
             .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
             .map_err(|e| ck(e, "generate the key pair"))?;
         let verifying = read_public(&session, pub_handle)?;
-        Pkcs11Key::new(session, priv_handle, verifying)
+        Ok(Pkcs11Key::new(
+            self.clone(),
+            pin.clone(),
+            session,
+            priv_handle,
+            verifying,
+        ))
     }
 
     /// Reads the public key the URI names; needs no PIN (public objects are not CKA_PRIVATE).
@@ -195,7 +202,7 @@ impl Hsm {
         let private = self.find_one(&session, ObjectClass::PRIVATE_KEY)?;
         let public = self.find_one(&session, ObjectClass::PUBLIC_KEY)?;
         let verifying = read_public(&session, public)?;
-        let key = Pkcs11Key::new(session, private, verifying)?;
+        let key = Pkcs11Key::new(self.clone(), pin.clone(), session, private, verifying);
         let probe = b"hwpass key pair consistency check";
         let sig = key.try_sign(probe)?;
         crate::token::verify_es256(&verifying, probe, &sig.to_bytes()).map_err(|_| {
@@ -205,6 +212,19 @@ impl Hsm {
             ))
         })?;
         Ok(key)
+    }
+
+    /// Logs this application out of the token (PKCS#11 logins are per application, so every
+    /// session loses its login), as another part of the application or a token reset would;
+    /// keys opened before log in again on their next use.
+    pub fn logout(&self) -> Result<(), KeyError> {
+        let session = self
+            .ctx
+            .open_ro_session(self.slot)
+            .map_err(|e| ck(e, "open an HSM session"))?;
+        session
+            .logout()
+            .map_err(|e| ck(e, "log out of the HSM token"))
     }
 
     fn selector(&self, class: Option<ObjectClass>) -> Vec<Attribute> {
@@ -273,8 +293,11 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<VerifyingKey, 
 
 /// An issuer key inside the HSM, with a logged-in session.
 pub struct Pkcs11Key {
-    session: Mutex<Session>,
-    handle: ObjectHandle,
+    /// The session and the private key's handle in it; replaced when the token drops the
+    /// session.
+    live: Mutex<(Session, ObjectHandle)>,
+    hsm: Hsm,
+    pin: SecretString,
     verifying: VerifyingKey,
 }
 
@@ -290,20 +313,24 @@ impl std::fmt::Debug for Pkcs11Key {
 
 impl Pkcs11Key {
     fn new(
+        hsm: Hsm,
+        pin: SecretString,
         session: Session,
         handle: ObjectHandle,
         verifying: VerifyingKey,
-    ) -> Result<Self, KeyError> {
-        Ok(Self {
-            session: Mutex::new(session),
-            handle,
+    ) -> Self {
+        Self {
+            live: Mutex::new((session, handle)),
+            hsm,
+            pin,
             verifying,
-        })
+        }
     }
 
     /// Reads back how the private key is protected.
     pub fn protection(&self) -> Result<KeyProtection, KeyError> {
-        let session = self.session.lock().map_err(|_| poisoned())?;
+        let live = self.live.lock().map_err(|_| poisoned())?;
+        let (session, handle) = (&live.0, live.1);
         let types = [
             AttributeType::Token,
             AttributeType::Private,
@@ -316,7 +343,7 @@ impl Pkcs11Key {
             AttributeType::Derive,
         ];
         let attrs = session
-            .get_attributes(self.handle, &types)
+            .get_attributes(handle, &types)
             .map_err(|e| ck(e, "read the key attributes"))?;
         let mut p = KeyProtection {
             token: false,
@@ -348,8 +375,8 @@ impl Pkcs11Key {
 
     /// Tries to read the private value; `Ok(None)` when the token refuses, as it must.
     pub fn try_extract_private_value(&self) -> Result<Option<Vec<u8>>, KeyError> {
-        let session = self.session.lock().map_err(|_| poisoned())?;
-        match session.get_attributes(self.handle, &[AttributeType::Value]) {
+        let live = self.live.lock().map_err(|_| poisoned())?;
+        match live.0.get_attributes(live.1, &[AttributeType::Value]) {
             Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
                 Attribute::Value(v) => Some(v),
                 _ => None,
@@ -371,10 +398,26 @@ impl KeyBackend for Pkcs11Key {
 
     fn try_sign(&self, msg: &[u8]) -> Result<Signature, KeyError> {
         let digest = Sha256::digest(msg);
-        let session = self.session.lock().map_err(|_| poisoned())?;
-        let raw = session
-            .sign(&Mechanism::Ecdsa, self.handle, &digest)
-            .map_err(|e| ck(e, "sign in the HSM"))?;
+        let mut live = self.live.lock().map_err(|_| poisoned())?;
+        let raw = match live.0.sign(&Mechanism::Ecdsa, live.1, &digest) {
+            // The token dropped the session (token reset, idle timeout, a logout elsewhere in
+            // the application): open a new one, log in, find the key again, retry once.
+            Err(CkError::Pkcs11(
+                RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+                _,
+            )) => {
+                let session = self.hsm.session(&self.pin, false)?;
+                let handle = self.hsm.find_one(&session, ObjectClass::PRIVATE_KEY)?;
+                *live = (session, handle);
+                live.0.sign(&Mechanism::Ecdsa, live.1, &digest)
+            }
+            other => other,
+        }
+        .map_err(|e| ck(e, "sign in the HSM"))?;
         if raw.len() != 64 {
             return Err(KeyError::Malformed("signature"));
         }
