@@ -400,6 +400,71 @@ fn state_aad(jkt: &str) -> Vec<u8> {
     format!("hwpass-state-v1:{jkt}").into_bytes()
 }
 
+/// Opens a sealed state file's bytes with the state key of the device whose key thumbprint is
+/// `jkt`, returning the plaintext. Public for the fuzzer (`fuzz/`): this reads untrusted files.
+pub fn open_sealed(
+    bytes: &[u8],
+    key: &[u8; 32],
+    jkt: &str,
+) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
+    let damaged = |detail: &str| DesktopError::Damaged {
+        path: STATE_FILE.into(),
+        detail: detail.into(),
+    };
+    let file: SealedFile =
+        serde_json::from_slice(bytes).map_err(|_| damaged("not a sealed state file"))?;
+    let nonce: [u8; 12] = b64url_decode(&file.nonce)
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| damaged("bad nonce"))?;
+    let ct = b64url_decode(&file.ct).ok_or_else(|| damaged("bad ciphertext encoding"))?;
+    let plain = Aes256Gcm::new(key.into())
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: &ct,
+                aad: &state_aad(jkt),
+            },
+        )
+        .map_err(|_| {
+            DesktopError::Foreign("the sealed state cannot be opened with this key".into())
+        })?;
+    Ok(Zeroizing::new(plain))
+}
+
+/// Seals plaintext the way the desktop writes `state.sealed`. Public for the fuzzer.
+pub fn seal(plain: &[u8], key: &[u8; 32], jkt: &str) -> Result<Vec<u8>, DesktopError> {
+    let mut nonce = [0u8; 12];
+    getrandom::getrandom(&mut nonce)
+        .map_err(|_| DesktopError::KeyUnusable(KeyError::Rng.to_string()))?;
+    let ct = Aes256Gcm::new(key.into())
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plain,
+                aad: &state_aad(jkt),
+            },
+        )
+        .map_err(|_| DesktopError::Input("state encryption failed".into()))?;
+    let file = SealedFile {
+        v: 1,
+        nonce: b64url(&nonce),
+        ct: b64url(&ct),
+    };
+    serde_json::to_vec(&file).map_err(|e| DesktopError::Input(e.to_string()))
+}
+
+/// Checks that decrypted state content is a valid desktop state. Public for the fuzzer.
+pub fn check_state_content(plain: &[u8]) -> Result<(), DesktopError> {
+    parse_state(plain).map(|_| ())
+}
+
+fn parse_state(plain: &[u8]) -> Result<DesktopState, DesktopError> {
+    serde_json::from_slice(plain).map_err(|e| DesktopError::Damaged {
+        path: STATE_FILE.into(),
+        detail: e.to_string(),
+    })
+}
+
 impl Enrolment {
     fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
         let path = dir.join(DEVICE_FILE);
@@ -455,29 +520,20 @@ impl Enrolment {
                 detail: "missing; the enrolment is incomplete".into(),
             });
         }
-        let damaged = |detail: &str| DesktopError::Damaged {
-            path: path.clone(),
-            detail: detail.into(),
-        };
         let bytes = read_limited(&path)?;
-        let file: SealedFile =
-            serde_json::from_slice(&bytes).map_err(|_| damaged("not a sealed state file"))?;
-        let nonce: [u8; 12] = b64url_decode(&file.nonce)
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| damaged("bad nonce"))?;
-        let ct = b64url_decode(&file.ct).ok_or_else(|| damaged("bad ciphertext encoding"))?;
         let key = self.device.state_key()?;
-        let plain = Zeroizing::new(
-            Aes256Gcm::new((&*key).into())
-                .decrypt(&Nonce::from(nonce), Payload { msg: &ct, aad: &state_aad(&self.jkt()) })
-                .map_err(|_| {
-                    DesktopError::Foreign(format!(
-                        "the sealed state {} cannot be opened with this device's key: it belongs to another machine or was altered",
-                        path.display()
-                    ))
-                })?,
-        );
-        serde_json::from_slice(&plain).map_err(|_| damaged("sealed content is not valid"))
+        let plain = open_sealed(&bytes, &key, &self.jkt()).map_err(|e| match e {
+            DesktopError::Damaged { detail, .. } => DesktopError::Damaged { path: path.clone(), detail },
+            DesktopError::Foreign(_) => DesktopError::Foreign(format!(
+                "the sealed state {} cannot be opened with this device's key: it belongs to another machine or was altered",
+                path.display()
+            )),
+            other => other,
+        })?;
+        parse_state(&plain).map_err(|_| DesktopError::Damaged {
+            path,
+            detail: "sealed content is not valid".into(),
+        })
     }
 
     fn save_state(&self, state: &DesktopState) -> Result<(), DesktopError> {
@@ -485,25 +541,8 @@ impl Enrolment {
         let plain = Zeroizing::new(
             serde_json::to_vec(state).map_err(|e| DesktopError::Input(e.to_string()))?,
         );
-        let mut nonce = [0u8; 12];
-        getrandom::getrandom(&mut nonce)
-            .map_err(|_| DesktopError::KeyUnusable(KeyError::Rng.to_string()))?;
         let key = self.device.state_key()?;
-        let ct = Aes256Gcm::new((&*key).into())
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &state_aad(&self.jkt()),
-                },
-            )
-            .map_err(|_| DesktopError::Input("state encryption failed".into()))?;
-        let file = SealedFile {
-            v: 1,
-            nonce: b64url(&nonce),
-            ct: b64url(&ct),
-        };
-        let bytes = serde_json::to_vec(&file).map_err(|e| DesktopError::Input(e.to_string()))?;
+        let bytes = seal(&plain, &key, &self.jkt())?;
         write_atomic(&path, &bytes).map_err(io_err(&path))
     }
 
