@@ -473,3 +473,84 @@ fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
         "still expired, not a rollback"
     );
 }
+
+#[test]
+fn dictionary_attack_lockout_does_not_affect_hwpass() {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    flow(&issuer, &desk);
+    // Another program's DA-protected key, one wrong password, and a TPM allowing one failure.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    tpm.tool(&[
+        "tpm2_dictionarylockout",
+        "-s",
+        "-n",
+        "1",
+        "-t",
+        "600",
+        "-l",
+        "600",
+    ])
+    .ok();
+    tpm.tool(&["tpm2_createprimary", "-C", "o", "-c", &p("p.ctx")])
+        .ok();
+    tpm.tool(&[
+        "tpm2_create",
+        "-C",
+        &p("p.ctx"),
+        "-p",
+        "secret",
+        "-G",
+        "ecc",
+        "-u",
+        &p("o.pub"),
+        "-r",
+        &p("o.priv"),
+    ])
+    .ok();
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    tpm.tool(&[
+        "tpm2_load",
+        "-C",
+        &p("p.ctx"),
+        "-u",
+        &p("o.pub"),
+        "-r",
+        &p("o.priv"),
+        "-c",
+        &p("o.ctx"),
+    ])
+    .ok();
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    std::fs::write(p("m"), b"m").unwrap();
+    for _ in 0..2 {
+        assert_ne!(
+            tpm.tool(&[
+                "tpm2_sign",
+                "-c",
+                &p("o.ctx"),
+                "-p",
+                "wrong",
+                "-o",
+                &p("s"),
+                &p("m")
+            ])
+            .code,
+            0
+        );
+        tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    }
+    let props = tpm.tool(&["tpm2_getcap", "properties-variable"]).ok();
+    assert!(
+        props.stdout.contains("inLockout:                 1"),
+        "{}",
+        props.stdout
+    );
+    // hwpass's objects are noDA: checks and requests go on during the lockout.
+    let (code, v) = desk.check(NOW + 60);
+    assert_eq!(code, 0, "{v}");
+    desk.request("bob@corp", &[]);
+}
