@@ -61,13 +61,16 @@ pub enum IssuerError {
     /// The audit log failed; no pass was printed.
     #[error("{0}")]
     Audit(#[from] AuditError),
+    /// Something inside the issuer failed (a signing worker stopped).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IssuerError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Config { .. } | Self::Pin(_) => exit::OTHER,
+            Self::Config { .. } | Self::Pin(_) | Self::Internal(_) => exit::OTHER,
             Self::Request(_) => exit::BAD_REQUEST,
             Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
             Self::Attest(_) => exit::BAD_REQUEST,
@@ -296,31 +299,130 @@ pub fn issue(
     log: &AuditLog,
     now: i64,
 ) -> Result<Vec<String>, IssuerError> {
-    let kid = Jwk::new(*key.verifying_key()).thumbprint();
-    let mut passes = Vec::with_capacity(approved.len());
-    let mut records = Vec::with_capacity(approved.len());
-    for a in approved {
-        let c = &a.claims;
-        let pass = token::sign_pass(c, key)?;
-        passes.push(match &a.deliver_to {
-            Some(to) => attest::seal_delivery(&pass, to)?,
-            None => pass,
-        });
-        records.push(AuditRecord {
-            v: 1,
-            time: now,
-            jti: c.jti.clone(),
-            sub: c.sub.clone(),
-            jkt: c.cnf.jkt.clone(),
-            kind: c.hwb.kind,
-            att: c.hwb.att,
-            nbf: c.nbf,
-            exp: c.exp,
-            kid: kid.clone(),
-            dev: c.dev.clone(),
-            prev: String::new(),
-        });
-    }
+    let (passes, mut records): (Vec<_>, Vec<_>) = approved
+        .iter()
+        .map(|a| sign_one(a, key, now))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     log.append(&mut records)?;
     Ok(passes)
+}
+
+/// Signs one approved pass (sealing it to its TPM when attested) and makes its audit record,
+/// not yet written.
+pub fn sign_one(
+    a: &Approved,
+    key: &dyn KeyBackend,
+    now: i64,
+) -> Result<(String, AuditRecord), IssuerError> {
+    let c = &a.claims;
+    let pass = token::sign_pass(c, key)?;
+    let pass = match &a.deliver_to {
+        Some(to) => attest::seal_delivery(&pass, to)?,
+        None => pass,
+    };
+    let record = AuditRecord {
+        v: 1,
+        time: now,
+        jti: c.jti.clone(),
+        sub: c.sub.clone(),
+        jkt: c.cnf.jkt.clone(),
+        kind: c.hwb.kind,
+        att: c.hwb.att,
+        nbf: c.nbf,
+        exp: c.exp,
+        kid: Jwk::new(*key.verifying_key()).thumbprint(),
+        dev: c.dev.clone(),
+        prev: String::new(),
+    };
+    Ok((pass, record))
+}
+
+/// How a batch is signed.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// `--valid-for`, if given.
+    pub lifetime: Option<i64>,
+    /// Requests per audit fsync.
+    pub chunk: usize,
+    /// The time of signing.
+    pub now: i64,
+}
+
+/// The outcome of one line of a batch.
+#[derive(Debug)]
+pub enum BatchItem {
+    /// The pass (or delivery), durable in the audit log.
+    Issued(String),
+    /// Why this request was refused or failed.
+    Failed(IssuerError),
+}
+
+/// Signs a batch: requests are verified, approved and signed by `keys.len()` worker threads,
+/// each with its own key handle (its own PKCS#11 session); the audit records of each chunk of
+/// `chunk` requests are appended with one fsync. `emit` receives each chunk's results, in input
+/// order, only after that chunk's records are durable — the caller prints them then.
+pub fn issue_batch<K: KeyBackend + Send + Sync>(
+    cfg: &IssuerConfig,
+    requests: &[String],
+    opts: &BatchOptions,
+    keys: &[K],
+    log: &AuditLog,
+    mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError>,
+) -> Result<(), IssuerError> {
+    let (lifetime, chunk, now) = (opts.lifetime, opts.chunk, opts.now);
+    let workers = keys.len().max(1);
+    for part in requests.chunks(chunk.max(1)) {
+        // Worker w takes requests w, w + workers, …: balanced without a queue.
+        let mut results: Vec<Option<Result<(String, AuditRecord), IssuerError>>> =
+            (0..part.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = keys
+                .iter()
+                .enumerate()
+                .map(|(w, key)| {
+                    scope.spawn(move || {
+                        (w..part.len())
+                            .step_by(workers)
+                            .map(|i| {
+                                (
+                                    i,
+                                    approve(cfg, &part[i], lifetime, now)
+                                        .and_then(|a| sign_one(&a, key, now)),
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                // Invariant: workers do not panic (every failure is a Result); if one did, its
+                // requests stay None and are reported as failed below.
+                if let Ok(done) = h.join() {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+            }
+        });
+        let mut records = Vec::new();
+        let mut items = Vec::with_capacity(part.len());
+        for r in results {
+            match r {
+                Some(Ok((pass, record))) => {
+                    records.push(record);
+                    items.push(BatchItem::Issued(pass));
+                }
+                Some(Err(e)) => items.push(BatchItem::Failed(e)),
+                None => items.push(BatchItem::Failed(IssuerError::Internal(
+                    "a signing worker stopped unexpectedly".into(),
+                ))),
+            }
+        }
+        // One fsync for the chunk, before any of its passes leaves this function.
+        log.append(&mut records)?;
+        emit(items)?;
+    }
+    Ok(())
 }

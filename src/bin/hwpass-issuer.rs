@@ -54,7 +54,21 @@ enum Cmd {
         /// Lifetime of the pass (e.g. 7d, 12h); overrides the request's, within policy.
         #[arg(long, value_parser = util::parse_duration)]
         valid_for: Option<i64>,
-        /// The request string, or - (the default) to read it from stdin.
+        /// Sign many requests: one per line in (stdin, or the file given), one line out per
+        /// request (the pass, or an empty line if it was refused), refusals as JSON lines on
+        /// stderr (or --report).
+        #[arg(long)]
+        batch: bool,
+        /// Batch: signing threads, each with its own HSM session (default: the CPU count).
+        #[arg(long, requires = "batch")]
+        workers: Option<usize>,
+        /// Batch: requests per audit-log fsync.
+        #[arg(long, requires = "batch", default_value_t = 256)]
+        chunk: usize,
+        /// Batch: write the refusals report (JSON lines) to this file instead of stderr.
+        #[arg(long, requires = "batch")]
+        report: Option<PathBuf>,
+        /// The request string (a file of requests with --batch), or - (the default) for stdin.
         request: Option<String>,
     },
     /// Inspect the audit log.
@@ -117,7 +131,7 @@ fn fail(e: IssuerError) -> Failure {
             Some("the desktop must request from its TPM (hwpass enroll --backend tpm), or set [attestation] require = false")
         }
         IssuerError::Attest(_) => Some("the TPM evidence does not hold up: do not issue a pass for this device; see README \"Attestation\""),
-        IssuerError::Key(_) => None,
+        IssuerError::Key(_) | IssuerError::Internal(_) => None,
         IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
     };
     (e.exit_code(), e.to_string(), hint)
@@ -197,7 +211,90 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
-        Cmd::Sign { valid_for, request } => {
+        Cmd::Sign {
+            valid_for,
+            batch: true,
+            workers,
+            chunk,
+            report,
+            request,
+        } => {
+            let now = now()?;
+            let text = match request.as_deref() {
+                Some(path) if path != "-" => std::fs::read_to_string(path)
+                    .map_err(|e| (exit::OTHER, format!("cannot read {path}: {e}"), None))?,
+                _ => {
+                    let mut buf = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).map_err(
+                        |e| {
+                            (
+                                exit::OTHER,
+                                format!("cannot read standard input: {e}"),
+                                None,
+                            )
+                        },
+                    )?;
+                    buf
+                }
+            };
+            let requests: Vec<String> = text
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
+            // One session per worker, logged in once (a login covers every session).
+            let keys = (0..workers)
+                .map(|_| hsm.open_key(&pin))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.into()))?;
+            drop(pin);
+            let mut report_out: Box<dyn std::io::Write> = match &report {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .map_err(|e| (exit::OTHER, format!("{}: {e}", path.display()), None))?,
+                ),
+                None => Box::new(std::io::stderr()),
+            };
+            let log = AuditLog::new(&cfg.audit_log);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let (mut line, mut issued, mut refused) = (0usize, 0usize, 0usize);
+            let opts = issuer::BatchOptions {
+                lifetime: valid_for,
+                chunk,
+                now,
+            };
+            issuer::issue_batch(&cfg, &requests, &opts, &keys, &log, |items| {
+                for item in items {
+                    line += 1;
+                    match item {
+                        issuer::BatchItem::Issued(pass) => {
+                            issued += 1;
+                            writeln!(out, "{pass}")
+                        }
+                        issuer::BatchItem::Failed(e) => {
+                            refused += 1;
+                            let rec = serde_json::json!({"line": line, "exit_code": e.exit_code(), "error": e.to_string()});
+                            writeln!(report_out, "{rec}").and_then(|_| writeln!(out))
+                        }
+                    }
+                    .map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))?;
+                }
+                out.flush().map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))
+            })
+            .map_err(fail)?;
+            eprintln!("batch: {issued} passes issued, {refused} refused, {workers} workers");
+        }
+        Cmd::Sign {
+            valid_for,
+            batch: false,
+            request,
+            ..
+        } => {
             let request = util::read_token_arg(request.as_deref())
                 .map_err(|m| (exit::BAD_REQUEST, m, None))?;
             let now = now()?;

@@ -283,3 +283,74 @@ fn pin_from_a_file_named_in_the_uri() {
     cmd.env_remove("HWPASS_PIN").arg("keygen");
     run(cmd, None).ok();
 }
+
+#[test]
+fn batch_signing_keeps_order_reports_refusals_and_audits_every_pass() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let a = Desktop::enrolled(&trust);
+    let b = Desktop::enrolled(&trust);
+    let (ra, rb) = (a.request("alice@corp", &[]), b.request("bob@corp", &[]));
+    let mut lines: Vec<String> = (0..20)
+        .map(|i| if i % 2 == 0 { ra.clone() } else { rb.clone() })
+        .collect();
+    lines.insert(2, "garbage".into());
+    lines.insert(9, with_payload(&ra, |p| p["sub"] = "root@corp".into()));
+    let input = lines.join("\n") + "\n";
+    let out = issuer
+        .sign(&input, NOW, &["--batch", "--workers", "2", "--chunk", "7"])
+        .ok();
+    let outputs: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(outputs.len(), 22, "one line out per request: {out:?}");
+    assert!(outputs[2].is_empty() && outputs[9].is_empty(), "{out:?}");
+    let report: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(report.len(), 2, "{out:?}");
+    assert_eq!(
+        (report[0]["line"].as_u64(), report[0]["exit_code"].as_i64()),
+        (Some(3), Some(4))
+    );
+    assert_eq!(
+        (report[1]["line"].as_u64(), report[1]["exit_code"].as_i64()),
+        (Some(10), Some(4))
+    );
+    assert!(report[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("bad signature"));
+    assert!(
+        out.stderr
+            .contains("batch: 20 passes issued, 2 refused, 2 workers"),
+        "{out:?}"
+    );
+
+    let audited: Vec<String> = issuer
+        .audit_lines()
+        .iter()
+        .map(|r| r["jti"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(audited.len(), 20);
+    for (i, pass) in outputs.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        let claims = hwpass::token::decode(pass).unwrap().payload().unwrap();
+        let want = if lines[i] == ra {
+            "alice@corp"
+        } else {
+            "bob@corp"
+        };
+        assert_eq!(
+            claims["sub"],
+            want,
+            "line {} is the pass for its own request",
+            i + 1
+        );
+        assert!(audited.contains(&claims["jti"].as_str().unwrap().to_string()));
+    }
+    issuer.run(&["audit", "verify"], None).ok();
+    // Each desktop installs its passes.
+    a.install(outputs[0], NOW).ok();
+    b.install(outputs[1], NOW).ok();
+}
