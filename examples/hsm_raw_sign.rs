@@ -16,20 +16,31 @@ use secrecy::SecretString;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let uri = hwpass::pkcs11_uri::Pkcs11Uri::parse(args.get(1).ok_or("usage: hsm_raw_sign URI COUNT")?)?;
+    let uri =
+        hwpass::pkcs11_uri::Pkcs11Uri::parse(args.get(1).ok_or("usage: hsm_raw_sign URI COUNT")?)?;
     let count: usize = args.get(2).map_or(Ok(20000), |c| c.parse())?;
     let ctx = Pkcs11::new(&uri.module_path)?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let slot = ctx
         .get_slots_with_token()?
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).map(|i| Some(i.label()) == uri.token.as_deref()).unwrap_or(false))
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| Some(i.label()) == uri.token.as_deref())
+                .unwrap_or(false)
+        })
         .ok_or("no such token")?;
     let session = ctx.open_ro_session(slot)?;
-    session.login(UserType::User, Some(&SecretString::from(std::env::var("HWPASS_PIN")?)))?;
+    session.login(
+        UserType::User,
+        Some(&SecretString::from(std::env::var("HWPASS_PIN")?)),
+    )?;
     let label = uri.object.clone().ok_or("URI needs object=")?;
     let key = *session
-        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.into_bytes())])?
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.into_bytes()),
+        ])?
         .first()
         .ok_or("no such key")?;
     let digest = [0x5au8; 32];

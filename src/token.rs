@@ -10,7 +10,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -463,11 +462,19 @@ pub fn verify_es256(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), To
     let sig: [u8; 64] = sig
         .try_into()
         .map_err(|_| TokenError::SignatureLength(sig.len()))?;
-    let sig = Signature::from_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-    if sig.normalize_s().is_some() {
+    let parsed = Signature::from_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+    if parsed.normalize_s().is_some() {
         return Err(TokenError::HighS);
     }
-    key.verify(msg, &sig).map_err(|_| TokenError::BadSignature)
+    // The verification itself runs in ring: measured ~4× faster than the pure-Rust p256
+    // verifier, which dominated the issuer's profile (README "Performance").
+    let point = key.to_encoded_point(false);
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes(),
+    )
+    .verify(msg, &sig)
+    .map_err(|_| TokenError::BadSignature)
 }
 
 // ---------------------------------------------------------------------------------------------

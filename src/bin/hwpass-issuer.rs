@@ -63,7 +63,7 @@ enum Cmd {
         #[arg(long, requires = "batch")]
         workers: Option<usize>,
         /// Batch: requests per audit-log fsync.
-        #[arg(long, requires = "batch", default_value_t = 256)]
+        #[arg(long, requires = "batch", default_value_t = 1024)]
         chunk: usize,
         /// Batch: write the refusals report (JSON lines) to this file instead of stderr.
         #[arg(long, requires = "batch")]
