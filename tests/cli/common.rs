@@ -325,12 +325,23 @@ pub struct Swtpm {
 }
 
 fn free_port_pair() -> u16 {
-    // Two consecutive free ports (server, ctrl). The OS hands out a free one; the next one is
-    // checked too. Another process may still take them before swtpm binds: start() retries.
+    // Ports handed out from one counter per test process (starting at a random even port), so
+    // parallel tests never pick the same pair; each pair is checked free before use. (Asking
+    // the OS for port 0 and releasing it let two swtpm instances race for one port.)
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if NEXT.load(Ordering::SeqCst) == 0 {
+        let mut r = [0u8; 2];
+        getrandom::getrandom(&mut r).expect("random");
+        let start = 20_000 + (u32::from(u16::from_be_bytes(r)) % 20_000) * 2;
+        let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
+    }
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let port = NEXT.fetch_add(2, Ordering::SeqCst);
+        assert!(port < 65_000, "ran out of test ports");
+        let port = port as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
             return port;
         }
     }
