@@ -718,44 +718,18 @@ impl TpmDevice {
                     return Err(e);
                 }
             };
-            let result = (|| {
-                let data =
-                    Data::try_from(qualifying_data.to_vec()).map_err(|e| classify(e, "certify"))?;
-                ctx.set_sessions((
-                    Some(AuthSession::Password),
-                    Some(AuthSession::Password),
-                    None,
-                ));
-                let r = ctx.certify(key.into(), ak, data, SignatureScheme::Null);
-                ctx.set_sessions((Some(AuthSession::Password), None, None));
-                r.map_err(|e| classify(e, "certify the device key"))
-            })();
+            let result = certify(ctx, key, ak, qualifying_data, "certify the device key");
             flush(ctx, key);
             flush(ctx, ak);
-            let (attest, signature) = result?;
-            let certify = attest
-                .marshall()
-                .map_err(|e| classify(e, "encode the certification"))?;
-            let TpmSignature::EcDsa(sig) = signature else {
-                return Err(TpmError::Damaged("the AK returned a non-ECDSA signature"));
-            };
-            let mut raw = [0u8; 64];
-            for (src, dst) in [
-                (sig.signature_r().value(), 0),
-                (sig.signature_s().value(), 32),
-            ] {
-                if src.len() > 32 {
-                    return Err(TpmError::Damaged("AK signature scalar"));
-                }
-                raw[dst + 32 - src.len()..dst + 32].copy_from_slice(src);
-            }
+            let (certify, signature) = result?;
+            let signature: [u8; 64] = signature.to_bytes().into();
             Ok(Evidence {
                 ek_cert,
                 ek_public,
                 ak_public: ak_public.clone(),
                 key_public: key_public.clone(),
                 certify,
-                signature: raw,
+                signature,
             })
         })
     }
@@ -836,33 +810,46 @@ impl TpmDevice {
     pub fn certify_self(&self, challenge: &[u8]) -> Result<(Vec<u8>, Signature), TpmError> {
         self.with_parent(|ctx, parent| {
             let key = load_blob(ctx, parent, &self.file.key_public, &self.file.key_private)?;
-            let result = (|| {
-                let data =
-                    Data::try_from(challenge.to_vec()).map_err(|e| classify(e, "certify"))?;
-                ctx.set_sessions((
-                    Some(AuthSession::Password),
-                    Some(AuthSession::Password),
-                    None,
-                ));
-                let r = ctx.certify(key.into(), key, data, SignatureScheme::Null);
-                ctx.set_sessions((Some(AuthSession::Password), None, None));
-                r.map_err(|e| classify(e, "prove possession of the device key"))
-            })();
+            let result = certify(
+                ctx,
+                key,
+                key,
+                challenge,
+                "prove possession of the device key",
+            );
             flush(ctx, key);
-            let (attest, signature) = result?;
-            let bytes = attest
-                .marshall()
-                .map_err(|e| classify(e, "encode the certification"))?;
-            let TpmSignature::EcDsa(sig) = signature else {
-                return Err(TpmError::Damaged(
-                    "the device key returned a non-ECDSA signature",
-                ));
-            };
-            let sig = signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
-                .map_err(|_| TpmError::Damaged("signature from the TPM"))?;
-            Ok((bytes, sig))
+            result
         })
     }
+}
+
+/// TPM2_Certify of `object` by `signer` (both loaded, no auth values) over `qualifying`: the
+/// TPMS_ATTEST bytes and the ECDSA signature (r and s left-padded; S normalized to low-S).
+fn certify(
+    ctx: &mut Context,
+    object: KeyHandle,
+    signer: KeyHandle,
+    qualifying: &[u8],
+    doing: &'static str,
+) -> Result<(Vec<u8>, Signature), TpmError> {
+    let data = Data::try_from(qualifying.to_vec()).map_err(|e| classify(e, doing))?;
+    ctx.set_sessions((
+        Some(AuthSession::Password),
+        Some(AuthSession::Password),
+        None,
+    ));
+    let r = ctx.certify(object.into(), signer, data, SignatureScheme::Null);
+    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    let (attest, signature) = r.map_err(|e| classify(e, doing))?;
+    let bytes = attest
+        .marshall()
+        .map_err(|e| classify(e, "encode the certification"))?;
+    let TpmSignature::EcDsa(sig) = signature else {
+        return Err(TpmError::Damaged("the TPM returned a non-ECDSA signature"));
+    };
+    let sig = signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+        .map_err(|_| TpmError::Damaged("signature from the TPM"))?;
+    Ok((bytes, sig))
 }
 
 /// An NV index may be larger than the certificate in it: keep the DER SEQUENCE only.
