@@ -5,9 +5,10 @@
 //! TPM 2.0, or a clearly weaker software key). The contract is `SPEC.md`; the README explains
 //! the threat model.
 //!
-//! Layout: [`token`] and [`policy`] are pure (no files, no clock); [`keys`] is the one seam for
-//! keys, with one module per device library ([`pkcs11`], [`software`]); [`issuer`] and
-//! [`desktop`] tie them to files; the binaries only parse arguments and print.
+//! Layout: [`token`], [`policy`], [`attest`] and [`credential`] are pure (no files, no clock);
+//! [`keys`] is the one seam for keys, with one module per device library ([`pkcs11`] for
+//! cryptoki, [`tpm`] for tss-esapi, [`software`]); [`issuer`], [`audit`] and [`desktop`] tie them
+//! to files; the binaries only parse arguments and print.
 
 pub mod attest;
 pub mod audit;
