@@ -369,60 +369,83 @@ pub fn issue_batch<K: KeyBackend + Send + Sync>(
     opts: &BatchOptions,
     keys: &[K],
     log: &AuditLog,
-    mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError>,
+    mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError> + Send,
 ) -> Result<(), IssuerError> {
-    let (lifetime, chunk, now) = (opts.lifetime, opts.chunk, opts.now);
-    let workers = keys.len().max(1);
-    for part in requests.chunks(chunk.max(1)) {
-        // Worker w takes requests w, w + workers, …: balanced without a queue.
-        let mut results: Vec<Option<Result<(String, AuditRecord), IssuerError>>> =
-            (0..part.len()).map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = keys
-                .iter()
-                .enumerate()
-                .map(|(w, key)| {
-                    scope.spawn(move || {
-                        (w..part.len())
-                            .step_by(workers)
-                            .map(|i| {
-                                (
-                                    i,
-                                    approve(cfg, &part[i], lifetime, now)
-                                        .and_then(|a| sign_one(&a, key, now)),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                // Invariant: workers do not panic (every failure is a Result); if one did, its
-                // requests stay None and are reported as failed below.
-                if let Ok(done) = h.join() {
-                    for (i, r) in done {
-                        results[i] = Some(r);
-                    }
-                }
+    // Chunk k's audit append, fsync and printing run on their own thread while the workers
+    // sign chunk k + 1; chunks reach the writer in order, and each chunk's passes are emitted
+    // only after its records are durable.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<AuditRecord>, Vec<BatchItem>)>(1);
+        let writer = scope.spawn(move || -> Result<(), IssuerError> {
+            for (mut records, items) in rx {
+                log.append(&mut records)?;
+                emit(items)?;
             }
+            Ok(())
         });
-        let mut records = Vec::new();
-        let mut items = Vec::with_capacity(part.len());
-        for r in results {
-            match r {
-                Some(Ok((pass, record))) => {
-                    records.push(record);
-                    items.push(BatchItem::Issued(pass));
-                }
-                Some(Err(e)) => items.push(BatchItem::Failed(e)),
-                None => items.push(BatchItem::Failed(IssuerError::Internal(
-                    "a signing worker stopped unexpectedly".into(),
-                ))),
+        for part in requests.chunks(opts.chunk.max(1)) {
+            if tx.send(sign_chunk(cfg, part, opts, keys)).is_err() {
+                break; // The writer stopped with an error, returned below.
             }
         }
-        // One fsync for the chunk, before any of its passes leaves this function.
-        log.append(&mut records)?;
-        emit(items)?;
+        drop(tx);
+        writer
+            .join()
+            .map_err(|_| IssuerError::Internal("the audit writer stopped unexpectedly".into()))?
+    })
+}
+
+/// Verifies, approves and signs one chunk on one thread per key; results in input order.
+fn sign_chunk<K: KeyBackend + Send + Sync>(
+    cfg: &IssuerConfig,
+    part: &[String],
+    opts: &BatchOptions,
+    keys: &[K],
+) -> (Vec<AuditRecord>, Vec<BatchItem>) {
+    let workers = keys.len().max(1);
+    let mut results: Vec<Option<Result<(String, AuditRecord), IssuerError>>> =
+        (0..part.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        // Worker w takes requests w, w + workers, …: balanced without a queue.
+        let handles: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(w, key)| {
+                scope.spawn(move || {
+                    (w..part.len())
+                        .step_by(workers)
+                        .map(|i| {
+                            let r = approve(cfg, &part[i], opts.lifetime, opts.now)
+                                .and_then(|a| sign_one(&a, key, opts.now));
+                            (i, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            // Invariant: workers do not panic (every failure is a Result); if one did, its
+            // requests stay None and are reported as failed below.
+            if let Ok(done) = h.join() {
+                for (i, r) in done {
+                    results[i] = Some(r);
+                }
+            }
+        }
+    });
+    let mut records = Vec::new();
+    let mut items = Vec::with_capacity(part.len());
+    for r in results {
+        match r {
+            Some(Ok((pass, record))) => {
+                records.push(record);
+                items.push(BatchItem::Issued(pass));
+            }
+            Some(Err(e)) => items.push(BatchItem::Failed(e)),
+            None => items.push(BatchItem::Failed(IssuerError::Internal(
+                "a signing worker stopped unexpectedly".into(),
+            ))),
+        }
     }
-    Ok(())
+    (records, items)
 }

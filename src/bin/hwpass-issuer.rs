@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| fail(e.into()))?;
             drop(pin);
-            let mut report_out: Box<dyn std::io::Write> = match &report {
+            let mut report_out: Box<dyn std::io::Write + Send> = match &report {
                 Some(path) => Box::new(
                     std::fs::File::create(path)
                         .map_err(|e| (exit::OTHER, format!("{}: {e}", path.display()), None))?,
@@ -261,7 +261,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => Box::new(std::io::stderr()),
             };
             let log = AuditLog::new(&cfg.audit_log);
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut out = std::io::BufWriter::new(std::io::stdout());
             let (mut line, mut issued, mut refused) = (0usize, 0usize, 0usize);
             let opts = issuer::BatchOptions {
                 lifetime: valid_for,
