@@ -184,104 +184,87 @@ fn raw_rc(rc: &tss_esapi::constants::response_code::Tss2ResponseCode) -> Option<
     u32::from_str_radix(hex.trim(), 16).ok()
 }
 
-fn srk_template() -> Result<Public, tss_esapi::Error> {
-    // TCG TPM v2.0 Provisioning Guidance, ECC P-256 SRK template.
-    let attributes = ObjectAttributesBuilder::new()
+/// fixedTPM | fixedParent | userWithAuth | noDA, plus sensitiveDataOrigin when the TPM makes
+/// the secret: an object bound to this TPM, usable without an auth value, never subject to
+/// dictionary-attack lockout.
+fn resident(generated: bool) -> ObjectAttributesBuilder {
+    ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
+        .with_sensitive_data_origin(generated)
         .with_user_with_auth(true)
         .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
+}
+
+/// An ECC P-256 object, nameAlg SHA-256.
+fn ecc_public(
+    attributes: ObjectAttributesBuilder,
+    parameters: PublicEccParametersBuilder,
+    unique: EccPoint,
+) -> Result<Public, tss_esapi::Error> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::new(
-            EccParameter::try_from(vec![0u8; 32])?,
-            EccParameter::try_from(vec![0u8; 32])?,
-        ))
+        .with_object_attributes(attributes.build()?)
+        .with_ecc_parameters(parameters.build()?)
+        .with_ecc_unique_identifier(unique)
         .build()
 }
 
+fn ecdsa_sha256() -> EccScheme {
+    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256))
+}
+
+fn srk_template() -> Result<Public, tss_esapi::Error> {
+    // TCG TPM v2.0 Provisioning Guidance, ECC P-256 SRK template (unique: two zero coordinates).
+    ecc_public(
+        resident(true).with_restricted(true).with_decrypt(true),
+        PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        ),
+        EccPoint::new(
+            EccParameter::try_from(vec![0u8; 32])?,
+            EccParameter::try_from(vec![0u8; 32])?,
+        ),
+    )
+}
+
 fn device_key_template() -> Result<Public, tss_esapi::Error> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .with_restricted(false)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    // Sign only: not decrypt, not restricted.
+    ecc_public(
+        resident(true).with_sign_encrypt(true),
+        PublicEccParametersBuilder::new_unrestricted_signing_key(
+            ecdsa_sha256(),
+            EccCurve::NistP256,
+        ),
+        EccPoint::default(),
+    )
 }
 
 fn ak_template() -> Result<Public, tss_esapi::Error> {
     // An attestation key: restricted signing, so it only signs structures the TPM made.
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-                .with_curve(EccCurve::NistP256)
-                .with_is_signing_key(true)
-                .with_is_decryption_key(false)
-                .with_restricted(true)
-                .with_key_derivation_function_scheme(
-                    tss_esapi::structures::KeyDerivationFunctionScheme::Null,
-                )
-                .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    ecc_public(
+        resident(true).with_restricted(true).with_sign_encrypt(true),
+        PublicEccParametersBuilder::new()
+            .with_ecc_scheme(ecdsa_sha256())
+            .with_curve(EccCurve::NistP256)
+            .with_is_signing_key(true)
+            .with_is_decryption_key(false)
+            .with_restricted(true)
+            .with_key_derivation_function_scheme(
+                tss_esapi::structures::KeyDerivationFunctionScheme::Null,
+            ),
+        EccPoint::default(),
+    )
 }
 
 fn seal_template() -> Result<Public, tss_esapi::Error> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .build()?;
+    // A sealed data object: the data comes from us, so not sensitiveDataOrigin.
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::KeyedHash)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
+        .with_object_attributes(resident(false).build()?)
         .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
