@@ -7,6 +7,16 @@ use hwpass::token::b64url_decode;
 
 use crate::common::*;
 
+/// A swtpm, an issuer on its own SoftHSM token, its trust bundle, and a desktop enrolled with
+/// the TPM backend.
+fn tpm_desktop() -> (Swtpm, Issuer, std::path::PathBuf, Desktop) {
+    let tpm = Swtpm::start();
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let desk = Desktop::with_tpm(&trust, &tpm);
+    (tpm, issuer, trust, desk)
+}
+
 fn flow(issuer: &Issuer, desk: &Desktop) -> String {
     let req = desk.request("bob@corp", &[]);
     let claims = hwpass::token::decode(&req).unwrap().payload().unwrap();
@@ -18,10 +28,7 @@ fn flow(issuer: &Issuer, desk: &Desktop) -> String {
 
 #[test]
 fn full_flow_with_the_tpm_backend_leaves_no_handles() {
-    let mut tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (mut tpm, issuer, _trust, desk) = tpm_desktop();
     let pass = flow(&issuer, &desk);
     assert!(pass.len() <= 600, "pass is {} characters", pass.len());
     let (code, v) = desk.check(NOW + 60);
@@ -53,10 +60,7 @@ fn full_flow_with_the_tpm_backend_leaves_no_handles() {
 
 #[test]
 fn a_check_issues_seven_tpm_commands() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (_tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     let mut cmd = desk.cmd(NOW + 60);
     cmd.env("TSS2_LOG", "tcti+debug").arg("check");
@@ -136,10 +140,7 @@ fn replay_on_another_tpm_fails_with_exit_6() {
 
 #[test]
 fn key_attributes_read_back_from_the_tpm() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, _issuer, _trust, desk) = tpm_desktop();
     let dir = tempfile::tempdir().unwrap();
     let (public, private) = blobs(&desk.state, dir.path());
     let ctx = dir.path().join("k.ctx");
@@ -206,10 +207,7 @@ fn key_attributes_read_back_from_the_tpm() {
 
 #[test]
 fn tpm_that_stops_answering_gives_a_clear_error() {
-    let mut tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (mut tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     // Mid-check: the connection is cut after 3 of the 7 commands (during the state unseal)
     // and after 5 (during the signature).
@@ -343,10 +341,7 @@ fn blobs(state: &Path, dir: &Path) -> (String, String) {
 
 #[test]
 fn damaged_tpm_blobs_are_refused_with_exit_6() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     let path = desk.state.join("device.json");
     let good = std::fs::read_to_string(&path).unwrap();
@@ -370,10 +365,7 @@ fn damaged_tpm_blobs_are_refused_with_exit_6() {
 
 #[test]
 fn tpm_cleared_after_enrolment_says_enrol_again() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, issuer, trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     tpm.tool(&["tpm2_clear", "-c", "p"]).ok();
     let (code, v) = desk.check(NOW);
@@ -420,10 +412,7 @@ fn run_tpm_for(tpm: &Swtpm, secs: u64) {
 
 #[test]
 fn tpm_clock_catches_a_wall_clock_turned_back() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     assert_eq!(desk.check(NOW + 60).0, 0);
     // Three days of running, but the wall clock says one hour: it was turned back.
@@ -443,10 +432,7 @@ fn tpm_clock_catches_a_wall_clock_turned_back() {
 
 #[test]
 fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, issuer, _trust, desk) = tpm_desktop();
     let pass = issuer
         .sign(&desk.request("bob@corp", &[]), NOW, &["--valid-for", "1d"])
         .ok()
@@ -476,10 +462,7 @@ fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
 
 #[test]
 fn dictionary_attack_lockout_does_not_affect_hwpass() {
-    let tpm = Swtpm::start();
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let desk = Desktop::with_tpm(&trust, &tpm);
+    let (tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
     // Another program's DA-protected key, one wrong password, and a TPM allowing one failure.
     let dir = tempfile::tempdir().unwrap();
