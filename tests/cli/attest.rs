@@ -262,10 +262,7 @@ fn forged_tpm_claims_are_refused() {
 
     // A key in TPM B with the evidence of TPM A.
     let b = Desktop::with_tpm(&trust, &tpm_b);
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(b.state.join("device.json")).unwrap())
-            .unwrap();
-    let file: hwpass::tpm::TpmKeyFile = serde_json::from_value(record["tpm"].clone()).unwrap();
+    let file = b.tpm_key_file();
     let key_b = hwpass::tpm::TpmDevice::open(&file, Some(&tpm_b.tcti())).unwrap();
     let out = issuer.sign(&forged_request(&key_b, Some(evidence.clone())), NOW, &[]);
     assert_eq!(out.code, 4, "{out:?}");
@@ -371,13 +368,6 @@ mod with_tss {
         (b64url(&attest.marshall().unwrap()), b64url(&raw))
     }
 
-    fn tpm_file(desk: &Desktop) -> hwpass::tpm::TpmKeyFile {
-        let record: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(desk.state.join("device.json")).unwrap())
-                .unwrap();
-        serde_json::from_value(record["tpm"].clone()).unwrap()
-    }
-
     #[test]
     fn external_keys_unrestricted_aks_refused_and_tpm2_tools_certify_accepted() {
         let ca = LocalCa::new();
@@ -386,7 +376,7 @@ mod with_tss {
         let trust = issuer.setup();
         let desk = Desktop::with_tpm(&trust, &tpm);
         let real = evidence_of(&desk.request("eve@corp", &[]));
-        let file = tpm_file(&desk);
+        let file = desk.tpm_key_file();
 
         let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
         let srk = ctx
@@ -478,29 +468,21 @@ mod with_tss {
         // one check left to fail is exactly that one — every earlier check passed.
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-        let write_tpm2b = |name: &str, body: &[u8]| {
-            let mut b = (body.len() as u16).to_be_bytes().to_vec();
-            b.extend_from_slice(body);
-            std::fs::write(p(name), b).unwrap();
-        };
         for (prefix, public, private) in [
             ("ak", &file.ak_public, &file.ak_private),
             ("key", &file.key_public, &file.key_private),
         ] {
-            write_tpm2b(&format!("{prefix}.pub"), &b64url_decode(public).unwrap());
-            write_tpm2b(&format!("{prefix}.priv"), &b64url_decode(private).unwrap());
-            tpm.tool(&[
-                "tpm2_load",
-                "-C",
-                "0x81000001",
-                "-u",
-                &p(&format!("{prefix}.pub")),
-                "-r",
-                &p(&format!("{prefix}.priv")),
-                "-c",
-                &p(&format!("{prefix}.ctx")),
-            ])
-            .ok();
+            let (pub_file, priv_file) = (p(&format!("{prefix}.pub")), p(&format!("{prefix}.priv")));
+            write_tpm2b(
+                std::path::Path::new(&pub_file),
+                &b64url_decode(public).unwrap(),
+            );
+            write_tpm2b(
+                std::path::Path::new(&priv_file),
+                &b64url_decode(private).unwrap(),
+            );
+            tpm.load_under_srk(&pub_file, &priv_file, &p(&format!("{prefix}.ctx")))
+                .ok();
             tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
         }
         tpm.tool(&[

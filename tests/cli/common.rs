@@ -250,6 +250,14 @@ impl Desktop {
         cmd
     }
 
+    /// The TPM key blobs recorded in this desktop's `device.json`.
+    pub fn tpm_key_file(&self) -> hwpass::tpm::TpmKeyFile {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.state.join("device.json")).unwrap())
+                .unwrap();
+        serde_json::from_value(record["tpm"].clone()).unwrap()
+    }
+
     /// A desktop enrolled with the TPM backend on `tpm`.
     pub fn with_tpm(trust: &Path, tpm: &Swtpm) -> Self {
         let mut d = Self::new();
@@ -350,7 +358,10 @@ fn free_port_pair() -> u16 {
 impl Swtpm {
     pub fn start() -> Self {
         require("swtpm", "swtpm");
-        let state = tempfile::tempdir().expect("tempdir");
+        Self::launched(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn launched(state: TempDir) -> Self {
         let mut tpm = Self {
             state,
             child: None,
@@ -377,13 +388,7 @@ impl Swtpm {
             "swtpm_setup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut tpm = Self {
-            state,
-            child: None,
-            port: 0,
-        };
-        tpm.launch();
-        tpm
+        Self::launched(state)
     }
 
     fn launch(&mut self) {
@@ -445,6 +450,21 @@ impl Swtpm {
             .env("TPM2TOOLS_TCTI", self.tcti())
             .env("TSS2_LOG", "all+none");
         run(cmd, None)
+    }
+
+    /// Loads a key from tpm2-tools blob files under the SRK at 0x81000001 into context `ctx`.
+    pub fn load_under_srk(&self, public: &str, private: &str, ctx: &str) -> Run {
+        self.tool(&[
+            "tpm2_load",
+            "-C",
+            "0x81000001",
+            "-u",
+            public,
+            "-r",
+            private,
+            "-c",
+            ctx,
+        ])
     }
 
     /// Transient object handles currently loaded.
@@ -624,4 +644,12 @@ impl Issuer {
         std::fs::write(&issuer.config, text).unwrap();
         issuer
     }
+}
+
+/// Writes a TPM2B file (a 16-bit size, then the contents), the format tpm2-tools reads for
+/// public and private blobs.
+pub fn write_tpm2b(path: &Path, body: &[u8]) {
+    let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    std::fs::write(path, bytes).unwrap();
 }

@@ -117,20 +117,9 @@ fn replay_on_another_tpm_fails_with_exit_6() {
 
     // Independently, with tpm2-tools: A's key blob cannot be loaded into B's TPM, but loads in A.
     let dir = tempfile::tempdir().unwrap();
-    let (public, private) = blobs(&a.state, dir.path());
-    let load = |tpm: &Swtpm| {
-        tpm.tool(&[
-            "tpm2_load",
-            "-C",
-            "0x81000001",
-            "-u",
-            &public,
-            "-r",
-            &private,
-            "-c",
-            dir.path().join("k.ctx").to_str().unwrap(),
-        ])
-    };
+    let (public, private) = blobs(&a, dir.path());
+    let ctx = dir.path().join("k.ctx");
+    let load = |tpm: &Swtpm| tpm.load_under_srk(&public, &private, ctx.to_str().unwrap());
     assert_eq!(load(&tpm_a).code, 0);
     tpm_a.tool(&["tpm2_flushcontext", "-t"]).ok();
     let on_b = load(&tpm_b);
@@ -142,20 +131,10 @@ fn replay_on_another_tpm_fails_with_exit_6() {
 fn key_attributes_read_back_from_the_tpm() {
     let (tpm, _issuer, _trust, desk) = tpm_desktop();
     let dir = tempfile::tempdir().unwrap();
-    let (public, private) = blobs(&desk.state, dir.path());
+    let (public, private) = blobs(&desk, dir.path());
     let ctx = dir.path().join("k.ctx");
-    tpm.tool(&[
-        "tpm2_load",
-        "-C",
-        "0x81000001",
-        "-u",
-        &public,
-        "-r",
-        &private,
-        "-c",
-        ctx.to_str().unwrap(),
-    ])
-    .ok();
+    tpm.load_under_srk(&public, &private, ctx.to_str().unwrap())
+        .ok();
     let out = tpm
         .tool(&["tpm2_readpublic", "-c", ctx.to_str().unwrap()])
         .ok();
@@ -324,16 +303,11 @@ fn closed_port() -> u16 {
 
 /// Writes the device key's public and private blobs as tpm2-tools files (TPM2B_PUBLIC,
 /// TPM2B_PRIVATE: a 16-bit size then the contents).
-fn blobs(state: &Path, dir: &Path) -> (String, String) {
-    let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("device.json")).unwrap()).unwrap();
-    let file: hwpass::tpm::TpmKeyFile = serde_json::from_value(record["tpm"].clone()).unwrap();
-    let (public, private) = hwpass::tpm::key_blobs(&file).unwrap();
+fn blobs(desk: &Desktop, dir: &Path) -> (String, String) {
+    let (public, private) = hwpass::tpm::key_blobs(&desk.tpm_key_file()).unwrap();
     let write = |name: &str, body: &[u8]| {
         let path = dir.join(name);
-        let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
-        bytes.extend_from_slice(body);
-        std::fs::write(&path, bytes).unwrap();
+        write_tpm2b(&path, body);
         path.to_str().unwrap().to_string()
     };
     (write("key.pub", &public), write("key.priv", &private))
