@@ -317,7 +317,8 @@ pub fn sign_one(
     now: i64,
 ) -> Result<(String, AuditRecord), IssuerError> {
     let c = &a.claims;
-    let pass = token::sign_pass(c, key)?;
+    let kid = Jwk::new(*key.verifying_key()).thumbprint();
+    let pass = token::sign_pass_as(c, &kid, key)?;
     let pass = match &a.deliver_to {
         Some(to) => attest::seal_delivery(&pass, to)?,
         None => pass,
@@ -332,7 +333,7 @@ pub fn sign_one(
         att: c.hwb.att,
         nbf: c.nbf,
         exp: c.exp,
-        kid: Jwk::new(*key.verifying_key()).thumbprint(),
+        kid,
         dev: c.dev.clone(),
         prev: String::new(),
     };

@@ -418,10 +418,20 @@ struct Header {
 
 /// Signs a pass with the issuer key; `kid` is the key's thumbprint.
 pub fn sign_pass(claims: &PassClaims, key: &dyn KeyBackend) -> Result<String, KeyError> {
+    sign_pass_as(claims, &Jwk::new(*key.verifying_key()).thumbprint(), key)
+}
+
+/// [`sign_pass`] with the key's `kid` already computed (the issuer's hot path needs it for the
+/// audit record too).
+pub fn sign_pass_as(
+    claims: &PassClaims,
+    kid: &str,
+    key: &dyn KeyBackend,
+) -> Result<String, KeyError> {
     let header = Header {
         alg: "ES256".into(),
         typ: PASS_TYP.into(),
-        kid: Some(Jwk::new(*key.verifying_key()).thumbprint()),
+        kid: Some(kid.into()),
         jwk: None,
     };
     sign_compact(&header, claims, key)
