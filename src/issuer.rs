@@ -9,7 +9,10 @@ use crate::attest::{self, AttestError, AttestationPolicy};
 use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::keys::{KeyBackend, KeyError};
 use crate::pkcs11_uri::{PinSource, Pkcs11Uri};
+use crate::pkcs11::Hsm;
+use crate::pool::KeyPool;
 use crate::policy::{Policy, PolicyConfig, PolicyError};
+use crate::revocation::{RevocationError, RevocationStore, Revoked, Target};
 use crate::token::{
     self, Attestation, BindingKind, Confirmation, HardwareBinding, Jwk, Jwks, PassClaims,
     TokenError, TrustParams,
@@ -61,6 +64,12 @@ pub enum IssuerError {
     /// The audit log failed; no pass was printed.
     #[error("{0}")]
     Audit(#[from] AuditError),
+    /// The revocation register failed.
+    #[error("{0}")]
+    Revocation(#[from] RevocationError),
+    /// What was asked for does not exist (a pass id not in the audit log).
+    #[error("{0}")]
+    NotFound(String),
     /// Something inside the issuer failed (a signing worker stopped).
     #[error("{0}")]
     Internal(String),
@@ -70,8 +79,10 @@ impl IssuerError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Config { .. } | Self::Pin(_) | Self::Internal(_) => exit::OTHER,
-            Self::Request(_) => exit::BAD_REQUEST,
+            Self::Config { .. } | Self::Pin(_) | Self::Internal(_) | Self::Revocation(_) => {
+                exit::OTHER
+            }
+            Self::Request(_) | Self::NotFound(_) => exit::BAD_REQUEST,
             Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
             Self::Attest(_) => exit::BAD_REQUEST,
             Self::Key(_) => exit::HSM,
@@ -90,6 +101,129 @@ struct ConfigFile {
     policy: PolicyConfig,
     #[serde(default)]
     attestation: AttestationSection,
+    /// The revocation register (default: `revocations.json` beside the audit log).
+    #[serde(default)]
+    revocations: Option<PathBuf>,
+    #[serde(default)]
+    serve: ServeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeSection {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    hsm_sessions: Option<usize>,
+    #[serde(default)]
+    session_lifetime: Option<String>,
+    #[serde(default)]
+    admins: Vec<AdminSection>,
+    #[serde(default)]
+    proxy: Option<ProxySection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    name: String,
+    token_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    header: String,
+    trusted: Vec<String>,
+}
+
+/// `[serve]`: how `hwpass-issuer serve` listens and whom it lets in.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address (loopback by default).
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain and private key: HTTPS when both are given.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// PKCS#11 sessions kept open for signing.
+    pub hsm_sessions: usize,
+    /// How long a web login lasts, seconds.
+    pub session_lifetime: i64,
+    /// Admins: name and SHA-256 of their bearer token.
+    pub admins: Vec<(String, [u8; 32])>,
+    /// A reverse proxy's authenticated-user header, believed only from these addresses.
+    pub proxy: Option<(String, Vec<std::net::IpAddr>)>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            hsm_sessions: 4,
+            session_lifetime: 8 * 3600,
+            admins: Vec::new(),
+            proxy: None,
+        }
+    }
+}
+
+impl ServeSection {
+    fn resolve(self, base: &Path) -> Result<ServeConfig, String> {
+        let mut out = ServeConfig::default();
+        if let Some(l) = self.listen {
+            out.listen = l
+                .parse()
+                .map_err(|_| format!("[serve] listen {l:?} is not an address like 127.0.0.1:8080"))?;
+        }
+        out.tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+            (None, None) => None,
+            _ => return Err("[serve] needs both tls_cert and tls_key, or neither".into()),
+        };
+        if let Some(n) = self.hsm_sessions {
+            if !(1..=256).contains(&n) {
+                return Err("[serve] hsm_sessions must be 1 to 256".into());
+            }
+            out.hsm_sessions = n;
+        }
+        if let Some(d) = self.session_lifetime {
+            out.session_lifetime = crate::util::parse_duration(&d)?;
+        }
+        for a in self.admins {
+            let hash: [u8; 32] = hex::decode(a.token_sha256.trim())
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "[[serve.admins]] {:?}: token_sha256 must be 64 hex digits (from `hwpass-issuer admin-token`)",
+                        a.name
+                    )
+                })?;
+            if a.name.trim().is_empty() {
+                return Err("[[serve.admins]] name must not be empty".into());
+            }
+            out.admins.push((a.name, hash));
+        }
+        if let Some(p) = self.proxy {
+            let trusted = p
+                .trusted
+                .iter()
+                .map(|t| {
+                    t.parse()
+                        .map_err(|_| format!("[serve.proxy] trusted {t:?} is not an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if trusted.is_empty() || p.header.trim().is_empty() {
+                return Err("[serve.proxy] needs a header and at least one trusted address".into());
+            }
+            out.proxy = Some((p.header.to_ascii_lowercase(), trusted));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +244,9 @@ struct AttestationSection {
 #[serde(deny_unknown_fields)]
 struct HsmSection {
     uri: String,
+    /// Labels of other keys in the same token that desktops trust too (key rotation).
+    #[serde(default)]
+    also_trusted: Vec<String>,
 }
 
 /// The issuer configuration, parsed and checked.
@@ -121,8 +258,15 @@ pub struct IssuerConfig {
     pub aud: String,
     /// The audit log (relative paths resolved against the config's directory).
     pub audit_log: PathBuf,
-    /// The issuer key.
+    /// The issuer key: the one that signs.
     pub key_uri: Pkcs11Uri,
+    /// Other keys (labels in the same token) listed in the trust bundle: the next key before a
+    /// rotation, the previous one until its passes have expired.
+    pub also_trusted: Vec<String>,
+    /// The revocation register.
+    pub revocations: PathBuf,
+    /// `[serve]`.
+    pub serve: ServeConfig,
     /// The signing policy.
     pub policy: Policy,
     /// What attestation evidence is required and trusted.
@@ -172,11 +316,23 @@ impl IssuerConfig {
                 .filter(|l| !l.is_empty())
                 .collect();
         }
+        if file.hsm.also_trusted.iter().any(|l| l.is_empty() || Some(l) == key_uri.object.as_ref()) {
+            return Err(err("[hsm] also_trusted must list other keys' labels, not the signing key's".into()));
+        }
+        let audit_log = base.join(file.audit_log);
+        let revocations = match file.revocations {
+            Some(p) => base.join(p),
+            None => audit_log.with_file_name("revocations.json"),
+        };
+        let serve = file.serve.resolve(base).map_err(err)?;
         Ok(Self {
             iss: file.issuer,
             aud: file.audience,
-            audit_log: base.join(file.audit_log),
+            audit_log,
             key_uri,
+            also_trusted: file.hsm.also_trusted,
+            revocations,
+            serve,
             policy,
             attestation,
         })
@@ -192,6 +348,66 @@ impl IssuerConfig {
             }),
         )
     }
+}
+
+/// The trust bundle as the HSM holds it: the signing key first, then the `also_trusted` keys.
+/// Reads public objects only, so it needs no PIN.
+pub fn trust_bundle(cfg: &IssuerConfig, hsm: &Hsm) -> Result<Jwks, IssuerError> {
+    let mut keys = vec![Jwk::new(hsm.public_key()?)];
+    for label in &cfg.also_trusted {
+        keys.push(Jwk::new(hsm.with_object(label).public_key()?));
+    }
+    Ok(cfg.trust_bundle(keys))
+}
+
+/// Revokes the pass with this id, looked up in the audit log (for its expiry and subject).
+pub fn revoke_pass(
+    cfg: &IssuerConfig,
+    jti: &str,
+    by: &str,
+    reason: Option<String>,
+    now: i64,
+) -> Result<Revoked, IssuerError> {
+    let (records, _) = AuditLog::new(&cfg.audit_log).read()?;
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r.jti == jti)
+        .ok_or_else(|| IssuerError::NotFound(format!("no pass with id {jti:?} in the audit log")))?;
+    let target = Target::Pass {
+        jti: record.jti.clone(),
+        exp: record.exp,
+        sub: record.sub.clone(),
+    };
+    Ok(RevocationStore::new(&cfg.revocations).revoke(target, by, reason, now)?)
+}
+
+/// Revokes a device key: every pass bound to it, past and future.
+pub fn revoke_device(
+    cfg: &IssuerConfig,
+    jkt: &str,
+    by: &str,
+    reason: Option<String>,
+    now: i64,
+) -> Result<Revoked, IssuerError> {
+    let valid = token::b64url_decode(jkt).is_some_and(|b| b.len() == 32);
+    if !valid {
+        return Err(IssuerError::NotFound(format!(
+            "{jkt:?} is not a device key thumbprint (43 base64url characters, as `hwpass status` shows)"
+        )));
+    }
+    let target = Target::Device { jkt: jkt.into() };
+    Ok(RevocationStore::new(&cfg.revocations).revoke(target, by, reason, now)?)
+}
+
+/// Signs the current deny list (revocations and trust bundle keys) with the issuer key.
+pub fn publish_denylist(
+    cfg: &IssuerConfig,
+    bundle: &Jwks,
+    key: &dyn KeyBackend,
+    now: i64,
+) -> Result<String, IssuerError> {
+    Ok(RevocationStore::new(&cfg.revocations).publish(bundle, key, now)?)
 }
 
 /// Asks a person for a secret (the binaries prompt on the terminal; tests and services do not).
@@ -360,15 +576,15 @@ pub enum BatchItem {
     Failed(IssuerError),
 }
 
-/// Signs a batch: requests are verified, approved and signed by `keys.len()` worker threads,
-/// each with its own key handle (its own PKCS#11 session); the audit records of each chunk of
-/// `chunk` requests are appended with one fsync. `emit` receives each chunk's results, in input
+/// Signs a batch: requests are verified, approved and signed by one worker thread per key of
+/// the pool (each key its own PKCS#11 session); the audit records of each chunk of `chunk`
+/// requests are appended with one fsync. `emit` receives each chunk's results, in input
 /// order, only after that chunk's records are durable — the caller prints them then.
 pub fn issue_batch<K: KeyBackend + Send + Sync>(
     cfg: &IssuerConfig,
     requests: &[String],
     opts: &BatchOptions,
-    keys: &[K],
+    keys: &KeyPool<K>,
     log: &AuditLog,
     mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError> + Send,
 ) -> Result<(), IssuerError> {
@@ -401,26 +617,26 @@ fn sign_chunk<K: KeyBackend + Send + Sync>(
     cfg: &IssuerConfig,
     part: &[String],
     opts: &BatchOptions,
-    keys: &[K],
+    keys: &KeyPool<K>,
 ) -> (Vec<AuditRecord>, Vec<BatchItem>) {
-    let workers = keys.len().max(1);
+    let workers = keys.size().max(1);
     let mut results: Vec<Option<Result<(String, AuditRecord), IssuerError>>> =
         (0..part.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         // Worker w takes requests w, w + workers, …: balanced without a queue.
-        let handles: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(w, key)| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
                 scope.spawn(move || {
-                    (w..part.len())
-                        .step_by(workers)
-                        .map(|i| {
-                            let r = approve(cfg, &part[i], opts.lifetime, opts.now)
-                                .and_then(|a| sign_one(&a, key, opts.now));
-                            (i, r)
-                        })
-                        .collect::<Vec<_>>()
+                    keys.with(|key| {
+                        (w..part.len())
+                            .step_by(workers)
+                            .map(|i| {
+                                let r = approve(cfg, &part[i], opts.lifetime, opts.now)
+                                    .and_then(|a| sign_one(&a, key, opts.now));
+                                (i, r)
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
             })
             .collect();

@@ -13,6 +13,7 @@
 pub mod attest;
 pub mod audit;
 pub mod credential;
+pub mod denylist;
 pub mod desktop;
 pub mod fsutil;
 pub mod issuer;
@@ -20,6 +21,9 @@ pub mod keys;
 pub mod pkcs11;
 pub mod pkcs11_uri;
 pub mod policy;
+pub mod pool;
+pub mod revocation;
+pub mod serve;
 pub mod software;
 pub mod token;
 pub mod tpm;

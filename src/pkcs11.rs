@@ -116,6 +116,19 @@ impl Hsm {
         &self.uri
     }
 
+    /// The same token, addressing the key labelled `label` instead (key rotation: several
+    /// issuer keys live in one token).
+    pub fn with_object(&self, label: &str) -> Self {
+        let mut uri = self.uri.clone();
+        uri.object = Some(label.into());
+        uri.id = None;
+        Self {
+            ctx: self.ctx.clone(),
+            slot: self.slot,
+            uri,
+        }
+    }
+
     /// Opens a session and logs the user in. CKR_USER_ALREADY_LOGGED_IN counts as success (a
     /// login is per application, not per session).
     fn session(&self, pin: &SecretString, rw: bool) -> Result<Session, KeyError> {

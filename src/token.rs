@@ -25,6 +25,8 @@ pub const LEEWAY_SECS: i64 = 60;
 pub const PASS_TYP: &str = "hwpass+jwt";
 /// `typ` of a pass request.
 pub const REQUEST_TYP: &str = "hwpass-req+jwt";
+/// `typ` of a signed deny list (see [`crate::denylist`]).
+pub const DENYLIST_TYP: &str = "hwpass-deny+jwt";
 
 /// Why a token was refused. Each variant is one clear sentence; signature failures stay opaque.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -428,9 +430,19 @@ pub fn sign_pass_as(
     kid: &str,
     key: &dyn KeyBackend,
 ) -> Result<String, KeyError> {
+    sign_as(PASS_TYP, claims, kid, key)
+}
+
+/// Signs any issuer document (a pass, a deny list) of type `typ` with the issuer key `kid`.
+pub fn sign_as<C: Serialize>(
+    typ: &str,
+    claims: &C,
+    kid: &str,
+    key: &dyn KeyBackend,
+) -> Result<String, KeyError> {
     let header = Header {
         alg: "ES256".into(),
-        typ: PASS_TYP.into(),
+        typ: typ.into(),
         kid: Some(kid.into()),
         jwk: None,
     };
@@ -536,10 +548,15 @@ impl Decoded {
 
 /// Splits a compact JWS and decodes its header; the payload is decoded from base64url only.
 pub fn decode(token: &str) -> Result<Decoded, TokenError> {
-    if token.len() > MAX_TOKEN_LEN {
+    decode_limited(token, MAX_TOKEN_LEN)
+}
+
+/// [`decode`] with another size limit (deny lists are larger than passes).
+pub fn decode_limited(token: &str, max: usize) -> Result<Decoded, TokenError> {
+    if token.len() > max {
         return Err(TokenError::TooLong {
             len: token.len(),
-            max: MAX_TOKEN_LEN,
+            max,
         });
     }
     if token.is_empty() {
@@ -608,26 +625,7 @@ pub fn verify_pass(
     expect: &PassExpectations<'_>,
     now: i64,
 ) -> Result<PassClaims, TokenError> {
-    let d = decode(token)?;
-    check_alg_typ(&d, PASS_TYP)?;
-    if d.header.jwk.is_some() {
-        return Err(TokenError::EmbeddedJwk);
-    }
-    let kid = d
-        .header
-        .kid
-        .as_deref()
-        .ok_or(TokenError::MissingHeader("kid"))?;
-    let key = expect
-        .trust
-        .find(kid)
-        .ok_or_else(|| TokenError::UnknownKid(kid.into()))?;
-    verify_es256(
-        key.verifying_key(),
-        &token.as_bytes()[..d.signing_input_len],
-        &d.signature,
-    )?;
-    let c: PassClaims = claims(&d)?;
+    let c: PassClaims = verify_issuer_doc(token, PASS_TYP, expect.trust, MAX_TOKEN_LEN)?;
     if c.iss != expect.iss {
         return Err(TokenError::Issuer {
             found: c.iss,
@@ -643,6 +641,36 @@ pub fn verify_pass(
     check_pass_shape(&c)?;
     check_validity(c.nbf, c.exp, now)?;
     Ok(c)
+}
+
+/// Verifies an issuer document of type `typ` (at most `max` bytes): header, and the signature
+/// by the trusted key its `kid` names; then parses its claims strictly. Claim checks beyond the
+/// structure are the caller's.
+pub fn verify_issuer_doc<C: serde::de::DeserializeOwned>(
+    token: &str,
+    typ: &'static str,
+    trust: &Jwks,
+    max: usize,
+) -> Result<C, TokenError> {
+    let d = decode_limited(token, max)?;
+    check_alg_typ(&d, typ)?;
+    if d.header.jwk.is_some() {
+        return Err(TokenError::EmbeddedJwk);
+    }
+    let kid = d
+        .header
+        .kid
+        .as_deref()
+        .ok_or(TokenError::MissingHeader("kid"))?;
+    let key = trust
+        .find(kid)
+        .ok_or_else(|| TokenError::UnknownKid(kid.into()))?;
+    verify_es256(
+        key.verifying_key(),
+        &token.as_bytes()[..d.signing_input_len],
+        &d.signature,
+    )?;
+    claims(&d)
 }
 
 fn check_pass_shape(c: &PassClaims) -> Result<(), TokenError> {

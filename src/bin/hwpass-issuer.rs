@@ -11,6 +11,7 @@ use hwpass::audit::AuditLog;
 use hwpass::issuer::{self, exit, IssuerConfig, IssuerError, PinPrompt};
 use hwpass::keys::KeyBackend as _;
 use hwpass::pkcs11::Hsm;
+use hwpass::pool::KeyPool;
 use hwpass::token::Jwk;
 use hwpass::util::{self, format_duration, format_time};
 
@@ -37,11 +38,16 @@ struct Cli {
 enum Cmd {
     /// Create the issuer key pair inside the HSM (never overwrites an existing key).
     Keygen {
+        /// Create the key under this label instead of the config's object= (the next key of a
+        /// rotation, in the same token); then list it in [hsm] also_trusted.
+        #[arg(long)]
+        object: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Print the trust bundle (JWKS) that desktops enrol with.
+    /// Print the trust bundle (JWKS) that desktops enrol with: the signing key, then the keys
+    /// in [hsm] also_trusted.
     Jwks,
     /// Show the issuer key and how the HSM protects it (read back through PKCS#11).
     KeyInfo {
@@ -70,6 +76,43 @@ enum Cmd {
         report: Option<PathBuf>,
         /// The request string (a file of requests with --batch), or - (the default) for stdin.
         request: Option<String>,
+    },
+    /// Revoke a pass (by its id, from `audit list`) or a device key; desktops refuse it after
+    /// their next `hwpass refresh`.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["pass", "device"]))]
+    Revoke {
+        /// The pass id (jti).
+        #[arg(long)]
+        pass: Option<String>,
+        /// A device key thumbprint (`hwpass status`): every pass bound to it.
+        #[arg(long)]
+        device: Option<String>,
+        /// Why (kept in the revocation register).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign and print the current deny list (revocations and trust bundle keys) for desktops
+    /// without network: `hwpass refresh --file`.
+    Denylist {
+        /// Write it to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Make a new admin token for `serve`: the token on stdout (give it to the admin, once),
+    /// the config lines with its SHA-256 on stderr.
+    AdminToken {
+        /// The admin's name, as logs and the page show it.
+        #[arg(long)]
+        name: String,
+    },
+    /// Run the issuing service: web page and JSON API (see README "Issuing service").
+    Serve {
+        /// Listen here instead of [serve] listen (default 127.0.0.1:8080; port 0 picks one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Inspect the audit log.
     Audit {
@@ -132,9 +175,31 @@ fn fail(e: IssuerError) -> Failure {
         }
         IssuerError::Attest(_) => Some("the TPM evidence does not hold up: do not issue a pass for this device; see README \"Attestation\""),
         IssuerError::Key(_) | IssuerError::Internal(_) => None,
+        IssuerError::Revocation(_) => Some("fix the revocation register's location or permissions (config `revocations`)"),
+        IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
         IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
     };
     (e.exit_code(), e.to_string(), hint)
+}
+
+/// Structured logs on stderr; `HWPASS_LOG` filters (default `info`), `HWPASS_LOG_FORMAT=json`
+/// for one JSON object per line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HWPASS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var("HWPASS_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }
 
 fn now() -> Result<i64, Failure> {
@@ -150,25 +215,35 @@ fn now() -> Result<i64, Failure> {
 fn run(cli: Cli) -> Result<(), Failure> {
     let cfg = IssuerConfig::load(&cli.config).map_err(fail)?;
     match cli.cmd {
-        Cmd::Keygen { json } => {
+        Cmd::Keygen { object, json } => {
             let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let hsm = match &object {
+                Some(label) => hsm.with_object(label),
+                None => hsm,
+            };
             let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
             let key = hsm.generate(&pin).map_err(|e| fail(e.into()))?;
             let kid = Jwk::new(*key.verifying_key()).thumbprint();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"kid": kid, "uri": cfg.key_uri.to_string()})
+                    serde_json::json!({"kid": kid, "uri": hsm.uri().to_string()})
                 );
             } else {
-                println!("created P-256 issuer key {} (kid {kid})", cfg.key_uri);
+                println!("created P-256 issuer key {} (kid {kid})", hsm.uri());
                 println!("the private key is sensitive and not extractable; export the trust bundle with `hwpass-issuer jwks`");
+                if object.is_some() {
+                    println!("for a rotation: add this label to [hsm] also_trusted, publish the trust bundle, and switch [hsm] uri to it once desktops have refreshed (README \"Key rotation\")");
+                }
             }
         }
         Cmd::Jwks => {
             let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
-            let public = hsm.public_key().map_err(|e| fail(e.into()))?;
-            let bundle = cfg.trust_bundle([Jwk::new(public)]);
+            let bundle = issuer::trust_bundle(&cfg, &hsm).map_err(fail)?;
+            for (i, (kid, _)) in bundle.keys.iter().enumerate() {
+                let role = if i == 0 { "signing" } else { "also trusted" };
+                eprintln!("kid {kid}: {role}");
+            }
             let text = serde_json::to_string_pretty(&bundle.to_json()).unwrap_or_default();
             println!("{text}");
         }
@@ -253,6 +328,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| fail(e.into()))?;
             drop(pin);
+            let keys = KeyPool::new(keys);
             let mut report_out: Box<dyn std::io::Write + Send> = match &report {
                 Some(path) => Box::new(
                     std::fs::File::create(path)
@@ -321,6 +397,70 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 writeln!(out, "{p}")
                     .map_err(|e| (exit::OTHER, format!("cannot print the pass: {e}"), None))?;
             }
+        }
+        Cmd::Revoke {
+            pass,
+            device,
+            reason,
+            json,
+        } => {
+            let now = now()?;
+            let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            let (out, what) = match (&pass, &device) {
+                (Some(jti), _) => (
+                    issuer::revoke_pass(&cfg, jti, &by, reason, now).map_err(fail)?,
+                    format!("pass {jti}"),
+                ),
+                (None, Some(jkt)) => (
+                    issuer::revoke_device(&cfg, jkt, &by, reason, now).map_err(fail)?,
+                    format!("device key {jkt}"),
+                ),
+                (None, None) => unreachable!("clap requires one of --pass and --device"),
+            };
+            if json {
+                println!("{}", serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already}));
+            } else if out.already {
+                println!("{what} was already revoked (deny list #{})", out.seq);
+            } else {
+                println!("revoked {what}: deny list #{}; publish it (`hwpass-issuer denylist`, or GET /v1/denylist) and desktops refuse it after `hwpass refresh`", out.seq);
+            }
+        }
+        Cmd::Denylist { output } => {
+            let now = now()?;
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let bundle = issuer::trust_bundle(&cfg, &hsm).map_err(fail)?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            let key = hsm.open_key(&pin).map_err(|e| fail(e.into()))?;
+            drop(pin);
+            let list = issuer::publish_denylist(&cfg, &bundle, &key, now).map_err(fail)?;
+            match output {
+                Some(path) => {
+                    hwpass::fsutil::write_atomic(&path, format!("{list}\n").as_bytes())
+                        .map_err(|e| (exit::OTHER, format!("{}: {e}", path.display()), None))?;
+                    eprintln!("wrote the signed deny list to {}", path.display());
+                }
+                None => println!("{list}"),
+            }
+        }
+        Cmd::AdminToken { name } => {
+            let mut raw = [0u8; 32];
+            getrandom::getrandom(&mut raw)
+                .map_err(|e| (exit::OTHER, format!("no randomness: {e}"), None))?;
+            let token = format!("hwpa_{}", hwpass::token::b64url(&raw));
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            eprintln!("add to the issuer config (only the hash is stored; the token is shown once):\n\n[[serve.admins]]\nname = {}\ntoken_sha256 = \"{hash}\"\n", toml_string(&name));
+            println!("{token}");
+        }
+        Cmd::Serve { listen } => {
+            init_logging();
+            let hsm = Hsm::open(&cfg.key_uri).map_err(|e| fail(e.into()))?;
+            let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
+            hwpass::serve::run(cfg, listen, &hsm, pin, |url| {
+                // The one line scripts wait for: where to connect.
+                println!("listening on {url}");
+                let _ = std::io::stdout().flush();
+            })
+            .map_err(fail)?;
         }
         Cmd::Audit { cmd } => {
             let log = AuditLog::new(&cfg.audit_log);
