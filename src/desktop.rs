@@ -24,7 +24,7 @@ use crate::keys::{prove_possession, KeyBackend, KeyError};
 use crate::software::{SoftwareDevice, SoftwareError, SoftwareKeyFile};
 use crate::token::{
     self, b64url, b64url_decode, Attestation, BindingKind, Jwk, Jwks, PassClaims, PassExpectations,
-    RequestClaims, TokenError,
+    RequestClaims, TokenError, TrustParams,
 };
 use crate::tpm::{self, TpmDevice, TpmError, TpmKeyFile};
 use crate::util::{format_duration, format_time};
@@ -96,6 +96,28 @@ pub enum DesktopError {
         /// This device's kind.
         device: &'static str,
     },
+    /// The issuer revoked the pass (or this device's key), per the installed deny list.
+    #[error("pass {jti} has been revoked by the issuer (deny list #{seq})")]
+    Revoked {
+        /// The pass id.
+        jti: String,
+        /// The deny list that says so.
+        seq: u64,
+    },
+    /// A deny list older than the one installed: refused, so revocations cannot be undone by
+    /// replaying an old list.
+    #[error(
+        "this deny list is #{offered}, older than #{installed} already installed; it is refused"
+    )]
+    StaleDenyList {
+        /// Its sequence number.
+        offered: u64,
+        /// The installed one's.
+        installed: u64,
+    },
+    /// The deny list could not be fetched.
+    #[error("{0}")]
+    Fetch(String),
     /// The device key cannot be used (signing failed or proved the wrong key).
     #[error("the device key cannot be used: {0}")]
     KeyUnusable(String),
@@ -150,16 +172,19 @@ impl DesktopError {
             Self::Token(TokenError::Expired { .. } | TokenError::NotYetValid { .. }) => {
                 exit::EXPIRED
             }
-            Self::Token(_) => exit::INVALID,
+            Self::Token(_) | Self::StaleDenyList { .. } => exit::INVALID,
+            Self::Revoked { .. } => exit::REVOKED,
             Self::OtherDevice { .. }
             | Self::BindingMismatch { .. }
             | Self::KeyUnusable(_)
             | Self::Foreign(_)
             | Self::Damaged { .. } => exit::WRONG_DEVICE,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => exit::ROLLBACK,
-            Self::AlreadyEnrolled { .. } | Self::Tpm(_) | Self::Input(_) | Self::Io { .. } => {
-                exit::OTHER
-            }
+            Self::AlreadyEnrolled { .. }
+            | Self::Tpm(_)
+            | Self::Input(_)
+            | Self::Io { .. }
+            | Self::Fetch(_) => exit::OTHER,
         }
     }
 
@@ -173,6 +198,9 @@ impl DesktopError {
             Self::Token(TokenError::NotYetValid { .. }) => "check the computer's clock, or wait until the pass becomes valid",
             Self::Token(_) => "ask your admin for a new pass; this one was damaged, altered or is from an issuer this desktop does not trust",
             Self::OtherDevice { .. } | Self::BindingMismatch { .. } => "this pass belongs to another machine: request a pass from this one",
+            Self::Revoked { .. } => "ask your admin why; if you should still have access, request a new pass",
+            Self::StaleDenyList { .. } => "nothing to do: this desktop already has a newer list; get the current one (`hwpass refresh --server URL`)",
+            Self::Fetch(_) => "check the server address and your network, or bring the list over by file (`hwpass-issuer denylist`, then `hwpass refresh --file`)",
             Self::KeyUnusable(_) => "enrol this desktop again (`hwpass enroll --force`) and request a new pass",
             Self::Foreign(_) => "this state belongs to another machine or was damaged: enrol again (`hwpass enroll --force`) and request a new pass",
             Self::Rollback { .. } | Self::RollbackTpm { .. } => {
@@ -355,6 +383,15 @@ struct DesktopState {
     /// The TPM clock at the last successful install or check, and the wall time then.
     #[serde(default)]
     tpm_clock: Option<ClockMark>,
+    /// Sequence number of the installed deny list (0: none yet).
+    #[serde(default)]
+    denylist_seq: u64,
+    /// Revoked pass ids, from the deny list.
+    #[serde(default)]
+    revoked_passes: Vec<String>,
+    /// Revoked device key thumbprints, from the deny list.
+    #[serde(default)]
+    revoked_devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -584,6 +621,13 @@ impl Enrolment {
                 device: self.record.backend.as_str(),
             });
         }
+        if state.revoked_passes.contains(&claims.jti) || state.revoked_devices.contains(&device_jkt)
+        {
+            return Err(DesktopError::Revoked {
+                jti: claims.jti,
+                seq: state.denylist_seq,
+            });
+        }
         // Proof of possession: the device signs a fresh challenge, checked against the key the
         // pass is bound to (whose thumbprint equals cnf.jkt, checked above).
         let tpm_clock = self.device.prove(&self.jwk)?;
@@ -687,6 +731,9 @@ pub fn enroll(
         pass: None,
         high_water: now,
         tpm_clock: None,
+        denylist_seq: 0,
+        revoked_passes: Vec::new(),
+        revoked_devices: Vec::new(),
     };
     // The state first, then the record: an interrupted enrolment leaves no device.json, so it
     // reads as "not enrolled" rather than as an enrolment without state.
@@ -769,6 +816,77 @@ pub fn install(
     state.pass = Some(pass.into());
     e.save_state(&state)?;
     Ok(Verdict::valid(&claims, now))
+}
+
+/// What `refresh` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshReport {
+    /// The deny list's sequence number.
+    pub seq: u64,
+    /// The one installed before.
+    pub previous_seq: u64,
+    /// Whether anything changed (false: this list was installed already).
+    pub updated: bool,
+    /// Trusted issuer key ids now.
+    pub trusted_keys: Vec<String>,
+    /// Revoked passes listed.
+    pub revoked_passes: usize,
+    /// Revoked device keys listed.
+    pub revoked_devices: usize,
+    /// Whether the installed pass is now revoked.
+    pub installed_pass_revoked: bool,
+}
+
+/// Installs a signed deny list: verified against the issuer keys trusted now, for this
+/// desktop's issuer and audience, and only if its sequence number is higher than the installed
+/// one (the same number is "already up to date"; a lower one is refused). Replaces the trusted
+/// keys with the list's (key rotation) and the revocations with its.
+pub fn refresh(
+    dir: &Path,
+    opts: &DeviceOptions,
+    text: &str,
+    now: i64,
+) -> Result<RefreshReport, DesktopError> {
+    let e = Enrolment::open(dir, opts)?;
+    let mut state = e.load_state()?;
+    let trust = e.trust(&state)?;
+    let params = TrustParams {
+        iss: state.iss.clone(),
+        aud: state.aud.clone(),
+    };
+    let list = crate::denylist::verify(text, &trust, &params, now)?;
+    let previous_seq = state.denylist_seq;
+    if list.seq < previous_seq {
+        return Err(DesktopError::StaleDenyList {
+            offered: list.seq,
+            installed: previous_seq,
+        });
+    }
+    let updated = list.seq > previous_seq;
+    if updated {
+        state.trust = list.trust()?.to_json();
+        state.denylist_seq = list.seq;
+        state.revoked_passes = list.passes.iter().map(|p| p.jti.clone()).collect();
+        state.revoked_devices = list.devices.clone();
+        e.save_state(&state)?;
+    }
+    let installed_jti = state
+        .pass
+        .as_deref()
+        .and_then(|p| token::decode(p).ok())
+        .and_then(|d| d.payload().ok())
+        .and_then(|v| v.get("jti").and_then(|j| j.as_str()).map(String::from));
+    let installed_pass_revoked = state.revoked_devices.contains(&e.jkt())
+        || installed_jti.is_some_and(|j| state.revoked_passes.contains(&j));
+    Ok(RefreshReport {
+        seq: list.seq,
+        previous_seq,
+        updated,
+        trusted_keys: e.trust(&state)?.keys.into_iter().map(|(k, _)| k).collect(),
+        revoked_passes: state.revoked_passes.len(),
+        revoked_devices: state.revoked_devices.len(),
+        installed_pass_revoked,
+    })
 }
 
 /// Checks the installed pass offline, with a fresh proof of possession. Never panics; every
@@ -902,6 +1020,8 @@ pub struct StatusReport {
     pub audience: String,
     /// Trusted issuer key ids.
     pub trusted_keys: Vec<String>,
+    /// Sequence number of the installed deny list (0: none).
+    pub denylist_seq: u64,
     /// The installed pass, decoded without a proof of possession (run `check` for that).
     pub pass: Option<PassSummary>,
 }
@@ -952,6 +1072,7 @@ pub fn status(dir: &Path, opts: &DeviceOptions) -> Result<StatusReport, DesktopE
         issuer: state.iss,
         audience: state.aud,
         trusted_keys: trust.keys.iter().map(|(k, _)| k.clone()).collect(),
+        denylist_seq: state.denylist_seq,
         pass,
     })
 }

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use crate::attest::{self, AttestError, AttestationPolicy};
 use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::keys::{KeyBackend, KeyError};
-use crate::pkcs11_uri::{PinSource, Pkcs11Uri};
 use crate::pkcs11::Hsm;
-use crate::pool::KeyPool;
+use crate::pkcs11_uri::{PinSource, Pkcs11Uri};
 use crate::policy::{Policy, PolicyConfig, PolicyError};
+use crate::pool::KeyPool;
 use crate::revocation::{RevocationError, RevocationStore, Revoked, Target};
 use crate::token::{
     self, Attestation, BindingKind, Confirmation, HardwareBinding, Jwk, Jwks, PassClaims,
@@ -175,9 +175,9 @@ impl ServeSection {
     fn resolve(self, base: &Path) -> Result<ServeConfig, String> {
         let mut out = ServeConfig::default();
         if let Some(l) = self.listen {
-            out.listen = l
-                .parse()
-                .map_err(|_| format!("[serve] listen {l:?} is not an address like 127.0.0.1:8080"))?;
+            out.listen = l.parse().map_err(|_| {
+                format!("[serve] listen {l:?} is not an address like 127.0.0.1:8080")
+            })?;
         }
         out.tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
@@ -316,8 +316,15 @@ impl IssuerConfig {
                 .filter(|l| !l.is_empty())
                 .collect();
         }
-        if file.hsm.also_trusted.iter().any(|l| l.is_empty() || Some(l) == key_uri.object.as_ref()) {
-            return Err(err("[hsm] also_trusted must list other keys' labels, not the signing key's".into()));
+        if file
+            .hsm
+            .also_trusted
+            .iter()
+            .any(|l| l.is_empty() || Some(l) == key_uri.object.as_ref())
+        {
+            return Err(err(
+                "[hsm] also_trusted must list other keys' labels, not the signing key's".into(),
+            ));
         }
         let audit_log = base.join(file.audit_log);
         let revocations = match file.revocations {
@@ -369,11 +376,9 @@ pub fn revoke_pass(
     now: i64,
 ) -> Result<Revoked, IssuerError> {
     let (records, _) = AuditLog::new(&cfg.audit_log).read()?;
-    let record = records
-        .iter()
-        .rev()
-        .find(|r| r.jti == jti)
-        .ok_or_else(|| IssuerError::NotFound(format!("no pass with id {jti:?} in the audit log")))?;
+    let record = records.iter().rev().find(|r| r.jti == jti).ok_or_else(|| {
+        IssuerError::NotFound(format!("no pass with id {jti:?} in the audit log"))
+    })?;
     let target = Target::Pass {
         jti: record.jti.clone(),
         exp: record.exp,

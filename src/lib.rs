@@ -15,6 +15,7 @@ pub mod audit;
 pub mod credential;
 pub mod denylist;
 pub mod desktop;
+pub mod fetch;
 pub mod fsutil;
 pub mod issuer;
 pub mod keys;

@@ -37,10 +37,7 @@ impl<K> KeyPool<K> {
                 if let Some(k) = idle.pop() {
                     break k;
                 }
-                idle = self
-                    .returned
-                    .wait(idle)
-                    .unwrap_or_else(|p| p.into_inner());
+                idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
             }
         };
         let guard = Return {

@@ -257,7 +257,9 @@ impl RevocationStore {
         signer: &dyn KeyBackend,
         now: i64,
     ) -> Result<String, RevocationError> {
-        let kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
+        // The set of keys matters, not their order (the signing key is listed first).
+        let mut kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
+        kids.sort();
         let reg = self.update(|reg| {
             let changed = reg.kids != kids;
             if changed {

@@ -84,7 +84,8 @@ pub fn run(
             detail: "no admin can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`) or [serve.proxy]".into(),
         });
     }
-    let internal = |what: &str, e: &dyn std::fmt::Display| IssuerError::Internal(format!("{what}: {e}"));
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| IssuerError::Internal(format!("{what}: {e}"));
     let keys = (0..cfg.serve.hsm_sessions)
         .map(|_| hsm.open_key(&pin))
         .collect::<Result<Vec<_>, _>>()?;
@@ -93,8 +94,8 @@ pub fn run(
     let mut csrf_key = [0u8; 32];
     getrandom::getrandom(&mut csrf_key).map_err(|e| internal("random", &e))?;
     let addr = listen.unwrap_or(cfg.serve.listen);
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|e| internal(&format!("cannot listen on {addr}"), &e))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| internal(&format!("cannot listen on {addr}"), &e))?;
     let local = listener
         .local_addr()
         .map_err(|e| internal("listen address", &e))?;
@@ -198,10 +199,7 @@ fn router(svc: Shared) -> Router {
 
 /// Logs each request (method, path, status, time — never bodies or headers) and adds the
 /// security headers every response carries.
-async fn log_and_harden(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn log_and_harden(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let peer = req
         .extensions()
@@ -261,19 +259,52 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
         use IssuerError as E;
         match self {
-            Self::Unauthorized(why) => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", (*why).into()),
-            Self::Csrf => (StatusCode::FORBIDDEN, "csrf", "Form refused", "the form's CSRF token is missing or wrong; reload the page and try again".into()),
-            Self::BadInput(d) => (StatusCode::BAD_REQUEST, "bad-input", "Malformed input", d.clone()),
+            Self::Unauthorized(why) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+                (*why).into(),
+            ),
+            Self::Csrf => (
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "Form refused",
+                "the form's CSRF token is missing or wrong; reload the page and try again".into(),
+            ),
+            Self::BadInput(d) => (
+                StatusCode::BAD_REQUEST,
+                "bad-input",
+                "Malformed input",
+                d.clone(),
+            ),
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", "Not found", d.clone()),
             Self::Issuer(e) => {
                 let (status, slug, title) = match e {
-                    E::Request(_) => (StatusCode::UNPROCESSABLE_ENTITY, "request-refused", "Request refused"),
-                    E::Attest(crate::attest::AttestError::Missing) | E::Policy(_) => (StatusCode::FORBIDDEN, "policy", "Refused by policy"),
-                    E::Attest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "attestation-refused", "Attestation refused"),
+                    E::Request(_) => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "request-refused",
+                        "Request refused",
+                    ),
+                    E::Attest(crate::attest::AttestError::Missing) | E::Policy(_) => {
+                        (StatusCode::FORBIDDEN, "policy", "Refused by policy")
+                    }
+                    E::Attest(_) => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "attestation-refused",
+                        "Attestation refused",
+                    ),
                     E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
                     E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
-                    E::Audit(_) => (StatusCode::INTERNAL_SERVER_ERROR, "audit", "Audit log failed; no pass was issued"),
-                    E::Config { .. } | E::Pin(_) | E::Revocation(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+                    E::Audit(_) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "audit",
+                        "Audit log failed; no pass was issued",
+                    ),
+                    E::Config { .. } | E::Pin(_) | E::Revocation(_) | E::Internal(_) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "Internal error",
+                    ),
                 };
                 (status, slug, title, e.to_string())
             }
@@ -357,19 +388,24 @@ impl Service {
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <admin token>`"))?;
+                .ok_or(ApiError::Unauthorized(
+                    "the Authorization header must be `Bearer <admin token>`",
+                ))?;
             return self
                 .admin_by_token(token.trim())
-                .ok_or(ApiError::Unauthorized("the bearer token is not an admin token of this issuer"));
+                .ok_or(ApiError::Unauthorized(
+                    "the bearer token is not an admin token of this issuer",
+                ));
         }
-        self.proxy_user(peer, headers)
-            .ok_or(ApiError::Unauthorized("this endpoint needs an admin bearer token"))
+        self.proxy_user(peer, headers).ok_or(ApiError::Unauthorized(
+            "this endpoint needs an admin bearer token",
+        ))
     }
 
     fn csrf_token(&self, sid: &str) -> String {
         // Invariant: HMAC accepts keys of any length.
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.csrf_key)
-            .unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.csrf_key).unwrap_or_else(|_| unreachable!());
         mac.update(sid.as_bytes());
         token::b64url(&mac.finalize().into_bytes())
     }
@@ -404,19 +440,32 @@ struct WebSession {
 }
 
 impl Service {
-    fn web_session(&self, peer: IpAddr, headers: &HeaderMap, now: i64) -> Result<WebSession, ApiError> {
+    fn web_session(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        now: i64,
+    ) -> Result<WebSession, ApiError> {
         let proxy = self.proxy_user(peer, headers);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sid) = cookie_sid(headers) {
             if let Some(s) = sessions.get(&session_key(&sid)) {
                 if s.expires > now {
                     let user = s.user.clone().or(proxy);
-                    return Ok(WebSession { sid, fresh: false, user });
+                    return Ok(WebSession {
+                        sid,
+                        fresh: false,
+                        user,
+                    });
                 }
             }
         }
         let sid = self.new_session(&mut sessions, None, now)?;
-        Ok(WebSession { sid, fresh: true, user: proxy })
+        Ok(WebSession {
+            sid,
+            fresh: true,
+            user: proxy,
+        })
     }
 
     fn new_session(
@@ -482,12 +531,19 @@ struct Issued {
 
 /// Verifies, approves and signs on the blocking pool, then waits for the audit record's
 /// group commit. The pass is returned only once its record is durable.
-async fn issue(svc: &Shared, request: String, lifetime: Option<i64>, by: &str) -> Result<Issued, ApiError> {
+async fn issue(
+    svc: &Shared,
+    request: String,
+    lifetime: Option<i64>,
+    by: &str,
+) -> Result<Issued, ApiError> {
     let now = now()?;
     let worker = svc.clone();
     let (approved, pass, record) = tokio::task::spawn_blocking(move || {
         let approved = issuer::approve(&worker.cfg, request.trim(), lifetime, now)?;
-        let (pass, record) = worker.pool.with(|key| issuer::sign_one(&approved, key, now))?;
+        let (pass, record) = worker
+            .pool
+            .with(|key| issuer::sign_one(&approved, key, now))?;
         Ok::<_, IssuerError>((approved, pass, record))
     })
     .await
@@ -503,18 +559,30 @@ async fn issue(svc: &Shared, request: String, lifetime: Option<i64>, by: &str) -
 }
 
 /// Revokes a pass (by id) or a device key, for `by`.
-async fn revoke(svc: &Shared, what: Revocation, by: String) -> Result<crate::revocation::Revoked, ApiError> {
+async fn revoke(
+    svc: &Shared,
+    what: Revocation,
+    by: String,
+) -> Result<crate::revocation::Revoked, ApiError> {
     let now = now()?;
     let worker = svc.clone();
     let by2 = by.clone();
     let (out, label) = tokio::task::spawn_blocking(move || match what {
-        Revocation { pass: Some(jti), device: None, reason } => {
-            issuer::revoke_pass(&worker.cfg, &jti, &by2, reason, now).map(|r| (r, format!("pass {jti}")))
-        }
-        Revocation { pass: None, device: Some(jkt), reason } => {
-            issuer::revoke_device(&worker.cfg, &jkt, &by2, reason, now).map(|r| (r, format!("device {jkt}")))
-        }
-        _ => Err(IssuerError::NotFound("give exactly one of `pass` (a pass id) and `device` (a device key thumbprint)".into())),
+        Revocation {
+            pass: Some(jti),
+            device: None,
+            reason,
+        } => issuer::revoke_pass(&worker.cfg, &jti, &by2, reason, now)
+            .map(|r| (r, format!("pass {jti}"))),
+        Revocation {
+            pass: None,
+            device: Some(jkt),
+            reason,
+        } => issuer::revoke_device(&worker.cfg, &jkt, &by2, reason, now)
+            .map(|r| (r, format!("device {jkt}"))),
+        _ => Err(IssuerError::NotFound(
+            "give exactly one of `pass` (a pass id) and `device` (a device key thumbprint)".into(),
+        )),
     })
     .await
     .map_err(join_error)??;
@@ -607,13 +675,22 @@ struct SignReply {
     exp: i64,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !is_json {
-        return Err(ApiError::BadInput("send Content-Type: application/json".into()));
+        return Err(ApiError::BadInput(
+            "send Content-Type: application/json".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::BadInput(format!("body: {e}")))
 }
@@ -690,7 +767,11 @@ async fn api_revoke(
         return Err(ApiError::BadInput("reason: at most 500 characters".into()));
     }
     let out = revoke(&svc, what, by).await?;
-    let status = if out.already { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if out.already {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, axum::Json(out)).into_response())
 }
 

@@ -68,20 +68,22 @@ pub fn format_time(unix: i64) -> String {
 /// Reads a token from the argument, or from stdin when it is `-` or absent. Surrounding
 /// whitespace (the newline of a paste) is removed; anything else is left for the strict parser.
 pub fn read_token_arg(arg: Option<&str>) -> Result<String, String> {
+    match arg {
+        Some(t) if t != "-" => Ok(t.trim().to_string()),
+        _ => read_stdin(crate::token::MAX_TOKEN_LEN * 2),
+    }
+}
+
+/// Reads at most `limit` bytes of stdin (more is left unread, and the strict parsers refuse
+/// the cut text), trimmed.
+pub fn read_stdin(limit: usize) -> Result<String, String> {
     use std::io::Read as _;
-    let text = match arg {
-        Some(t) if t != "-" => t.to_string(),
-        _ => {
-            let mut buf = String::new();
-            let limit = (crate::token::MAX_TOKEN_LEN * 2) as u64;
-            std::io::stdin()
-                .take(limit)
-                .read_to_string(&mut buf)
-                .map_err(|e| format!("cannot read standard input: {e}"))?;
-            buf
-        }
-    };
-    Ok(text.trim().to_string())
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(limit as u64)
+        .read_to_string(&mut buf)
+        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    Ok(buf.trim().to_string())
 }
 
 #[cfg(test)]

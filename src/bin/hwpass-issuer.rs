@@ -405,7 +405,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
         } => {
             let now = now()?;
-            let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            let by = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
             let (out, what) = match (&pass, &device) {
                 (Some(jti), _) => (
                     issuer::revoke_pass(&cfg, jti, &by, reason, now).map_err(fail)?,
@@ -418,7 +421,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 (None, None) => unreachable!("clap requires one of --pass and --device"),
             };
             if json {
-                println!("{}", serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already}));
+                println!(
+                    "{}",
+                    serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already})
+                );
             } else if out.already {
                 println!("{what} was already revoked (deny list #{})", out.seq);
             } else {

@@ -76,6 +76,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Install a newer signed deny list and trust bundle from the issuing service, or from a
+    /// file brought over by hand (`hwpass-issuer denylist`).
+    #[command(group = clap::ArgGroup::new("source").required(true).args(["server", "file"]))]
+    Refresh {
+        /// The issuing service, e.g. https://passes.corp.example (GET /v1/denylist).
+        #[arg(long)]
+        server: Option<String>,
+        /// A deny list file, or - for stdin.
+        #[arg(long)]
+        file: Option<String>,
+        /// HTTPS: trust only these CA certificates (PEM) instead of the system's.
+        #[arg(long, requires = "server")]
+        ca: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the enrolment and the installed pass.
     Status {
         /// Print as JSON.
@@ -249,6 +266,46 @@ fn run(cli: Cli) -> i32 {
             }
         }
         Cmd::Check { json } => print_verdict(&desktop::check(&dir, &opts, now), json),
+        Cmd::Refresh {
+            server,
+            file,
+            ca,
+            json,
+        } => {
+            let text = match (&server, &file) {
+                (Some(url), _) => hwpass::fetch::denylist(url, ca.as_deref()),
+                (None, Some(f)) if f == "-" => {
+                    util::read_stdin(hwpass::denylist::MAX_DENYLIST_LEN + 2)
+                        .map_err(DesktopError::Input)
+                }
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .map_err(|e| DesktopError::Input(format!("cannot read {f}: {e}"))),
+                (None, None) => Err(DesktopError::Input("give --server or --file".into())),
+            };
+            match text.and_then(|t| desktop::refresh(&dir, &opts, &t, now)) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else if r.updated {
+                        println!(
+                            "installed deny list #{} (was #{}): {} revoked passes, {} revoked devices; trusted keys {}",
+                            r.seq,
+                            r.previous_seq,
+                            r.revoked_passes,
+                            r.revoked_devices,
+                            r.trusted_keys.join(", ")
+                        );
+                    } else {
+                        println!("already up to date (deny list #{})", r.seq);
+                    }
+                    if r.installed_pass_revoked {
+                        eprintln!("hwpass: the installed pass is revoked: `hwpass check` refuses it (exit 8)");
+                    }
+                    0
+                }
+                Err(e) => report(&e),
+            }
+        }
         Cmd::Status { json } => match desktop::status(&dir, &opts) {
             Ok(s) => {
                 if json {
@@ -259,6 +316,10 @@ fn run(cli: Cli) -> i32 {
                     println!("enrolled         {}", format_time(s.enrolled_at));
                     println!("issuer           {} (audience {})", s.issuer, s.audience);
                     println!("trusted keys     {}", s.trusted_keys.join(", "));
+                    match s.denylist_seq {
+                        0 => println!("deny list        none yet (`hwpass refresh`)"),
+                        n => println!("deny list        #{n}"),
+                    }
                     match &s.pass {
                         Some(p) => println!(
                             "pass             for {} until {} (jti {})",
@@ -283,7 +344,7 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
         Ok(t) => t,
         Err(m) => return report(&DesktopError::Input(m)),
     };
-    let d = match token::decode(&text) {
+    let d = match token::decode_limited(&text, hwpass::denylist::MAX_DENYLIST_LEN) {
         Ok(d) => d,
         Err(e) => return report(&DesktopError::Token(e)),
     };
@@ -294,6 +355,7 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
     let kind = match d.typ() {
         PASS_TYP => "access pass",
         REQUEST_TYP => "pass request",
+        token::DENYLIST_TYP => "deny list",
         _ => "unknown token type",
     };
     if json {

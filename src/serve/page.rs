@@ -144,7 +144,11 @@ fn login_page(svc: &Shared, ws: &WebSession, status: StatusCode, error: Option<&
     render(svc, ws, status, "Sign in", &body)
 }
 
-async fn home_page(svc: &Shared, ws: &WebSession, notice: Option<String>) -> Result<Response, ApiError> {
+async fn home_page(
+    svc: &Shared,
+    ws: &WebSession,
+    notice: Option<String>,
+) -> Result<Response, ApiError> {
     let csrf = csrf_field(svc, ws);
     let now = now()?;
     let rows = recent(svc, 20).await?;
@@ -282,9 +286,10 @@ pub(super) async fn review(
     // Approving needs no HSM: it shows exactly what Sign would issue, attestation included.
     let worker = svc.clone();
     let req2 = request.clone();
-    let approved = tokio::task::spawn_blocking(move || issuer::approve(&worker.cfg, &req2, None, now))
-        .await
-        .map_err(super::join_error)?;
+    let approved =
+        tokio::task::spawn_blocking(move || issuer::approve(&worker.cfg, &req2, None, now))
+            .await
+            .map_err(super::join_error)?;
     let a = match approved {
         Ok(a) => a,
         Err(e) => return Ok(error_page(&svc, &ws, &ApiError::Issuer(e))),
@@ -351,7 +356,13 @@ pub(super) async fn review(
         csrf = csrf_field(&svc, &ws),
         request = esc(&request),
     );
-    Ok(render(&svc, &ws, StatusCode::OK, "Review the request", &body))
+    Ok(render(
+        &svc,
+        &ws,
+        StatusCode::OK,
+        "Review the request",
+        &body,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -155,6 +155,26 @@ impl Issuer {
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    /// Rewrites the config for key rotation: the signing key's label, the other trusted
+    /// labels, and extra TOML appended (e.g. a `[serve]` section).
+    pub fn write_rotation_config(&self, object: &str, also_trusted: &[&str], extra: &str) {
+        let also: Vec<String> = also_trusted.iter().map(|l| format!("{l:?}")).collect();
+        let text = format!(
+            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[hsm]\nuri = \"pkcs11:token=hwpass-test;object={object}?module-path={MODULE}\"\nalso_trusted = [{}]\n\n[policy]\n{DEFAULT_POLICY}\n{extra}",
+            also.join(", ")
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// `hwpass-issuer denylist -o FILE` at `now`; returns the file.
+    pub fn denylist(&self, name: &str, now: i64) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let mut cmd = self.cmd(now);
+        cmd.args(["denylist", "-o"]).arg(&path);
+        run(cmd, None).ok();
+        path
+    }
+
     pub fn cmd(&self, now: i64) -> Command {
         let mut cmd = bin("hwpass-issuer", now);
         cmd.env("SOFTHSM2_CONF", &self.hsm.conf)

@@ -10,3 +10,4 @@ mod durability;
 mod interop;
 mod issuer;
 mod matrix;
+mod revocation;
