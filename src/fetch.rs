@@ -33,7 +33,7 @@ pub fn denylist(server: &str, ca: Option<&Path>) -> Result<String, DesktopError>
         ureq::Error::Status(code, r) => {
             fetch_err(format!("the server answered {code} {}", r.status_text()))
         }
-        ureq::Error::Transport(t) => fetch_err(t.to_string()),
+        ureq::Error::Transport(t) => DesktopError::Fetch(t.to_string()),
     })?;
     let mut body = String::new();
     std::io::Read::read_to_string(

@@ -11,3 +11,4 @@ mod interop;
 mod issuer;
 mod matrix;
 mod revocation;
+mod service;
