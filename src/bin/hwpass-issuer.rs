@@ -39,7 +39,7 @@ enum Cmd {
     /// Create the issuer key pair inside the HSM (never overwrites an existing key).
     Keygen {
         /// Create the key under this label instead of the config's object= (the next key of a
-        /// rotation, in the same token); then list it in [hsm] also_trusted.
+        /// rotation, in the same token); then list it in `[hsm] also_trusted`.
         #[arg(long)]
         object: Option<String>,
         /// Print the result as JSON.
@@ -47,7 +47,7 @@ enum Cmd {
         json: bool,
     },
     /// Print the trust bundle (JWKS) that desktops enrol with: the signing key, then the keys
-    /// in [hsm] also_trusted.
+    /// in `[hsm] also_trusted`.
     Jwks,
     /// Show the issuer key and how the HSM protects it (read back through PKCS#11).
     KeyInfo {
@@ -110,7 +110,7 @@ enum Cmd {
     },
     /// Run the issuing service: web page and JSON API (see README "Issuing service").
     Serve {
-        /// Listen here instead of [serve] listen (default 127.0.0.1:8080; port 0 picks one).
+        /// Listen here instead of `[serve] listen` (default 127.0.0.1:8080; port 0 picks one).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
