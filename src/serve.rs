@@ -204,7 +204,7 @@ async fn log_and_harden(req: axum::extract::Request, next: axum::middleware::Nex
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map_or_else(|| "-".to_string(), |c| c.0.ip().to_string());
     let start = Instant::now();
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
@@ -225,7 +225,7 @@ async fn log_and_harden(req: axum::extract::Request, next: axum::middleware::Nex
         path,
         status = resp.status().as_u16(),
         ms = start.elapsed().as_secs_f64() * 1e3,
-        peer = ?peer,
+        %peer,
         "request"
     );
     resp
@@ -550,7 +550,7 @@ async fn issue(
     .map_err(join_error)??;
     svc.audit.commit(record).await?;
     let c = &approved.claims;
-    info!(jti = %c.jti, sub = %c.sub, kind = c.hwb.kind.as_str(), exp = c.exp, by, "pass issued");
+    info!(jti = %c.jti, sub = %c.sub, kind = %c.hwb.kind.as_str(), exp = c.exp, %by, "pass issued");
     Ok(Issued {
         pass,
         sealed: approved.deliver_to.is_some(),

@@ -190,6 +190,7 @@ fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if std::env::var("HWPASS_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
