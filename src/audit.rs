@@ -73,6 +73,10 @@ pub struct AuditRecord {
     /// Device name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// Who asked for it, when the issuing service signed it (`alice`, `web:alice`,
+    /// `proxy:bob`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// Hex SHA-256 of the previous line (without its newline), or [`GENESIS`].
     pub prev: String,
 }
@@ -263,6 +267,7 @@ mod tests {
             exp: i + 10,
             kid: "kid".into(),
             dev: None,
+            by: None,
             prev: String::new(),
         }
     }

@@ -556,6 +556,7 @@ pub fn sign_one(
         exp: c.exp,
         kid,
         dev: c.dev.clone(),
+        by: None,
         prev: String::new(),
     };
     Ok((pass, record))

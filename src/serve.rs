@@ -539,7 +539,7 @@ async fn issue(
 ) -> Result<Issued, ApiError> {
     let now = now()?;
     let worker = svc.clone();
-    let (approved, pass, record) = tokio::task::spawn_blocking(move || {
+    let (approved, pass, mut record) = tokio::task::spawn_blocking(move || {
         let approved = issuer::approve(&worker.cfg, request.trim(), lifetime, now)?;
         let (pass, record) = worker
             .pool
@@ -548,6 +548,7 @@ async fn issue(
     })
     .await
     .map_err(join_error)??;
+    record.by = Some(by.to_string());
     svc.audit.commit(record).await?;
     let c = &approved.claims;
     info!(jti = %c.jti, sub = %c.sub, kind = %c.hwb.kind.as_str(), exp = c.exp, %by, "pass issued");

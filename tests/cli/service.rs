@@ -188,6 +188,7 @@ fn api_signs_only_for_admins_and_speaks_problem_json() {
     let audit = issuer.audit_lines();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["jti"], reply["jti"]);
+    assert_eq!(audit[0]["by"], "alice", "the audit record names the admin");
 
     // Refusals, each with its problem type.
     for (body, status, slug) in [
