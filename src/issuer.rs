@@ -405,14 +405,15 @@ pub fn revoke_device(
     Ok(RevocationStore::new(&cfg.revocations).revoke(target, by, reason, now)?)
 }
 
-/// Signs the current deny list (revocations and trust bundle keys) with the issuer key.
+/// Signs the current deny list (revocations and trust bundle keys) with the issuer key;
+/// returns its sequence number and the list.
 pub fn publish_denylist(
     cfg: &IssuerConfig,
     bundle: &Jwks,
     key: &dyn KeyBackend,
     now: i64,
-) -> Result<String, IssuerError> {
-    Ok(RevocationStore::new(&cfg.revocations).publish(bundle, key, now)?)
+) -> Result<(u64, String), IssuerError> {
+    Ok(RevocationStore::new(&cfg.revocations).publish_seq(bundle, key, now)?)
 }
 
 /// Asks a person for a secret (the binaries prompt on the terminal; tests and services do not).

@@ -257,6 +257,16 @@ impl RevocationStore {
         signer: &dyn KeyBackend,
         now: i64,
     ) -> Result<String, RevocationError> {
+        self.publish_seq(bundle, signer, now).map(|(_, list)| list)
+    }
+
+    /// [`Self::publish`], also returning the list's sequence number.
+    pub fn publish_seq(
+        &self,
+        bundle: &Jwks,
+        signer: &dyn KeyBackend,
+        now: i64,
+    ) -> Result<(u64, String), RevocationError> {
         // The set of keys matters, not their order (the signing key is listed first).
         let mut kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
         kids.sort();
@@ -294,7 +304,7 @@ impl RevocationStore {
                 .collect(),
             devices: reg.devices.iter().map(|d| d.jkt.clone()).collect(),
         };
-        Ok(denylist::sign(&list, signer)?)
+        Ok((list.seq, denylist::sign(&list, signer)?))
     }
 }
 

@@ -59,7 +59,13 @@ struct Service {
     sessions: Mutex<HashMap<String, Session>>,
     csrf_key: [u8; 32],
     tls: bool,
+    /// The last signed deny list: its sequence number, when it was signed, the list.
+    denylist: Mutex<Option<(u64, i64, String)>>,
 }
+
+/// A signed deny list is reused for this long while nothing changed (an anonymous GET must
+/// not cost an HSM signature each time).
+const DENYLIST_REUSE_SECS: i64 = 300;
 
 type Shared = Arc<Service>;
 
@@ -112,6 +118,7 @@ pub fn run(
         sessions: Mutex::new(HashMap::new()),
         csrf_key,
         tls: tls.is_some(),
+        denylist: Mutex::new(None),
     });
     let app = router(svc.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -591,14 +598,26 @@ async fn revoke(
     Ok(out)
 }
 
-/// The signed deny list as of now.
+/// The signed deny list as of now: re-signed when the register changed or the last copy is
+/// older than [`DENYLIST_REUSE_SECS`].
 async fn denylist(svc: &Shared) -> Result<String, ApiError> {
     let now = now()?;
     let worker = svc.clone();
     tokio::task::spawn_blocking(move || {
-        worker
+        let seq = RevocationStore::new(&worker.cfg.revocations).load()?.seq;
+        let mut cache = worker.denylist.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, at, list)) = cache.as_ref() {
+            if *s == seq && (0..DENYLIST_REUSE_SECS).contains(&(now - at)) {
+                return Ok(list.clone());
+            }
+        }
+        // Publishing may itself raise the sequence number (the key set changed): cache the
+        // number the list carries.
+        let (seq, list) = worker
             .pool
-            .with(|key| issuer::publish_denylist(&worker.cfg, &worker.bundle, key, now))
+            .with(|key| issuer::publish_denylist(&worker.cfg, &worker.bundle, key, now))?;
+        *cache = Some((seq, now, list.clone()));
+        Ok::<_, IssuerError>(list)
     })
     .await
     .map_err(join_error)?

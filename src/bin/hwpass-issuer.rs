@@ -439,7 +439,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let pin = issuer::resolve_pin(&cfg.key_uri, &TerminalPrompt).map_err(fail)?;
             let key = hsm.open_key(&pin).map_err(|e| fail(e.into()))?;
             drop(pin);
-            let list = issuer::publish_denylist(&cfg, &bundle, &key, now).map_err(fail)?;
+            let (seq, list) = issuer::publish_denylist(&cfg, &bundle, &key, now).map_err(fail)?;
+            eprintln!("deny list #{seq}");
             match output {
                 Some(path) => {
                     hwpass::fsutil::write_atomic(&path, format!("{list}\n").as_bytes())
