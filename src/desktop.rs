@@ -863,8 +863,9 @@ pub fn refresh(
         });
     }
     let updated = list.seq > previous_seq;
+    let trust = if updated { list.trust()? } else { trust };
     if updated {
-        state.trust = list.trust()?.to_json();
+        state.trust = trust.to_json();
         state.denylist_seq = list.seq;
         state.revoked_passes = list.passes.iter().map(|p| p.jti.clone()).collect();
         state.revoked_devices = list.devices.clone();
@@ -882,7 +883,7 @@ pub fn refresh(
         seq: list.seq,
         previous_seq,
         updated,
-        trusted_keys: e.trust(&state)?.keys.into_iter().map(|(k, _)| k).collect(),
+        trusted_keys: trust.keys.into_iter().map(|(k, _)| k).collect(),
         revoked_passes: state.revoked_passes.len(),
         revoked_devices: state.revoked_devices.len(),
         installed_pass_revoked,

@@ -331,14 +331,9 @@ impl IntoResponse for ApiError {
             "status": status.as_u16(),
             "detail": detail,
         });
-        let mut resp = (status, body.to_string()).into_response();
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut resp = typed((status, body.to_string()), "application/problem+json");
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(
+            resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"hwpass\""),
             );
@@ -351,8 +346,25 @@ fn now() -> Result<i64, ApiError> {
     crate::util::now().map_err(|e| ApiError::Issuer(IssuerError::Internal(e)))
 }
 
-fn join_error(e: tokio::task::JoinError) -> ApiError {
-    ApiError::Issuer(IssuerError::Internal(format!("a signing task failed: {e}")))
+/// Runs `f` on tokio's blocking pool (HSM, TPM-evidence checks and file I/O stay off the async
+/// workers).
+async fn blocking<R: Send + 'static>(
+    svc: &Shared,
+    f: impl FnOnce(&Service) -> Result<R, IssuerError> + Send + 'static,
+) -> Result<R, ApiError> {
+    let worker = svc.clone();
+    tokio::task::spawn_blocking(move || f(&worker))
+        .await
+        .map_err(|e| IssuerError::Internal(format!("a signing task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// A body with its content type.
+fn typed(body: impl IntoResponse, kind: &'static str) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    resp
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,16 +557,12 @@ async fn issue(
     by: &str,
 ) -> Result<Issued, ApiError> {
     let now = now()?;
-    let worker = svc.clone();
-    let (approved, pass, mut record) = tokio::task::spawn_blocking(move || {
-        let approved = issuer::approve(&worker.cfg, request.trim(), lifetime, now)?;
-        let (pass, record) = worker
-            .pool
-            .with(|key| issuer::sign_one(&approved, key, now))?;
-        Ok::<_, IssuerError>((approved, pass, record))
+    let (approved, pass, mut record) = blocking(svc, move |svc| {
+        let approved = issuer::approve(&svc.cfg, request.trim(), lifetime, now)?;
+        let (pass, record) = svc.pool.with(|key| issuer::sign_one(&approved, key, now))?;
+        Ok((approved, pass, record))
     })
-    .await
-    .map_err(join_error)??;
+    .await?;
     record.by = Some(by.to_string());
     svc.audit.commit(record).await?;
     let c = &approved.claims;
@@ -573,27 +581,25 @@ async fn revoke(
     by: String,
 ) -> Result<crate::revocation::Revoked, ApiError> {
     let now = now()?;
-    let worker = svc.clone();
     let by2 = by.clone();
-    let (out, label) = tokio::task::spawn_blocking(move || match what {
+    let (out, label) = blocking(svc, move |svc| match what {
         Revocation {
             pass: Some(jti),
             device: None,
             reason,
-        } => issuer::revoke_pass(&worker.cfg, &jti, &by2, reason, now)
+        } => issuer::revoke_pass(&svc.cfg, &jti, &by2, reason, now)
             .map(|r| (r, format!("pass {jti}"))),
         Revocation {
             pass: None,
             device: Some(jkt),
             reason,
-        } => issuer::revoke_device(&worker.cfg, &jkt, &by2, reason, now)
+        } => issuer::revoke_device(&svc.cfg, &jkt, &by2, reason, now)
             .map(|r| (r, format!("device {jkt}"))),
         _ => Err(IssuerError::NotFound(
             "give exactly one of `pass` (a pass id) and `device` (a device key thumbprint)".into(),
         )),
     })
-    .await
-    .map_err(join_error)??;
+    .await?;
     info!(what = %label, seq = out.seq, already = out.already, by = %by, "revoked");
     Ok(out)
 }
@@ -602,10 +608,9 @@ async fn revoke(
 /// older than [`DENYLIST_REUSE_SECS`].
 async fn denylist(svc: &Shared) -> Result<String, ApiError> {
     let now = now()?;
-    let worker = svc.clone();
-    tokio::task::spawn_blocking(move || {
-        let seq = RevocationStore::new(&worker.cfg.revocations).load()?.seq;
-        let mut cache = worker.denylist.lock().unwrap_or_else(|p| p.into_inner());
+    blocking(svc, move |svc| {
+        let seq = RevocationStore::new(&svc.cfg.revocations).load()?.seq;
+        let mut cache = svc.denylist.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, at, list)) = cache.as_ref() {
             if *s == seq && (0..DENYLIST_REUSE_SECS).contains(&(now - at)) {
                 return Ok(list.clone());
@@ -613,15 +618,13 @@ async fn denylist(svc: &Shared) -> Result<String, ApiError> {
         }
         // Publishing may itself raise the sequence number (the key set changed): cache the
         // number the list carries.
-        let (seq, list) = worker
+        let (seq, list) = svc
             .pool
-            .with(|key| issuer::publish_denylist(&worker.cfg, &worker.bundle, key, now))?;
+            .with(|key| issuer::publish_denylist(&svc.cfg, &svc.bundle, key, now))?;
         *cache = Some((seq, now, list.clone()));
-        Ok::<_, IssuerError>(list)
+        Ok(list)
     })
     .await
-    .map_err(join_error)?
-    .map_err(ApiError::from)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,22 +748,12 @@ async fn api_sign(
 }
 
 async fn api_jwks(State(svc): State<Shared>) -> Response {
-    let mut resp = svc.bundle.to_json().to_string().into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwk-set+json"),
-    );
-    resp
+    typed(svc.bundle.to_json().to_string(), "application/jwk-set+json")
 }
 
 async fn api_denylist(State(svc): State<Shared>) -> Result<Response, ApiError> {
     let list = denylist(&svc).await?;
-    let mut resp = format!("{list}\n").into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwt"),
-    );
-    Ok(resp)
+    Ok(typed(format!("{list}\n"), "application/jwt"))
 }
 
 /// `POST /v1/revocations`: exactly one of `pass` and `device`.
@@ -815,12 +808,7 @@ async fn api_issuances(
 }
 
 async fn api_openapi() -> Response {
-    let mut resp = include_str!("serve/openapi.json").into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    typed(include_str!("serve/openapi.json"), "application/json")
 }
 
 /// One row of the recent-issuances list.
@@ -833,26 +821,21 @@ struct Recent {
 
 /// The newest `limit` audit records, newest first, with their revocation state.
 async fn recent(svc: &Shared, limit: usize) -> Result<Vec<Recent>, ApiError> {
-    let worker = svc.clone();
-    tokio::task::spawn_blocking(move || {
-        let (records, _) = AuditLog::new(&worker.cfg.audit_log).read()?;
-        let reg = RevocationStore::new(&worker.cfg.revocations).load()?;
-        Ok::<_, IssuerError>(
-            records
-                .into_iter()
-                .rev()
-                .take(limit)
-                .map(|record| Recent {
-                    revoked: reg.passes.iter().any(|p| p.jti == record.jti)
-                        || reg.devices.iter().any(|d| d.jkt == record.jkt),
-                    record,
-                })
-                .collect(),
-        )
+    blocking(svc, move |svc| {
+        let (records, _) = AuditLog::new(&svc.cfg.audit_log).read()?;
+        let reg = RevocationStore::new(&svc.cfg.revocations).load()?;
+        Ok(records
+            .into_iter()
+            .rev()
+            .take(limit)
+            .map(|record| Recent {
+                revoked: reg.passes.iter().any(|p| p.jti == record.jti)
+                    || reg.devices.iter().any(|d| d.jkt == record.jkt),
+                record,
+            })
+            .collect())
     })
     .await
-    .map_err(join_error)?
-    .map_err(ApiError::from)
 }
 
 /// Form extraction with the refusal as problem details (axum's default is plain text).

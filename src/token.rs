@@ -351,6 +351,17 @@ pub enum Attestation {
     None,
 }
 
+impl Attestation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EkCert => "ek-cert",
+            Self::EkAllowlist => "ek-allowlist",
+            Self::None => "none",
+        }
+    }
+}
+
 /// `cnf` (RFC 7800 §3.1, RFC 9449 §6.1 `jkt`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{form, issue, now, recent, revoke, ApiError, Revocation, Shared, WebSession};
+use super::{
+    blocking, form, issue, now, recent, revoke, typed, ApiError, Revocation, Shared, WebSession,
+};
 use crate::issuer;
 use crate::token::{Attestation, BindingKind};
 use crate::util::{format_duration, format_time};
@@ -65,14 +67,10 @@ fn render(svc: &Shared, ws: &WebSession, status: StatusCode, title: &str, body: 
         iss = esc(&svc.cfg.iss),
         aud = esc(&svc.cfg.aud),
     );
-    let mut resp = (status, html).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    let mut resp = typed((status, html), "text/html; charset=utf-8");
     if ws.fresh {
-        h.insert(header::SET_COOKIE, svc.set_cookie(&ws.sid));
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, svc.set_cookie(&ws.sid));
     }
     resp
 }
@@ -112,6 +110,39 @@ fn check_form(svc: &Shared, ws: &WebSession, csrf: &str) -> Result<(), ApiError>
 
 fn session(svc: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<WebSession, ApiError> {
     svc.web_session(peer.ip(), headers, now()?)
+}
+
+/// Form fields that carry the session's CSRF token (missing: empty, so refused like a wrong one).
+pub(super) trait CsrfForm {
+    fn csrf(&self) -> &str;
+}
+
+macro_rules! csrf_forms {
+    ($($t:ty),*) => {$(
+        impl CsrfForm for $t {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+csrf_forms!(LoginForm, CsrfOnly, ReviewForm, SignForm, RevokeForm);
+
+/// A form post: the session and the fields, once the form parsed and its CSRF token matches
+/// the session; otherwise the error page to answer with.
+fn posted<T: CsrfForm>(
+    svc: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    f: Result<Form<T>, FormRejection>,
+) -> Result<Result<(WebSession, T), Response>, ApiError> {
+    let ws = session(svc, peer, headers)?;
+    Ok(
+        match form(f).and_then(|f| check_form(svc, &ws, f.csrf()).map(|()| f)) {
+            Ok(f) => Ok((ws, f)),
+            Err(e) => Err(error_page(svc, &ws, &e)),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,7 +202,7 @@ async fn home_page(
             sub = esc(&rec.sub),
             dev = esc(rec.dev.as_deref().unwrap_or("—")),
             kind = rec.kind.as_str(),
-            att = att_name(rec.att),
+            att = rec.att.as_str(),
             exp = esc(&format_time(rec.exp)),
             jti = esc(&rec.jti),
         ));
@@ -194,14 +225,6 @@ async fn home_page(
     Ok(render(svc, ws, StatusCode::OK, "Sign a pass", &body))
 }
 
-fn att_name(a: Attestation) -> &'static str {
-    match a {
-        Attestation::EkCert => "ek-cert",
-        Attestation::EkAllowlist => "ek-allowlist",
-        Attestation::None => "none",
-    }
-}
-
 #[derive(Deserialize)]
 pub(super) struct LoginForm {
     #[serde(default)]
@@ -215,14 +238,12 @@ pub(super) async fn login(
     headers: HeaderMap,
     f: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = session(&svc, peer, &headers)?;
-    let result = (|| {
-        let f = form(f)?;
-        check_form(&svc, &ws, &f.csrf)?;
-        Ok::<_, ApiError>(svc.admin_by_token(f.token.trim()))
-    })();
-    match result {
-        Ok(Some(user)) => {
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    match svc.admin_by_token(f.token.trim()) {
+        Some(user) => {
             tracing::info!(user = %user, "web sign-in");
             let sid = svc.promote(&ws.sid, user, now()?)?;
             let mut resp = see_other("/");
@@ -230,7 +251,7 @@ pub(super) async fn login(
                 .insert(header::SET_COOKIE, svc.set_cookie(&sid));
             Ok(resp)
         }
-        Ok(None) => {
+        None => {
             tracing::warn!(%peer, "web sign-in refused: not an admin token");
             Ok(login_page(
                 &svc,
@@ -239,7 +260,6 @@ pub(super) async fn login(
                 Some("That is not an admin token of this issuer."),
             ))
         }
-        Err(e) => Ok(error_page(&svc, &ws, &e)),
     }
 }
 
@@ -255,10 +275,10 @@ pub(super) async fn logout(
     headers: HeaderMap,
     f: Result<Form<CsrfOnly>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = session(&svc, peer, &headers)?;
-    if let Err(e) = form(f).and_then(|f| check_form(&svc, &ws, &f.csrf)) {
-        return Ok(error_page(&svc, &ws, &e));
-    }
+    let (ws, _) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
     svc.end_session(&ws.sid);
     Ok(see_other("/"))
 }
@@ -276,10 +296,9 @@ pub(super) async fn review(
     headers: HeaderMap,
     f: Result<Form<ReviewForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = session(&svc, peer, &headers)?;
-    let f = match form(f).and_then(|f| check_form(&svc, &ws, &f.csrf).map(|()| f)) {
-        Ok(f) => f,
-        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
     };
     if ws.user.is_none() {
         return Ok(see_other("/"));
@@ -287,15 +306,11 @@ pub(super) async fn review(
     let request = f.request.trim().to_string();
     let now = now()?;
     // Approving needs no HSM: it shows exactly what Sign would issue, attestation included.
-    let worker = svc.clone();
     let req2 = request.clone();
-    let approved =
-        tokio::task::spawn_blocking(move || issuer::approve(&worker.cfg, &req2, None, now))
-            .await
-            .map_err(super::join_error)?;
+    let approved = blocking(&svc, move |svc| issuer::approve(&svc.cfg, &req2, None, now)).await;
     let a = match approved {
         Ok(a) => a,
-        Err(e) => return Ok(error_page(&svc, &ws, &ApiError::Issuer(e))),
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
     };
     let c = &a.claims;
     let proposed = c.exp - c.nbf;
@@ -382,10 +397,9 @@ pub(super) async fn sign(
     headers: HeaderMap,
     f: Result<Form<SignForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = session(&svc, peer, &headers)?;
-    let f = match form(f).and_then(|f| check_form(&svc, &ws, &f.csrf).map(|()| f)) {
-        Ok(f) => f,
-        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
     };
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
@@ -447,10 +461,9 @@ pub(super) async fn revoke_form(
     headers: HeaderMap,
     f: Result<Form<RevokeForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let ws = session(&svc, peer, &headers)?;
-    let f = match form(f).and_then(|f| check_form(&svc, &ws, &f.csrf).map(|()| f)) {
-        Ok(f) => f,
-        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
     };
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
@@ -473,18 +486,11 @@ pub(super) async fn revoke_form(
 }
 
 pub(super) async fn css() -> Response {
-    asset(include_str!("hwpass.css"), "text/css; charset=utf-8")
+    typed(include_str!("hwpass.css"), "text/css; charset=utf-8")
 }
 
 pub(super) async fn js() -> Response {
-    asset(include_str!("hwpass.js"), "text/javascript; charset=utf-8")
-}
-
-fn asset(body: &'static str, kind: &'static str) -> Response {
-    let mut resp = body.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    resp
+    typed(include_str!("hwpass.js"), "text/javascript; charset=utf-8")
 }
 
 #[cfg(test)]

@@ -600,3 +600,14 @@ fn request_rejections() {
         Err(TokenError::Claims(_))
     ));
 }
+
+#[test]
+fn attestation_names_match_the_wire_form() {
+    for a in [
+        Attestation::EkCert,
+        Attestation::EkAllowlist,
+        Attestation::None,
+    ] {
+        assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+    }
+}
