@@ -325,22 +325,20 @@ mod tests {
         };
         let bundle = Jwks::new([Jwk::new(*key.verifying_key())], Some(params.clone()));
         let trust = bundle.clone();
+        // Publish with this bundle at `now`, as a desktop trusting only the first key reads it.
+        let published = |bundle: &Jwks, now| {
+            denylist::verify(
+                &store.publish(bundle, &key, now).unwrap(),
+                &trust,
+                &params,
+                now,
+            )
+            .unwrap()
+        };
 
-        let first = denylist::verify(
-            &store.publish(&bundle, &key, 100).unwrap(),
-            &trust,
-            &params,
-            100,
-        )
-        .unwrap();
+        let first = published(&bundle, 100);
         assert_eq!(first.seq, 1, "the first key set is a change");
-        let again = denylist::verify(
-            &store.publish(&bundle, &key, 100).unwrap(),
-            &trust,
-            &params,
-            100,
-        )
-        .unwrap();
+        let again = published(&bundle, 100);
         assert_eq!(again.seq, 1, "nothing changed");
 
         let pass = |jti: &str, exp| Target::Pass {
@@ -372,23 +370,11 @@ mod tests {
             .unwrap();
         assert_eq!(r.seq, 4);
 
-        let list = denylist::verify(
-            &store.publish(&bundle, &key, 250).unwrap(),
-            &trust,
-            &params,
-            250,
-        )
-        .unwrap();
+        let list = published(&bundle, 250);
         assert_eq!(list.seq, 4);
         assert!(list.revokes("p1", "x") && list.revokes("p2", "x") && list.revokes("q", "d1"));
         // p2 expired at 300: past 300 + leeway it is no longer listed (but stays in the register).
-        let later = denylist::verify(
-            &store.publish(&bundle, &key, 400).unwrap(),
-            &trust,
-            &params,
-            400,
-        )
-        .unwrap();
+        let later = published(&bundle, 400);
         assert!(later.revokes("p1", "x") && !later.revokes("p2", "x"));
         assert_eq!(store.load().unwrap().passes.len(), 2);
 
@@ -401,13 +387,7 @@ mod tests {
             ],
             Some(params.clone()),
         );
-        let list = denylist::verify(
-            &store.publish(&rotated, &key, 500).unwrap(),
-            &trust,
-            &params,
-            500,
-        )
-        .unwrap();
+        let list = published(&rotated, 500);
         assert_eq!((list.seq, list.keys.len()), (5, 2));
 
         let reg = store.load().unwrap();

@@ -149,21 +149,27 @@ impl Issuer {
     }
 
     pub fn write_config(&self, uri_path: &str, module: &str, policy: &str) {
+        self.write_config_with(uri_path, module, "", policy);
+    }
+
+    /// [`Self::write_config`] with more lines in `[hsm]`.
+    fn write_config_with(&self, uri_path: &str, module: &str, hsm_extra: &str, policy: &str) {
         let text = format!(
-            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[hsm]\nuri = \"pkcs11:{uri_path}?module-path={module}\"\n\n[policy]\n{policy}"
+            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[hsm]\nuri = \"pkcs11:{uri_path}?module-path={module}\"\n{hsm_extra}\n[policy]\n{policy}"
         );
         std::fs::write(&self.config, text).expect("write config");
     }
 
-    /// Rewrites the config for key rotation: the signing key's label, the other trusted
-    /// labels, and extra TOML appended (e.g. a `[serve]` section).
-    pub fn write_rotation_config(&self, object: &str, also_trusted: &[&str], extra: &str) {
+    /// Rewrites the config for key rotation: the signing key's label and the other trusted
+    /// labels.
+    pub fn write_rotation_config(&self, object: &str, also_trusted: &[&str]) {
         let also: Vec<String> = also_trusted.iter().map(|l| format!("{l:?}")).collect();
-        let text = format!(
-            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[hsm]\nuri = \"pkcs11:token=hwpass-test;object={object}?module-path={MODULE}\"\nalso_trusted = [{}]\n\n[policy]\n{DEFAULT_POLICY}\n{extra}",
-            also.join(", ")
+        self.write_config_with(
+            &format!("token=hwpass-test;object={object}"),
+            MODULE,
+            &format!("also_trusted = [{}]\n", also.join(", ")),
+            DEFAULT_POLICY,
         );
-        std::fs::write(&self.config, text).expect("write config");
     }
 
     /// `hwpass-issuer denylist -o FILE` at `now`; returns the file.
@@ -243,6 +249,11 @@ impl Desktop {
     }
 
     pub fn enrolled(trust: &Path) -> Self {
+        Self::enrolled_at(trust, NOW)
+    }
+
+    /// A desktop enrolled with the software backend at `now`.
+    pub fn enrolled_at(trust: &Path, now: i64) -> Self {
         let d = Self::new();
         d.run(
             &[
@@ -253,7 +264,7 @@ impl Desktop {
                 trust.to_str().unwrap(),
             ],
             None,
-            NOW,
+            now,
         )
         .ok();
         d

@@ -172,7 +172,7 @@ fn key_rotation_keeps_old_passes_valid_until_expiry_while_new_passes_use_the_new
     assert_ne!(new_kid, old_kid);
     let again = issuer.run(&["keygen", "--object", "issuer-key-2"], None);
     assert_ne!(again.code, 0, "keygen never overwrites: {again:?}");
-    issuer.write_rotation_config("issuer-key", &["issuer-key-2"], "");
+    issuer.write_rotation_config("issuer-key", &["issuer-key-2"]);
     let jwks = issuer.run(&["jwks"], None).ok();
     let kids: Vec<String> = serde_json::from_str::<serde_json::Value>(&jwks.stdout).unwrap()
         ["keys"]
@@ -187,7 +187,7 @@ fn key_rotation_keeps_old_passes_valid_until_expiry_while_new_passes_use_the_new
     assert!(r.stdout.contains(&new_kid), "{r:?}");
 
     // 2. Switch signing to the new key; the old one stays trusted until its passes expire.
-    issuer.write_rotation_config("issuer-key-2", &["issuer-key"], "");
+    issuer.write_rotation_config("issuer-key-2", &["issuer-key"]);
     let new_pass = issuer
         .sign(
             &d.request("carol@corp", &[]),
@@ -228,7 +228,7 @@ fn key_rotation_keeps_old_passes_valid_until_expiry_while_new_passes_use_the_new
 
     // 3. The old pass expires (3 days); then the old key is retired.
     assert_eq!(d.check(NOW + 3 * 86_400 + 3_600).0, 5);
-    issuer.write_rotation_config("issuer-key-2", &[], "");
+    issuer.write_rotation_config("issuer-key-2", &[]);
     let retired = issuer.denylist("retired.jwt", NOW + 4 * 86_400);
     let r = refresh(&d, &retired, NOW + 4 * 86_400).ok();
     assert!(

@@ -648,19 +648,7 @@ fn https_with_rustls_and_refresh_checks_the_servers_ca() {
         "{}",
         server.url
     );
-    let d = Desktop::new();
-    d.run(
-        &[
-            "enroll",
-            "--backend",
-            "software",
-            "--trust",
-            trust.to_str().unwrap(),
-        ],
-        None,
-        now,
-    )
-    .ok();
+    let d = Desktop::enrolled_at(&trust, now);
     let ca = dir.join("ca.crt");
     let r = d.run(
         &[
