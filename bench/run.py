@@ -51,7 +51,7 @@ def main():
     open(f"{work}/issuer.toml", "w").write(f'''issuer = "bench"
 audience = "bench"
 audit_log = "audit.jsonl"
-[hsm]
+[key]
 uri = "{uri}"
 [policy]
 default_lifetime = "1d"

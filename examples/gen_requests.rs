@@ -2,8 +2,8 @@
 //!
 //!   cargo run --release --example gen_requests -- COUNT DISTINCT NOW > requests.txt
 
-use hwpass::keys::MemoryKey;
-use hwpass::token::{sign_request, BindingKind, RequestClaims};
+use hwpass::MemoryKey;
+use hwpass::{sign_request, BindingKind, RequestClaims};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let distinct: usize = args.get(2).map_or(Ok(1000), |c| c.parse())?;
     let now: i64 = match args.get(3) {
         Some(c) => c.parse()?,
-        None => hwpass::util::now()?,
+        None => hwpass::os::now()?,
     };
     let requests: Vec<String> = (0..distinct.max(1))
         .map(|i| {

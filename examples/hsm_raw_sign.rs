@@ -16,8 +16,9 @@ use secrecy::SecretString;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let uri =
-        hwpass::pkcs11_uri::Pkcs11Uri::parse(args.get(1).ok_or("usage: hsm_raw_sign URI COUNT")?)?;
+    let uri = hwpass::issuer::internal::Pkcs11Uri::parse(
+        args.get(1).ok_or("usage: hsm_raw_sign URI COUNT")?,
+    )?;
     let count: usize = args.get(2).map_or(Ok(20000), |c| c.parse())?;
     let ctx = Pkcs11::new(&uri.module_path)?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;

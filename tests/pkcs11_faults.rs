@@ -7,9 +7,9 @@
 
 use std::process::Command;
 
-use hwpass::keys::KeyBackend as _;
-use hwpass::pkcs11::Hsm;
-use hwpass::pkcs11_uri::Pkcs11Uri;
+use hwpass::issuer::internal::Hsm;
+use hwpass::issuer::internal::Pkcs11Uri;
+use hwpass::Signer as _;
 use secrecy::SecretString;
 
 #[test]
@@ -38,7 +38,7 @@ fn lost_login_is_recovered_and_a_second_login_is_fine() {
     let key = hsm.generate(&pin).unwrap();
     let msg = b"hello";
     let verify = |sig: p256::ecdsa::Signature| {
-        hwpass::token::verify_es256(key.verifying_key(), msg, &sig.to_bytes()).unwrap()
+        hwpass::verify_es256(key.verifying_key(), msg, &sig.to_bytes()).unwrap()
     };
     verify(key.try_sign(msg).unwrap());
 

@@ -3,9 +3,10 @@
 //! fuzzer could not have signed.
 #![no_main]
 
-use hwpass::denylist::{verify, DenyList};
-use hwpass::keys::{KeyBackend as _, MemoryKey};
-use hwpass::token::{Jwk, Jwks, TrustParams};
+use hwpass::denylist::verify;
+use hwpass::DenyList;
+use hwpass::{MemoryKey, Signer as _};
+use hwpass::{Jwk, Jwks, TrustParams};
 use libfuzzer_sys::fuzz_target;
 
 static TRUST: std::sync::OnceLock<Jwks> = std::sync::OnceLock::new();

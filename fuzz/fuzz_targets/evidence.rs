@@ -1,9 +1,10 @@
 //! The issuer's attestation evidence parser (TPM structures, X.509) on arbitrary evidence.
 #![no_main]
 
-use hwpass::attest::{verify, AttestationPolicy, EvidenceClaims};
-use hwpass::keys::{KeyBackend as _, MemoryKey};
-use hwpass::token::Jwk;
+use hwpass::fuzz::{verify_evidence as verify, AttestationPolicy};
+use hwpass::EvidenceClaims;
+use hwpass::{MemoryKey, Signer as _};
+use hwpass::Jwk;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! (so the parser behind the AEAD is reached too).
 #![no_main]
 
-use hwpass::desktop::{check_state_content, open_sealed, seal};
+use hwpass::fuzz::{check_state_content, open_sealed, seal};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: [u8; 32] = [7; 32];

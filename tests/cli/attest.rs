@@ -47,12 +47,12 @@ fn software_make_credential_is_activated_by_the_tpm() {
     let Public::Rsa { unique, .. } = Public::unmarshall(&ek_pub[2..]).unwrap() else {
         panic!("EK is not RSA")
     };
-    let ek = hwpass::credential::rsa_ek(unique.value(), None).unwrap();
+    let ek = hwpass::issuer::internal::rsa_ek(unique.value(), None).unwrap();
     let ak_name = std::fs::read(p("ak.name")).unwrap();
     let secret: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
 
     let activate = |name: &[u8]| {
-        let made = hwpass::credential::make_credential(&ek, name, &secret).unwrap();
+        let made = hwpass::issuer::internal::make_credential(&ek, name, &secret).unwrap();
         // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
         let mut file = vec![0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1];
         for part in [&made.id_object, &made.encrypted_secret] {
@@ -102,23 +102,20 @@ fn software_make_credential_is_activated_by_the_tpm() {
 }
 
 /// Signs a request with any key, the way a forger holding that key could.
-fn forged_request(
-    key: &dyn hwpass::keys::KeyBackend,
-    att: Option<hwpass::attest::EvidenceClaims>,
-) -> String {
-    let claims = hwpass::token::RequestClaims {
+fn forged_request(key: &dyn hwpass::Signer, att: Option<hwpass::EvidenceClaims>) -> String {
+    let claims = hwpass::RequestClaims {
         sub: "mallory@corp".into(),
         iat: NOW,
-        kind: hwpass::token::BindingKind::Tpm,
+        kind: hwpass::BindingKind::Tpm,
         ttl: None,
         dev: None,
         att,
     };
-    hwpass::token::sign_request(&claims, key).unwrap()
+    hwpass::sign_request(&claims, key).unwrap()
 }
 
-fn evidence_of(request: &str) -> hwpass::attest::EvidenceClaims {
-    let payload = hwpass::token::decode(request).unwrap().payload().unwrap();
+fn evidence_of(request: &str) -> hwpass::EvidenceClaims {
+    let payload = hwpass::decode(request).unwrap().payload().unwrap();
     serde_json::from_value(payload["att"].clone()).expect("request carries evidence")
 }
 
@@ -247,7 +244,7 @@ fn forged_tpm_claims_are_refused() {
     let evidence = evidence_of(&a.request("eve@corp", &[]));
 
     // A software key that says "tpm" and brings no evidence: refused by policy.
-    let soft = hwpass::keys::MemoryKey::generate();
+    let soft = hwpass::MemoryKey::generate();
     let out = issuer.sign(&forged_request(&soft, None), NOW, &[]);
     assert_eq!(out.code, 9, "{out:?}");
     assert!(
@@ -263,16 +260,16 @@ fn forged_tpm_claims_are_refused() {
     // A key in TPM B with the evidence of TPM A.
     let b = Desktop::with_tpm(&trust, &tpm_b);
     let file = b.tpm_key_file();
-    let key_b = hwpass::tpm::TpmDevice::open(&file, Some(&tpm_b.tcti())).unwrap();
+    let key_b = hwpass::desktop::internal::TpmDevice::open(&file, Some(&tpm_b.tcti())).unwrap();
     let out = issuer.sign(&forged_request(&key_b, Some(evidence.clone())), NOW, &[]);
     assert_eq!(out.code, 4, "{out:?}");
 
     // Evidence whose certification was altered: the AK signature no longer verifies.
     let mut bent = evidence.clone();
-    let mut cert = hwpass::token::b64url_decode(&bent.cert).unwrap();
+    let mut cert = hwpass::b64url_decode(&bent.cert).unwrap();
     let last = cert.len() - 1;
     cert[last] ^= 1;
-    bent.cert = hwpass::token::b64url(&cert);
+    bent.cert = hwpass::b64url(&cert);
     let out = issuer.sign(&forged_request(&soft, Some(bent)), NOW, &[]);
     assert_eq!(out.code, 4, "{out:?}");
     assert!(
@@ -303,9 +300,10 @@ mod with_tss {
 
     use super::{evidence_of, forged_request};
     use crate::common::*;
-    use hwpass::attest::{qualifying_data, AttestationPolicy, EvidenceClaims};
-    use hwpass::keys::{KeyBackend as _, MemoryKey};
-    use hwpass::token::{b64url, b64url_decode, Jwk};
+    use hwpass::issuer::AttestationPolicy;
+    use hwpass::{b64url, b64url_decode, Jwk};
+    use hwpass::{qualifying_data, EvidenceClaims};
+    use hwpass::{MemoryKey, Signer as _};
 
     fn signing_public(fixed: bool, point: EccPoint) -> Public {
         let attributes = ObjectAttributesBuilder::new()
@@ -442,7 +440,8 @@ mod with_tss {
             .load(srk, fake_ak.out_private, fake_ak.out_public)
             .unwrap();
         let device = load(&mut ctx, srk, &file.key_public, &file.key_private);
-        let device_key = hwpass::tpm::TpmDevice::open(&file, Some(&tpm.tcti())).unwrap();
+        let device_key =
+            hwpass::desktop::internal::TpmDevice::open(&file, Some(&tpm.tcti())).unwrap();
         let jkt = Jwk::new(*device_key.verifying_key()).thumbprint();
         let (cert, sig) = certify(&mut ctx, device, fake, &qualifying_data(&jkt));
         for h in [fake, device] {
@@ -516,8 +515,10 @@ mod with_tss {
             .roots()
             .iter()
             .flat_map(|r| {
-                hwpass::attest::parse_pem_certificates(&std::fs::read_to_string(r).unwrap())
-                    .unwrap()
+                hwpass::issuer::internal::parse_pem_certificates(
+                    &std::fs::read_to_string(r).unwrap(),
+                )
+                .unwrap()
             })
             .collect();
         let policy = AttestationPolicy {
@@ -527,8 +528,8 @@ mod with_tss {
         };
         let jwk = Jwk::new(*device_key.verifying_key());
         assert_eq!(
-            hwpass::attest::verify(&ev, &jwk, &policy, NOW).unwrap_err(),
-            hwpass::attest::AttestError::WrongQualifyingData
+            hwpass::issuer::internal::verify_evidence(&ev, &jwk, &policy, NOW).unwrap_err(),
+            hwpass::issuer::AttestError::WrongQualifyingData
         );
         // The same signature over a changed structure does not verify.
         let mut bent = std::fs::read(p("attest")).unwrap();
@@ -539,12 +540,13 @@ mod with_tss {
             ..ev
         };
         assert_eq!(
-            hwpass::attest::verify(&ev, &jwk, &policy, NOW).unwrap_err(),
-            hwpass::attest::AttestError::BadCertifySignature
+            hwpass::issuer::internal::verify_evidence(&ev, &jwk, &policy, NOW).unwrap_err(),
+            hwpass::issuer::AttestError::BadCertifySignature
         );
         // And hwpass's own evidence from the same TPM passes every check.
-        let verified = hwpass::attest::verify(&real, &jwk, &policy, NOW).unwrap();
-        assert_eq!(verified.att, hwpass::token::Attestation::EkCert);
+        let verified =
+            hwpass::issuer::internal::verify_evidence(&real, &jwk, &policy, NOW).unwrap();
+        assert_eq!(verified.att, hwpass::Attestation::EkCert);
         drop(device_key);
         assert!(tpm.transient_handles().is_empty());
     }

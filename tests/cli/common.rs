@@ -152,10 +152,10 @@ impl Issuer {
         self.write_config_with(uri_path, module, "", policy);
     }
 
-    /// [`Self::write_config`] with more lines in `[hsm]`.
+    /// [`Self::write_config`] with more lines in `[key]`.
     fn write_config_with(&self, uri_path: &str, module: &str, hsm_extra: &str, policy: &str) {
         let text = format!(
-            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[hsm]\nuri = \"pkcs11:{uri_path}?module-path={module}\"\n{hsm_extra}\n[policy]\n{policy}"
+            "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n\n[key]\nuri = \"pkcs11:{uri_path}?module-path={module}\"\n{hsm_extra}\n[policy]\n{policy}"
         );
         std::fs::write(&self.config, text).expect("write config");
     }
@@ -282,7 +282,7 @@ impl Desktop {
     }
 
     /// The TPM key blobs recorded in this desktop's `device.json`.
-    pub fn tpm_key_file(&self) -> hwpass::tpm::TpmKeyFile {
+    pub fn tpm_key_file(&self) -> hwpass::desktop::internal::TpmKeyFile {
         let record: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(self.state.join("device.json")).unwrap())
                 .unwrap();

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use hwpass::keys::KeyBackend as _;
-use hwpass::token::b64url_decode;
+use hwpass::b64url_decode;
+use hwpass::Signer as _;
 
 use crate::common::*;
 
@@ -19,7 +19,7 @@ fn tpm_desktop() -> (Swtpm, Issuer, std::path::PathBuf, Desktop) {
 
 fn flow(issuer: &Issuer, desk: &Desktop) -> String {
     let req = desk.request("bob@corp", &[]);
-    let claims = hwpass::token::decode(&req).unwrap().payload().unwrap();
+    let claims = hwpass::decode(&req).unwrap().payload().unwrap();
     assert_eq!(claims["kind"], "tpm");
     let pass = issuer.sign(&req, NOW, &[]).ok().line();
     desk.install(&pass, NOW).ok();
@@ -277,7 +277,7 @@ fn auto_uses_the_tpm_when_one_answers_and_software_otherwise() {
 #[test]
 fn many_tpm_signatures_all_verify_including_short_r_and_s() {
     let tpm = Swtpm::start();
-    let device = hwpass::tpm::TpmDevice::create(&tpm.tcti()).unwrap();
+    let device = hwpass::desktop::internal::TpmDevice::create(&tpm.tcti()).unwrap();
     let key = *device.verifying_key();
     let mut short = 0;
     for i in 0..2000u32 {
@@ -287,8 +287,7 @@ fn many_tpm_signatures_all_verify_including_short_r_and_s() {
         if bytes[0] == 0 || bytes[32] == 0 {
             short += 1;
         }
-        hwpass::token::verify_es256(&key, &msg, &bytes)
-            .unwrap_or_else(|e| panic!("signature {i}: {e}"));
+        hwpass::verify_es256(&key, &msg, &bytes).unwrap_or_else(|e| panic!("signature {i}: {e}"));
     }
     // About 2000/128 ≈ 16 expected; none in 2000 has probability below 1e-6.
     assert!(short > 0, "no signature with a short r or s was seen");
@@ -304,7 +303,7 @@ fn closed_port() -> u16 {
 /// Writes the device key's public and private blobs as tpm2-tools files (TPM2B_PUBLIC,
 /// TPM2B_PRIVATE: a 16-bit size then the contents).
 fn blobs(desk: &Desktop, dir: &Path) -> (String, String) {
-    let (public, private) = hwpass::tpm::key_blobs(&desk.tpm_key_file()).unwrap();
+    let (public, private) = hwpass::desktop::internal::key_blobs(&desk.tpm_key_file()).unwrap();
     let write = |name: &str, body: &[u8]| {
         let path = dir.join(name);
         write_tpm2b(&path, body);
@@ -324,7 +323,7 @@ fn damaged_tpm_blobs_are_refused_with_exit_6() {
     let mut blob = b64url_decode(record["tpm"]["seal_private"].as_str().unwrap()).unwrap();
     let at = blob.len() - 5;
     blob[at] ^= 0x01;
-    record["tpm"]["seal_private"] = hwpass::token::b64url(&blob).into();
+    record["tpm"]["seal_private"] = hwpass::b64url(&blob).into();
     std::fs::write(&path, record.to_string()).unwrap();
     let (code, v) = desk.check(NOW);
     assert_eq!(code, 6, "{v}");

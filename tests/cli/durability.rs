@@ -49,7 +49,7 @@ fn every_printed_pass_is_audited_when_the_issuer_is_killed_at_random_points() {
         .map(|r| r["jti"].as_str().unwrap().to_string())
         .collect();
     for pass in &printed {
-        let jti = hwpass::token::decode(pass).unwrap().payload().unwrap()["jti"]
+        let jti = hwpass::decode(pass).unwrap().payload().unwrap()["jti"]
             .as_str()
             .unwrap()
             .to_string();

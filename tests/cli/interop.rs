@@ -12,7 +12,7 @@ fn jsonwebtoken_verifies_a_pass_with_the_jwks() {
     let trust = issuer.setup();
     let desk = Desktop::enrolled(&trust);
     // Sign at the real current time: jsonwebtoken reads the system clock.
-    let now = hwpass::util::now().unwrap();
+    let now = hwpass::os::now().unwrap();
     let req = desk
         .run(&["request", "--subject", "alice@corp"], None, now)
         .ok()

@@ -84,6 +84,62 @@ fn jwks_is_the_key_and_needs_no_pin() {
 }
 
 #[test]
+fn old_hsm_section_is_still_read_with_a_notice_and_unknown_key_schemes_are_refused() {
+    let issuer = Issuer::new();
+    let kid = issuer.run(&["keygen", "--json"], None).ok().json()["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&issuer.config).unwrap();
+    assert!(text.contains("[key]\n"), "{text}");
+
+    // A config from before the rename keeps working, and says what to change.
+    std::fs::write(&issuer.config, text.replace("[key]\n", "[hsm]\n")).unwrap();
+    let old = issuer.run(&["jwks"], None).ok();
+    assert_eq!(old.json()["keys"][0]["kid"], kid.as_str());
+    assert!(
+        old.stderr.contains("the [hsm] section is now called [key]"),
+        "{old:?}"
+    );
+
+    // Both at once is ambiguous.
+    std::fs::write(
+        &issuer.config,
+        text.replace(
+            "[key]\n",
+            "[hsm]\nuri = \"pkcs11:token=x;object=y?module-path=/m.so\"\n\n[key]\n",
+        ),
+    )
+    .unwrap();
+    let both = issuer.run(&["jwks"], None);
+    assert_eq!(both.code, 1, "{both:?}");
+    assert!(both.stderr.contains("[key] only"), "{both:?}");
+
+    // The key URI's scheme picks the key manager; an unknown one is named.
+    let kms = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("uri = ") {
+                "uri = \"awskms:arn:aws:kms:eu-west-1:1:key/2\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&issuer.config, kms).unwrap();
+    let unknown = issuer.run(&["jwks"], None);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("scheme \"awskms\" is not supported")
+            && unknown.stderr.contains("pkcs11"),
+        "{unknown:?}"
+    );
+}
+
+#[test]
 fn sign_audits_before_printing_and_audit_verifies() {
     let issuer = Issuer::new();
     let trust = issuer.setup();
@@ -101,7 +157,7 @@ fn sign_audits_before_printing_and_audit_verifies() {
     assert_eq!(rec["kind"], "software");
     assert_eq!(rec["exp"].as_i64(), Some(NOW + 2 * 86400));
     assert_eq!(rec["dev"], "test-laptop");
-    let claims = hwpass::token::decode(&pass).unwrap().payload().unwrap();
+    let claims = hwpass::decode(&pass).unwrap().payload().unwrap();
     assert_eq!(rec["jti"], claims["jti"]);
     assert_eq!(rec["jkt"], claims["cnf"]["jkt"]);
     assert!(rec["prev"].as_str().unwrap().chars().all(|c| c == '0'));
@@ -335,7 +391,7 @@ fn batch_signing_keeps_order_reports_refusals_and_audits_every_pass() {
         .collect();
     assert_eq!(audited.len(), 20);
     for (i, pass) in outputs.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-        let claims = hwpass::token::decode(pass).unwrap().payload().unwrap();
+        let claims = hwpass::decode(pass).unwrap().payload().unwrap();
         let want = if lines[i] == ra {
             "alice@corp"
         } else {

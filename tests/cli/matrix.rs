@@ -4,8 +4,8 @@
 use p256::ecdsa::Signature;
 use serde_json::{json, Value};
 
-use hwpass::keys::{KeyBackend, MemoryKey};
-use hwpass::token::{b64url, b64url_decode, Jwk, Jwks, TrustParams, MAX_TOKEN_LEN};
+use hwpass::{b64url, b64url_decode, Jwk, Jwks, TrustParams, MAX_TOKEN_LEN};
+use hwpass::{MemoryKey, Signer};
 
 use crate::common::*;
 

@@ -1,0 +1,125 @@
+//! The command line of `hwpass-issuer`: the clap definition, nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use hwpass::parse_duration;
+
+#[derive(Parser)]
+#[command(
+    name = "hwpass-issuer",
+    version,
+    about = "Sign hwpass access passes with a key inside a PKCS#11 HSM"
+)]
+pub struct Cli {
+    /// Issuer config file (TOML; see hsm-config/).
+    #[arg(
+        long,
+        global = true,
+        env = "HWPASS_CONFIG",
+        default_value = "/etc/hwpass/issuer.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create the issuer key pair inside the HSM (never overwrites an existing key).
+    Keygen {
+        /// Create the key under this label instead of the config's object= (the next key of a
+        /// rotation, in the same token); then list it in `[key] also_trusted`.
+        #[arg(long)]
+        object: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the trust bundle (JWKS) that desktops enrol with: the signing key, then the keys
+    /// in `[key] also_trusted`.
+    Jwks,
+    /// Show the issuer key and how the HSM protects it (read back through PKCS#11).
+    KeyInfo {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a request, apply the policy, sign the pass in the HSM, audit it, print it.
+    Sign {
+        /// Lifetime of the pass (e.g. 7d, 12h); overrides the request's, within policy.
+        #[arg(long, value_parser = parse_duration)]
+        valid_for: Option<i64>,
+        /// Sign many requests: one per line in (stdin, or the file given), one line out per
+        /// request (the pass, or an empty line if it was refused), refusals as JSON lines on
+        /// stderr (or --report).
+        #[arg(long)]
+        batch: bool,
+        /// Batch: signing threads, each with its own HSM session (default: the CPU count).
+        #[arg(long, requires = "batch")]
+        workers: Option<usize>,
+        /// Batch: requests per audit-log fsync.
+        #[arg(long, requires = "batch", default_value_t = 1024)]
+        chunk: usize,
+        /// Batch: write the refusals report (JSON lines) to this file instead of stderr.
+        #[arg(long, requires = "batch")]
+        report: Option<PathBuf>,
+        /// The request string (a file of requests with --batch), or - (the default) for stdin.
+        request: Option<String>,
+    },
+    /// Revoke a pass (by its id, from `audit list`) or a device key; desktops refuse it after
+    /// their next `hwpass refresh`.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["pass", "device"]))]
+    Revoke {
+        /// The pass id (jti).
+        #[arg(long)]
+        pass: Option<String>,
+        /// A device key thumbprint (`hwpass status`): every pass bound to it.
+        #[arg(long)]
+        device: Option<String>,
+        /// Why (kept in the revocation register).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign and print the current deny list (revocations and trust bundle keys) for desktops
+    /// without network: `hwpass refresh --file`.
+    Denylist {
+        /// Write it to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Make a new admin token for `serve`: the token on stdout (give it to the admin, once),
+    /// the config lines with its SHA-256 on stderr.
+    AdminToken {
+        /// The admin's name, as logs and the page show it.
+        #[arg(long)]
+        name: String,
+    },
+    /// Run the issuing service: web page and JSON API (see README "Issuing service").
+    Serve {
+        /// Listen here instead of `[serve] listen` (default 127.0.0.1:8080; port 0 picks one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain; report the record count and head hash.
+    Verify,
+    /// List issued passes.
+    List {
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,58 @@
+//! Every hint a person reads from `hwpass-issuer`: what to do next, by the error. The library
+//! reports facts ([`IssuerError`] and the typed errors inside it); the advice lives here.
+
+use hwpass::issuer::{AttestError, Ckr, IssuerError, KeyError, Pkcs11Error};
+
+/// An exit code, the one-sentence error, and what to do next.
+pub type Failure = (i32, String, Option<&'static str>);
+
+/// The failure a person sees for an issuer error.
+pub fn fail(e: IssuerError) -> Failure {
+    let hint = match &e {
+        IssuerError::Config { .. } => Some("fix the config file (see hsm-config/softhsm.toml for a working example)"),
+        IssuerError::Request(_) => Some("ask the person for a new request (`hwpass request`), pasted whole on one line"),
+        IssuerError::Policy(_) => Some("sign with a shorter --valid-for, or change [policy] in the config"),
+        IssuerError::Attest(AttestError::Missing) => {
+            Some("the desktop must request from its TPM (hwpass enroll --backend tpm), or set [attestation] require = false")
+        }
+        IssuerError::Attest(_) => Some("the TPM evidence does not hold up: do not issue a pass for this device; see README \"Attestation\""),
+        IssuerError::Key(k) => key_hint(k),
+        IssuerError::Revocation(_) => Some("fix the revocation register's location or permissions (config `revocations`)"),
+        IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
+        IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
+        _ => None,
+    };
+    (e.exit_code(), e.to_string(), hint)
+}
+
+/// What to do about a key manager (HSM) failure.
+fn key_hint(e: &KeyError) -> Option<&'static str> {
+    if let KeyError::Pin(_) = e {
+        return Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line");
+    }
+    if let KeyError::Uri(_) | KeyError::UnsupportedScheme { .. } = e {
+        return Some("fix the key uri in the config's [key] section (see hsm-config/softhsm.toml)");
+    }
+    let p = e.pkcs11()?;
+    Some(match p {
+        Pkcs11Error::ModuleMissing { .. } => "install the module (SoftHSM: apt-get install softhsm2) or fix module-path in the config",
+        Pkcs11Error::ModuleLoad { .. } => "check that module-path points to a PKCS#11 library",
+        Pkcs11Error::NoToken { .. } => "create the token (softhsm/setup-token) or fix token= in the config",
+        Pkcs11Error::AmbiguousToken { .. } => "add serial= to the URI to pick one token",
+        Pkcs11Error::KeyExists { .. } => "choose another object= label",
+        Pkcs11Error::NoKey { .. } => "run `hwpass-issuer keygen` or fix object= in the config",
+        Pkcs11Error::AmbiguousKey { .. } => "add id= to the URI to pick one key",
+        Pkcs11Error::Poisoned => "restart the issuer",
+        Pkcs11Error::Call { rv, .. } => match rv {
+            Ckr::PinIncorrect => "check the PIN — each wrong attempt counts towards the token's lock-out",
+            Ckr::PinLocked => "the security officer must reset the user PIN",
+            Ckr::PinExpired => "set a new PIN with the token's tools",
+            Ckr::UserPinNotInitialized => "initialise the token's user PIN (softhsm2-util --init-token)",
+            Ckr::DeviceMemory | Ckr::HostMemory => "free space on the token",
+            Ckr::TokenNotPresent | Ckr::DeviceRemoved => "reconnect the token and retry",
+            Ckr::SessionHandleInvalid | Ckr::SessionClosed => "retry",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}

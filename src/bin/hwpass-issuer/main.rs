@@ -1,0 +1,368 @@
+//! `hwpass-issuer`: the admin's tool. Thin: parse arguments ([`cli`]), call the library,
+//! print; every hint a person reads is in [`error`].
+
+mod cli;
+mod error;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use secrecy::SecretString;
+
+use hwpass::issuer::{self, exit, IssuerConfig, IssuerError, KeyPool, PinPrompt};
+use hwpass::os::{self as util, FAKE_NOW_ENV};
+use hwpass::{format_duration, format_time, Jwk, Signer as _};
+
+use cli::{AuditCmd, Cli, Cmd};
+use error::{fail, Failure};
+
+struct TerminalPrompt;
+
+impl PinPrompt for TerminalPrompt {
+    fn pin(&self, prompt: &str) -> Result<SecretString, String> {
+        rpassword::prompt_password(prompt)
+            .map(SecretString::from)
+            .map_err(|_| {
+                format!(
+                    "no HSM PIN: no terminal to ask on; set {} or pin-source in the key URI",
+                    issuer::PIN_ENV
+                )
+            })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg, hint)) => {
+            eprintln!("hwpass-issuer: error: {msg}");
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Structured logs on stderr; `HWPASS_LOG` filters (default `info`), `HWPASS_LOG_FORMAT=json`
+/// for one JSON object per line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HWPASS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if std::env::var("HWPASS_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn now() -> Result<i64, Failure> {
+    if std::env::var_os(FAKE_NOW_ENV).is_some() {
+        eprintln!(
+            "hwpass-issuer: note: using the injected time from {}",
+            FAKE_NOW_ENV
+        );
+    }
+    util::now().map_err(|m| (exit::OTHER, m, None))
+}
+
+/// A key manager error as the person sees it.
+fn key_fail(e: issuer::KeyError) -> Failure {
+    fail(e.into())
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let cfg = IssuerConfig::load(&cli.config).map_err(fail)?;
+    for notice in &cfg.notices {
+        eprintln!("hwpass-issuer: note: {notice}");
+    }
+    match cli.cmd {
+        Cmd::Keygen { object, json } => {
+            let manager = match &object {
+                Some(label) => cfg.key.with_label(label),
+                None => cfg.key.clone(),
+            };
+            manager.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let key = manager.create().map_err(key_fail)?;
+            let kid = Jwk::new(*key.verifying_key()).thumbprint();
+            let uri = manager.display_uri();
+            if json {
+                println!("{}", serde_json::json!({"kid": kid, "uri": uri}));
+            } else {
+                println!("created P-256 issuer key {uri} (kid {kid})");
+                println!("the private key is sensitive and not extractable; export the trust bundle with `hwpass-issuer jwks`");
+                if object.is_some() {
+                    println!("for a rotation: add this label to [key] also_trusted, publish the trust bundle, and switch [key] uri to it once desktops have refreshed (README \"Key rotation\")");
+                }
+            }
+        }
+        Cmd::Jwks => {
+            let bundle = issuer::trust_bundle(&cfg).map_err(fail)?;
+            for (i, (kid, _)) in bundle.keys.iter().enumerate() {
+                let role = if i == 0 { "signing" } else { "also trusted" };
+                eprintln!("kid {kid}: {role}");
+            }
+            let text = serde_json::to_string_pretty(&bundle.to_json()).unwrap_or_default();
+            println!("{text}");
+        }
+        Cmd::KeyInfo { json } => {
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let key = cfg.key.open().map_err(key_fail)?;
+            let facts = key.describe().map_err(key_fail)?;
+            let kid = Jwk::new(*key.verifying_key()).thumbprint();
+            let uri = cfg.key.display_uri();
+            if json {
+                let mut out = serde_json::Map::new();
+                out.insert("kid".into(), kid.into());
+                out.insert("uri".into(), uri.into());
+                for (name, value) in facts.protection.iter().chain(&facts.usage) {
+                    out.insert((*name).into(), (*value).into());
+                }
+                out.insert(
+                    "private_value_readable".into(),
+                    facts.private_value_readable.into(),
+                );
+                println!("{}", serde_json::Value::Object(out));
+            } else {
+                let flags = |list: &[(&str, bool)]| {
+                    list.iter()
+                        .map(|(n, v)| format!("{n}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                println!("key   {uri} (kid {kid})");
+                println!("flags {}", flags(&facts.protection));
+                println!("usage {}", flags(&facts.usage));
+                println!(
+                    "private value readable through PKCS#11: {}",
+                    if facts.private_value_readable {
+                        "YES — this key is not protected"
+                    } else {
+                        "no"
+                    }
+                );
+            }
+        }
+        Cmd::Sign {
+            valid_for,
+            batch: true,
+            workers,
+            chunk,
+            report,
+            request,
+        } => {
+            let now = now()?;
+            let text = match request.as_deref() {
+                Some(path) if path != "-" => std::fs::read_to_string(path)
+                    .map_err(|e| (exit::OTHER, format!("cannot read {path}: {e}"), None))?,
+                _ => {
+                    let mut buf = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).map_err(
+                        |e| {
+                            (
+                                exit::OTHER,
+                                format!("cannot read standard input: {e}"),
+                                None,
+                            )
+                        },
+                    )?;
+                    buf
+                }
+            };
+            let requests: Vec<String> = text
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
+            // One session per worker, logged in once (a login covers every session).
+            let keys = (0..workers)
+                .map(|_| cfg.key.open())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(key_fail)?;
+            let keys = KeyPool::new(keys);
+            let mut report_out: Box<dyn std::io::Write + Send> = match &report {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .map_err(|e| (exit::OTHER, format!("{}: {e}", path.display()), None))?,
+                ),
+                None => Box::new(std::io::stderr()),
+            };
+            let log = cfg.audit_store();
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let (mut line, mut issued, mut refused) = (0usize, 0usize, 0usize);
+            let opts = issuer::BatchOptions {
+                lifetime: valid_for,
+                chunk,
+                now,
+            };
+            issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, |items| {
+                for item in items {
+                    line += 1;
+                    match item {
+                        issuer::BatchItem::Issued(pass) => {
+                            issued += 1;
+                            writeln!(out, "{pass}")
+                        }
+                        issuer::BatchItem::Failed(e) => {
+                            refused += 1;
+                            let rec = serde_json::json!({"line": line, "exit_code": e.exit_code(), "error": e.to_string()});
+                            writeln!(report_out, "{rec}").and_then(|_| writeln!(out))
+                        }
+                    }
+                    .map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))?;
+                }
+                out.flush().map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))
+            })
+            .map_err(fail)?;
+            eprintln!("batch: {issued} passes issued, {refused} refused, {workers} workers");
+        }
+        Cmd::Sign {
+            valid_for,
+            batch: false,
+            request,
+            ..
+        } => {
+            let request = util::read_token_arg(request.as_deref())
+                .map_err(|m| (exit::BAD_REQUEST, m, None))?;
+            let now = now()?;
+            let approved = issuer::approve(&cfg, &request, valid_for, now).map_err(fail)?;
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let key = cfg.key.open().map_err(key_fail)?;
+            let log = cfg.audit_store();
+            let passes =
+                issuer::issue(std::slice::from_ref(&approved), &*key, &*log, now).map_err(fail)?;
+            let c = &approved.claims;
+            eprintln!(
+                "signed a {} pass for {} ({}), valid until {} ({}); audit record {} written",
+                c.hwb.kind.as_str(),
+                c.sub,
+                c.dev.as_deref().unwrap_or("unnamed device"),
+                format_time(c.exp),
+                format_duration(c.exp - c.nbf),
+                c.jti
+            );
+            let mut out = std::io::stdout().lock();
+            for p in passes {
+                writeln!(out, "{p}")
+                    .map_err(|e| (exit::OTHER, format!("cannot print the pass: {e}"), None))?;
+            }
+        }
+        Cmd::Revoke {
+            pass,
+            device,
+            reason,
+            json,
+        } => {
+            let now = now()?;
+            let by = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let (out, what) = match (&pass, &device) {
+                (Some(jti), _) => (
+                    issuer::revoke_pass(&cfg, jti, &by, reason, now).map_err(fail)?,
+                    format!("pass {jti}"),
+                ),
+                (None, Some(jkt)) => (
+                    issuer::revoke_device(&cfg, jkt, &by, reason, now).map_err(fail)?,
+                    format!("device key {jkt}"),
+                ),
+                (None, None) => unreachable!("clap requires one of --pass and --device"),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already})
+                );
+            } else if out.already {
+                println!("{what} was already revoked (deny list #{})", out.seq);
+            } else {
+                println!("revoked {what}: deny list #{}; publish it (`hwpass-issuer denylist`, or GET /v1/denylist) and desktops refuse it after `hwpass refresh`", out.seq);
+            }
+        }
+        Cmd::Denylist { output } => {
+            let now = now()?;
+            let bundle = issuer::trust_bundle(&cfg).map_err(fail)?;
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let key = cfg.key.open().map_err(key_fail)?;
+            let (seq, list) = issuer::publish_denylist(&cfg, &bundle, &*key, now).map_err(fail)?;
+            eprintln!("deny list #{seq}");
+            match output {
+                Some(path) => {
+                    util::write_atomic(&path, format!("{list}\n").as_bytes())
+                        .map_err(|e| (exit::OTHER, format!("{}: {e}", path.display()), None))?;
+                    eprintln!("wrote the signed deny list to {}", path.display());
+                }
+                None => println!("{list}"),
+            }
+        }
+        Cmd::AdminToken { name } => {
+            let mut raw = [0u8; 32];
+            getrandom::getrandom(&mut raw)
+                .map_err(|e| (exit::OTHER, format!("no randomness: {e}"), None))?;
+            let token = format!("hwpa_{}", hwpass::b64url(&raw));
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            eprintln!("add to the issuer config (only the hash is stored; the token is shown once):\n\n[[serve.admins]]\nname = {}\ntoken_sha256 = \"{hash}\"\n", toml_string(&name));
+            println!("{token}");
+        }
+        Cmd::Serve { listen } => {
+            init_logging();
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            issuer::serve(cfg, listen, |url| {
+                // The one line scripts wait for: where to connect.
+                println!("listening on {url}");
+                let _ = std::io::stdout().flush();
+            })
+            .map_err(fail)?;
+        }
+        Cmd::Audit { cmd } => {
+            let log = cfg.audit_store();
+            let (records, summary) = log.read().map_err(|e| fail(e.into()))?;
+            match cmd {
+                AuditCmd::Verify => {
+                    println!(
+                        "{} verifies: {} records, head {}",
+                        log.describe(),
+                        summary.records,
+                        summary.head
+                    );
+                    if summary.torn_tail {
+                        println!("note: the last line is an incomplete write (a crash before its fsync); its pass was never printed");
+                    }
+                }
+                AuditCmd::List { json } => {
+                    for r in records {
+                        if json {
+                            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        } else {
+                            println!(
+                                "{}  {:<24} {:<8} until {}  jti {}",
+                                format_time(r.time),
+                                r.sub,
+                                r.kind.as_str(),
+                                format_time(r.exp),
+                                r.jti
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The command line of `hwpass`: the clap definition, nothing else.
+
+use std::path::PathBuf;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
+
+use hwpass::desktop::backend_names;
+use hwpass::parse_duration;
+
+/// `auto` and every registered device backend.
+fn backend_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(std::iter::once("auto").chain(backend_names()))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "hwpass",
+    version,
+    about = "Request, install and check hardware-bound offline access passes"
+)]
+pub struct Cli {
+    /// Where this desktop's key and pass live.
+    #[arg(long, global = true, env = "HWPASS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// TPM connection (TCTI), e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
+    #[arg(long, global = true)]
+    pub tcti: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create this desktop's device key and store the issuer's trust bundle.
+    Enroll {
+        /// Where the device key lives: auto (the strongest that answers) or a backend's name.
+        #[arg(long, default_value = "auto", value_parser = backend_parser())]
+        backend: String,
+        /// The trust bundle from `hwpass-issuer jwks`.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Replace an existing enrolment (its key and pass are lost).
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pass request (one line) to send to the issuer.
+    Request {
+        /// Who the pass is for, e.g. alice@corp.
+        #[arg(long)]
+        subject: String,
+        /// Lifetime to ask for (e.g. 7d); the issuer's policy decides.
+        #[arg(long, value_parser = parse_duration)]
+        valid_for: Option<i64>,
+        /// Name of this device shown to the admin (default: the host name).
+        #[arg(long)]
+        device_name: Option<String>,
+    },
+    /// Verify a pass and store it sealed to this device.
+    Install {
+        /// The pass, or - (the default) to read it from stdin.
+        pass: Option<String>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installed pass offline, proving possession of the device key.
+    Check {
+        /// Print a machine-readable verdict.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a newer signed deny list and trust bundle from the issuing service, or from a
+    /// file brought over by hand (`hwpass-issuer denylist`).
+    #[command(group = clap::ArgGroup::new("source").required(true).args(["server", "file"]))]
+    Refresh {
+        /// The issuing service, e.g. https://passes.corp.example (GET /v1/denylist).
+        #[arg(long)]
+        server: Option<String>,
+        /// A deny list file, or - for stdin.
+        #[arg(long)]
+        file: Option<String>,
+        /// HTTPS: trust only these CA certificates (PEM) instead of the system's.
+        #[arg(long, requires = "server")]
+        ca: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the enrolment and the installed pass.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode and explain any hwpass token without trusting it.
+    Inspect {
+        /// The token, or - to read it from stdin.
+        token: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

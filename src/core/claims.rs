@@ -1,0 +1,130 @@
+//! The claims of passes and requests (SPEC "Token formats") and their wire enums.
+
+use serde::{Deserialize, Serialize};
+
+/// `typ` of an access pass.
+pub const PASS_TYP: &str = "hwpass+jwt";
+/// `typ` of a pass request.
+pub const REQUEST_TYP: &str = "hwpass-req+jwt";
+/// `typ` of a signed deny list (see [`crate::denylist`]).
+pub const DENYLIST_TYP: &str = "hwpass-deny+jwt";
+
+/// How the device key is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingKind {
+    /// Non-exportable key in a TPM 2.0.
+    Tpm,
+    /// Software key encrypted at rest: the weaker binding.
+    Software,
+}
+
+impl BindingKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tpm => "tpm",
+            Self::Software => "software",
+        }
+    }
+}
+
+/// How the issuer knows the device key is held as claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attestation {
+    /// EK certificate chained to a trusted manufacturer CA.
+    #[serde(rename = "ek-cert")]
+    EkCert,
+    /// EK public key on the issuer's allow-list.
+    #[serde(rename = "ek-allowlist")]
+    EkAllowlist,
+    /// No evidence: the request's word only.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl Attestation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EkCert => "ek-cert",
+            Self::EkAllowlist => "ek-allowlist",
+            Self::None => "none",
+        }
+    }
+}
+
+/// `cnf` (RFC 7800 §3.1, RFC 9449 §6.1 `jkt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// RFC 7638 thumbprint of the device public key.
+    pub jkt: String,
+}
+
+/// `hwb`: the hardware binding of the pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareBinding {
+    /// How the key is held.
+    pub kind: BindingKind,
+    /// How the issuer knows.
+    pub att: Attestation,
+}
+
+/// The claims of an access pass (SPEC "Token formats").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    /// Random, 128 bits, base64url.
+    pub jti: String,
+    pub cnf: Confirmation,
+    pub hwb: HardwareBinding,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+}
+
+/// The claims of a pass request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestClaims {
+    pub sub: String,
+    pub iat: i64,
+    pub kind: BindingKind,
+    /// Requested lifetime in seconds, if the person asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    /// TPM attestation evidence for the key (see `attest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub att: Option<EvidenceClaims>,
+}
+
+/// Evidence as carried in a request's `att` claim (all base64url).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceClaims {
+    /// EK certificate (DER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekc: Option<String>,
+    /// EK TPMT_PUBLIC, when there is no certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekp: Option<String>,
+    /// AK TPMT_PUBLIC.
+    pub ak: String,
+    /// Device key TPMT_PUBLIC; absent when it is exactly [`crate::device_key_public`] of the
+    /// request's key (the usual case), which keeps requests small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// TPMS_ATTEST of TPM2_Certify.
+    pub cert: String,
+    /// AK signature over it, r‖s.
+    pub sig: String,
+}

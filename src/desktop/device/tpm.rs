@@ -1,0 +1,975 @@
+//! The TPM 2.0 device backend. The only module that imports `tss_esapi`.
+//!
+//! Keys live under the storage root key (SRK): the persistent one at 0x81000001 when the TPM
+//! has it, else one this module creates from the TCG ECC P-256 SRK template and makes
+//! persistent there (the same template always yields the same key under the same owner seed,
+//! so a TPM whose owner refuses `EvictControl` still works, one `CreatePrimary` per use).
+//!
+//! - The **device key**: ECC P-256, ECDSA-SHA256, attributes fixedTPM, fixedParent,
+//!   sensitiveDataOrigin, userWithAuth, noDA, sign (not decrypt, not restricted); no auth value
+//!   and no PCR policy, so unclean shutdowns and firmware updates cannot brick it.
+//! - The **state key**: 32 random bytes in a sealed data object (keyedHash, fixedTPM,
+//!   fixedParent, userWithAuth, noDA). Only this TPM can load the blob and unseal it.
+//!
+//! A check issues: ReadPublic (SRK), Load + Unseal + FlushContext (state key), Load + Sign +
+//! FlushContext (device key) — 7 commands, and every transient handle is flushed.
+
+use std::cell::RefCell;
+use std::str::FromStr as _;
+
+use p256::ecdsa::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tss_esapi::abstraction::{ek, nv};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, Tss2ResponseCodeKind};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle,
+    TpmHandle,
+};
+use tss_esapi::interface_types::algorithm::{
+    AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm,
+};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::KeyedHashScheme;
+use tss_esapi::structures::{
+    CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, HashScheme,
+    IdObject, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, Signature as TpmSignature, SignatureScheme,
+    SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use super::{Backend, Device, DeviceOptions, Evidence};
+use crate::core::b64::{b64url, b64url_decode};
+use crate::core::claims::BindingKind;
+use crate::core::jwk::Jwk;
+use crate::core::signer::{signature_from_scalars, SignError, Signer};
+use crate::core::time::format_duration;
+use crate::core::tpm_wire::{verify_self_certify, TpmClock};
+use crate::desktop::error::DesktopError;
+use crate::desktop::state;
+
+/// TCTI used when none is given.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The conventional persistent handle of the storage root key.
+pub const SRK_HANDLE: u32 = 0x8100_0001;
+
+/// The TCTI asked for: the explicit one, else `HWPASS_TCTI`, else `TPM2TOOLS_TCTI`.
+pub fn requested_tcti(explicit: Option<&str>) -> Option<String> {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var("HWPASS_TCTI").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("TPM2TOOLS_TCTI")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+}
+
+/// The TCTI to use for a new enrolment: [`requested_tcti`], else [`DEFAULT_TCTI`].
+pub fn resolve_tcti(explicit: Option<&str>) -> String {
+    requested_tcti(explicit).unwrap_or_else(|| DEFAULT_TCTI.to_owned())
+}
+
+/// What went wrong with the TPM, sorted by what the person should do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmError {
+    /// No TPM answered at this TCTI.
+    #[error("no TPM answers at {tcti}: {detail}")]
+    Unreachable {
+        /// The TCTI tried.
+        tcti: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The TPM stopped answering in the middle of an operation.
+    #[error("the TPM stopped answering while trying to {doing}")]
+    Stopped {
+        /// The operation.
+        doing: &'static str,
+    },
+    /// Dictionary-attack lockout.
+    #[error("the TPM is in dictionary-attack lockout{}", match wait_secs { Some(s) => format!("; it accepts authorisations again in about {} (each failure adds {}s)", format_duration(i64::from(*s)), s), None => String::new() })]
+    Lockout {
+        /// Seconds per lockout interval, if the TPM said.
+        wait_secs: Option<u32>,
+    },
+    /// No free object slots: objects left loaded by an interrupted program.
+    #[error("the TPM has no free object slots: another program, or an interrupted one, left objects loaded. Through the kernel resource manager (device:/dev/tpmrm0) they are flushed when that program exits; on a TPM used directly, flush them with `tpm2_flushcontext -t` or restart it")]
+    NoSlots,
+    /// The storage key is gone or changed: the TPM was cleared, or this is another TPM.
+    #[error("the TPM no longer holds the storage key this desktop was enrolled under (the TPM was cleared, or this is another machine)")]
+    KeyGone,
+    /// A blob failed the TPM's integrity check: it was made by another TPM.
+    #[error("the TPM refuses this desktop's key: it was made by another TPM, so this state belongs to another machine")]
+    Foreign,
+    /// The stored blobs are damaged.
+    #[error("the stored TPM key blobs are damaged: {0}")]
+    Damaged(&'static str),
+    /// Any other TPM failure.
+    #[error("the TPM failed to {doing}: {detail}{}", rc.map(|rc| format!(" (TSS2_RC 0x{rc:x})")).unwrap_or_default())]
+    Device {
+        /// The operation.
+        doing: &'static str,
+        /// The TSS2 response code, when the TPM stack returned one.
+        rc: Option<u32>,
+        /// The TPM stack's description.
+        detail: String,
+    },
+}
+
+impl TpmError {
+    /// Whether the TPM refuses this desktop's key or state for good (another machine, cleared,
+    /// damaged), as opposed to not being usable right now.
+    pub fn is_unusable_here(&self) -> bool {
+        matches!(self, Self::Foreign | Self::KeyGone | Self::Damaged(_))
+    }
+}
+
+/// The TPM key blobs stored in `device.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmKeyFile {
+    /// TCTI used at enrolment (used again unless overridden).
+    pub tcti: String,
+    /// `persistent` (the SRK at 0x81000001) or `template` (re-created on each use).
+    pub parent: String,
+    /// Hex TPM name of the parent at enrolment.
+    pub parent_name: String,
+    /// Device key TPMT_PUBLIC, base64url.
+    pub key_public: String,
+    /// Device key TPM2B_PRIVATE contents, base64url.
+    pub key_private: String,
+    /// Sealed state key TPMT_PUBLIC, base64url.
+    pub seal_public: String,
+    /// Sealed state key TPM2B_PRIVATE contents, base64url.
+    pub seal_private: String,
+    /// Attestation key TPMT_PUBLIC, base64url.
+    pub ak_public: String,
+    /// Attestation key TPM2B_PRIVATE contents, base64url.
+    pub ak_private: String,
+}
+
+/// The TPM2_Create results for the device key, to read its attributes back in tests.
+pub fn key_blobs(file: &TpmKeyFile) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+    let public = b64url_decode(&file.key_public).ok_or(TpmError::Damaged("key public"))?;
+    let private = b64url_decode(&file.key_private).ok_or(TpmError::Damaged("key private"))?;
+    Ok((public, private))
+}
+
+fn classify(e: tss_esapi::Error, doing: &'static str) -> TpmError {
+    let tss_esapi::Error::Tss2Error(rc) = e else {
+        return TpmError::Device {
+            doing,
+            rc: None,
+            detail: e.to_string(),
+        };
+    };
+    let raw = raw_rc(&rc).unwrap_or(0);
+    // TSS2_RC layers (bits 16..24): 0 = the TPM itself, 7 = ESAPI, 8 = SAPI, 10 = TCTI (the
+    // transport). ESAPI's BAD_SEQUENCE (7) and IO_ERROR (10) follow a transport failure.
+    let layer = (raw >> 16) & 0xff;
+    let base = raw & 0xffff;
+    if layer == 10 || (layer == 7 && matches!(base, 7 | 10)) {
+        return TpmError::Stopped { doing };
+    }
+    let kind = if layer == 0 { rc.kind() } else { None };
+    match kind {
+        Some(Tss2ResponseCodeKind::Lockout) => TpmError::Lockout { wait_secs: None },
+        Some(Tss2ResponseCodeKind::ObjectMemory) => TpmError::NoSlots,
+        Some(Tss2ResponseCodeKind::Integrity | Tss2ResponseCodeKind::Binding) => TpmError::Foreign,
+        _ => TpmError::Device {
+            doing,
+            rc: Some(raw),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// The raw TSS2 response code. tss-esapi keeps it private but shows it in the Display of the
+/// error's source ("Response code value: 0x…").
+fn raw_rc(rc: &tss_esapi::constants::response_code::Tss2ResponseCode) -> Option<u32> {
+    let text = std::error::Error::source(rc)?.to_string();
+    let hex = text.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// fixedTPM | fixedParent | userWithAuth | noDA, plus sensitiveDataOrigin when the TPM makes
+/// the secret: an object bound to this TPM, usable without an auth value, never subject to
+/// dictionary-attack lockout.
+fn resident(generated: bool) -> ObjectAttributesBuilder {
+    ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(generated)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+}
+
+/// An ECC P-256 object, nameAlg SHA-256.
+fn ecc_public(
+    attributes: ObjectAttributesBuilder,
+    parameters: PublicEccParametersBuilder,
+    unique: EccPoint,
+) -> Result<Public, tss_esapi::Error> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes.build()?)
+        .with_ecc_parameters(parameters.build()?)
+        .with_ecc_unique_identifier(unique)
+        .build()
+}
+
+fn ecdsa_sha256() -> EccScheme {
+    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256))
+}
+
+fn srk_template() -> Result<Public, tss_esapi::Error> {
+    // TCG TPM v2.0 Provisioning Guidance, ECC P-256 SRK template (unique: two zero coordinates).
+    ecc_public(
+        resident(true).with_restricted(true).with_decrypt(true),
+        PublicEccParametersBuilder::new_restricted_decryption_key(
+            SymmetricDefinitionObject::AES_128_CFB,
+            EccCurve::NistP256,
+        ),
+        EccPoint::new(
+            EccParameter::try_from(vec![0u8; 32])?,
+            EccParameter::try_from(vec![0u8; 32])?,
+        ),
+    )
+}
+
+fn device_key_template() -> Result<Public, tss_esapi::Error> {
+    // Sign only: not decrypt, not restricted.
+    ecc_public(
+        resident(true).with_sign_encrypt(true),
+        PublicEccParametersBuilder::new_unrestricted_signing_key(
+            ecdsa_sha256(),
+            EccCurve::NistP256,
+        ),
+        EccPoint::default(),
+    )
+}
+
+fn ak_template() -> Result<Public, tss_esapi::Error> {
+    // An attestation key: restricted signing, so it only signs structures the TPM made.
+    ecc_public(
+        resident(true).with_restricted(true).with_sign_encrypt(true),
+        PublicEccParametersBuilder::new()
+            .with_ecc_scheme(ecdsa_sha256())
+            .with_curve(EccCurve::NistP256)
+            .with_is_signing_key(true)
+            .with_is_decryption_key(false)
+            .with_restricted(true)
+            .with_key_derivation_function_scheme(
+                tss_esapi::structures::KeyDerivationFunctionScheme::Null,
+            ),
+        EccPoint::default(),
+    )
+}
+
+fn seal_template() -> Result<Public, tss_esapi::Error> {
+    // A sealed data object: the data comes from us, so not sensitiveDataOrigin.
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(resident(false).build()?)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+fn verifying_key_of(public: &Public) -> Result<VerifyingKey, TpmError> {
+    let Public::Ecc { unique, .. } = public else {
+        return Err(TpmError::Damaged("device key is not an ECC key"));
+    };
+    let pad = |v: &[u8]| -> Result<[u8; 32], TpmError> {
+        let mut out = [0u8; 32];
+        if v.len() > 32 {
+            return Err(TpmError::Damaged("ECC coordinate longer than 32 bytes"));
+        }
+        out[32 - v.len()..].copy_from_slice(v);
+        Ok(out)
+    };
+    let (x, y) = (pad(unique.x().value())?, pad(unique.y().value())?);
+    let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+    VerifyingKey::from_encoded_point(&point).map_err(|_| TpmError::Damaged("device key point"))
+}
+
+/// The storage parent, as resolved in this process.
+#[derive(Debug, Clone, Copy)]
+enum Parent {
+    /// The persistent SRK (needs no flush).
+    Persistent(KeyHandle),
+    /// A primary created from the template for this process (flushed on drop).
+    Transient(KeyHandle),
+}
+
+impl Parent {
+    fn handle(self) -> KeyHandle {
+        match self {
+            Parent::Persistent(h) | Parent::Transient(h) => h,
+        }
+    }
+}
+
+struct Inner {
+    ctx: Context,
+    parent: Option<Parent>,
+}
+
+/// A device key (and state key) in a TPM.
+pub struct TpmDevice {
+    inner: RefCell<Inner>,
+    file: TpmKeyFile,
+    verifying: VerifyingKey,
+    state_key: RefCell<Option<Zeroizing<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for TpmDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TpmDevice({})", self.file.tcti)
+    }
+}
+
+fn connect(tcti: &str) -> Result<Context, TpmError> {
+    let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::Unreachable {
+        tcti: tcti.into(),
+        detail: format!("not a valid TCTI ({e}); use device:/dev/tpmrm0 or swtpm:host=…,port=…"),
+    })?;
+    let mut ctx = Context::new(conf).map_err(|e| TpmError::Unreachable {
+        tcti: tcti.into(),
+        detail: e.to_string(),
+    })?;
+    // Context::new does not talk to the TPM; the first command tells whether one answers.
+    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    Ok(ctx)
+}
+
+/// Whether a TPM answers at `tcti` (one GetCapability round trip).
+pub fn probe(tcti: &str) -> Result<(), TpmError> {
+    let mut ctx = connect(tcti)?;
+    ctx.execute_without_session(|c| {
+        c.get_capability(
+            CapabilityType::TpmProperties,
+            PropertyTag::Manufacturer.into(),
+            1,
+        )
+    })
+    .map(|_| ())
+    .map_err(|e| match classify(e, "answer") {
+        TpmError::Stopped { .. } => TpmError::Unreachable {
+            tcti: tcti.into(),
+            detail: "no answer".into(),
+        },
+        other => other,
+    })
+}
+
+fn persistent_srk() -> Result<TpmHandle, TpmError> {
+    PersistentTpmHandle::new(SRK_HANDLE)
+        .map(TpmHandle::Persistent)
+        .map_err(|e| TpmError::Device {
+            doing: "address the SRK",
+            rc: None,
+            detail: e.to_string(),
+        })
+}
+
+/// Finds the SRK at 0x81000001 if present, with its name (one ReadPublic). With `check`, also
+/// reads its public area to make sure it is a storage key (enrolment only: on later use the
+/// name, a hash of the public area, is compared with the one recorded at enrolment instead).
+fn find_persistent_srk(
+    ctx: &mut Context,
+    check: bool,
+) -> Result<Option<(KeyHandle, Vec<u8>)>, TpmError> {
+    let tpm_handle = persistent_srk()?;
+    let handle = match ctx.execute_without_session(|c| c.tr_from_tpm_public(tpm_handle)) {
+        Ok(h) => h,
+        Err(tss_esapi::Error::Tss2Error(rc))
+            if raw_rc(&rc).is_some_and(|r| r >> 16 == 0)
+                && matches!(rc.kind(), Some(Tss2ResponseCodeKind::Handle)) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(classify(e, "look up the storage key")),
+    };
+    let key = KeyHandle::from(handle);
+    let name = ctx
+        .tr_get_name(handle)
+        .map_err(|e| classify(e, "name the storage key"))?;
+    if check {
+        let (public, _, _) = ctx
+            .execute_without_session(|c| c.read_public(key))
+            .map_err(|e| classify(e, "read the storage key"))?;
+        let a = public.object_attributes();
+        if !(a.restricted() && a.decrypt() && !a.sign_encrypt()) {
+            return Ok(None);
+        }
+    }
+    Ok(Some((key, name.value().to_vec())))
+}
+
+fn create_srk(ctx: &mut Context) -> Result<(KeyHandle, Vec<u8>), TpmError> {
+    let template = srk_template().map_err(|e| classify(e, "build the SRK template"))?;
+    let primary = ctx
+        .create_primary(Hierarchy::Owner, template, None, None, None, None)
+        .map_err(|e| classify(e, "create the storage key"))?;
+    let (_, name, _) = ctx
+        .execute_without_session(|c| c.read_public(primary.key_handle))
+        .map_err(|e| classify(e, "read the storage key"))?;
+    Ok((primary.key_handle, name.value().to_vec()))
+}
+
+fn make_blob(public: &Public, private: &Private) -> Result<(String, String), TpmError> {
+    let public = public.marshall().map_err(|e| classify(e, "encode a key"))?;
+    Ok((b64url(&public), b64url(private.value())))
+}
+
+fn load_blob(
+    ctx: &mut Context,
+    parent: KeyHandle,
+    public: &str,
+    private: &str,
+) -> Result<KeyHandle, TpmError> {
+    let public = b64url_decode(public).ok_or(TpmError::Damaged("public area encoding"))?;
+    let private = b64url_decode(private).ok_or(TpmError::Damaged("private area encoding"))?;
+    let public = Public::unmarshall(&public).map_err(|_| TpmError::Damaged("public area"))?;
+    let private = Private::try_from(private).map_err(|_| TpmError::Damaged("private area"))?;
+    ctx.load(parent, private, public)
+        .map_err(|e| classify(e, "load the key"))
+}
+
+fn flush(ctx: &mut Context, handle: KeyHandle) {
+    // A failed flush leaves nothing we can do; the handle dies with the TPM's next reset.
+    let _ = ctx.flush_context(ObjectHandle::from(handle));
+}
+
+impl TpmDevice {
+    /// Creates the device key and the sealed state key in the TPM at `tcti`.
+    pub fn create(tcti: &str) -> Result<Self, TpmError> {
+        let mut ctx = connect(tcti)?;
+        let (parent, parent_kind, parent_name) = match find_persistent_srk(&mut ctx, true)? {
+            Some((h, name)) => (Parent::Persistent(h), "persistent", name),
+            None => {
+                let (h, name) = create_srk(&mut ctx)?;
+                let persisted =
+                    Persistent::Persistent(PersistentTpmHandle::new(SRK_HANDLE).map_err(|e| {
+                        TpmError::Device {
+                            doing: "address the SRK",
+                            rc: None,
+                            detail: e.to_string(),
+                        }
+                    })?);
+                match ctx.evict_control(Provision::Owner, h.into(), persisted) {
+                    Ok(_) => {
+                        flush(&mut ctx, h);
+                        let (ph, name2) =
+                            find_persistent_srk(&mut ctx, false)?.ok_or(TpmError::KeyGone)?;
+                        debug_assert_eq!(name, name2);
+                        (Parent::Persistent(ph), "persistent", name2)
+                    }
+                    // The owner hierarchy may have an auth value we do not know: stay transient.
+                    Err(_) => (Parent::Transient(h), "template", name),
+                }
+            }
+        };
+        let mut state_key = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut state_key[..]).map_err(|_| TpmError::Damaged("no randomness"))?;
+        let key_template =
+            device_key_template().map_err(|e| classify(e, "build the key template"))?;
+        let key = ctx
+            .create(parent.handle(), key_template, None, None, None, None)
+            .map_err(|e| classify(e, "create the device key"))?;
+        let seal_data =
+            SensitiveData::try_from(state_key.to_vec()).map_err(|e| classify(e, "seal"))?;
+        let seal_template = seal_template().map_err(|e| classify(e, "build the seal template"))?;
+        let seal = ctx
+            .create(
+                parent.handle(),
+                seal_template,
+                None,
+                Some(seal_data),
+                None,
+                None,
+            )
+            .map_err(|e| classify(e, "seal the state key"))?;
+        let verifying = verifying_key_of(&key.out_public)?;
+        let (key_public, key_private) = make_blob(&key.out_public, &key.out_private)?;
+        let (seal_public, seal_private) = make_blob(&seal.out_public, &seal.out_private)?;
+        let ak_template = ak_template().map_err(|e| classify(e, "build the AK template"))?;
+        let ak = ctx
+            .create(parent.handle(), ak_template, None, None, None, None)
+            .map_err(|e| classify(e, "create the attestation key"))?;
+        let (ak_public, ak_private) = make_blob(&ak.out_public, &ak.out_private)?;
+        let file = TpmKeyFile {
+            tcti: tcti.into(),
+            parent: parent_kind.into(),
+            parent_name: hex::encode(parent_name),
+            key_public,
+            key_private,
+            seal_public,
+            seal_private,
+            ak_public,
+            ak_private,
+        };
+        Ok(Self {
+            inner: RefCell::new(Inner {
+                ctx,
+                parent: Some(parent),
+            }),
+            file,
+            verifying,
+            state_key: RefCell::new(Some(state_key)),
+        })
+    }
+
+    /// Opens an enrolled device; no TPM command is sent until the key or state key is used.
+    pub fn open(file: &TpmKeyFile, tcti: Option<&str>) -> Result<Self, TpmError> {
+        let public =
+            b64url_decode(&file.key_public).ok_or(TpmError::Damaged("public area encoding"))?;
+        let public = Public::unmarshall(&public).map_err(|_| TpmError::Damaged("public area"))?;
+        let verifying = verifying_key_of(&public)?;
+        let tcti = tcti.map(str::to_owned).unwrap_or_else(|| file.tcti.clone());
+        let ctx = connect(&tcti)?;
+        Ok(Self {
+            inner: RefCell::new(Inner { ctx, parent: None }),
+            file: file.clone(),
+            verifying,
+            state_key: RefCell::new(None),
+        })
+    }
+
+    /// The blobs to store.
+    pub fn file(&self) -> &TpmKeyFile {
+        &self.file
+    }
+
+    fn with_parent<T>(
+        &self,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let mut inner = self.inner.borrow_mut();
+        let parent = match inner.parent {
+            Some(p) => p,
+            None => {
+                let p = match self.file.parent.as_str() {
+                    "persistent" => {
+                        let (h, name) =
+                            find_persistent_srk(&mut inner.ctx, false)?.ok_or(TpmError::KeyGone)?;
+                        if hex::encode(name) != self.file.parent_name {
+                            return Err(TpmError::KeyGone);
+                        }
+                        Parent::Persistent(h)
+                    }
+                    "template" => {
+                        let (h, name) = create_srk(&mut inner.ctx)?;
+                        if hex::encode(name) != self.file.parent_name {
+                            flush(&mut inner.ctx, h);
+                            return Err(TpmError::KeyGone);
+                        }
+                        Parent::Transient(h)
+                    }
+                    _ => return Err(TpmError::Damaged("unknown parent kind")),
+                };
+                inner.parent = Some(p);
+                p
+            }
+        };
+        let result = f(&mut inner.ctx, parent.handle());
+        if let Err(TpmError::Lockout { wait_secs: None }) = result {
+            return Err(TpmError::Lockout {
+                wait_secs: lockout_interval(&mut inner.ctx),
+            });
+        }
+        result
+    }
+
+    /// Unseals the state key (once per process).
+    pub fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, TpmError> {
+        if let Some(k) = self.state_key.borrow().as_ref() {
+            return Ok(k.clone());
+        }
+        let key = self.with_parent(|ctx, parent| {
+            let h = load_blob(ctx, parent, &self.file.seal_public, &self.file.seal_private)?;
+            let result = ctx
+                .unseal(h.into())
+                .map_err(|e| classify(e, "unseal the state key"));
+            flush(ctx, h);
+            let data = result?;
+            let bytes: [u8; 32] = data
+                .value()
+                .try_into()
+                .map_err(|_| TpmError::Damaged("sealed key length"))?;
+            Ok(Zeroizing::new(bytes))
+        })?;
+        *self.state_key.borrow_mut() = Some(key.clone());
+        Ok(key)
+    }
+
+    fn sign_digest(&self, digest: &[u8]) -> Result<Signature, TpmError> {
+        self.with_parent(|ctx, parent| {
+            let h = load_blob(ctx, parent, &self.file.key_public, &self.file.key_private)?;
+            let validation = TPMT_TK_HASHCHECK {
+                tag: TPM2_ST_HASHCHECK,
+                hierarchy: TPM2_RH_NULL,
+                digest: Default::default(),
+            };
+            let result = (|| {
+                let digest = Digest::try_from(digest.to_vec()).map_err(|e| classify(e, "sign"))?;
+                let ticket = validation.try_into().map_err(|e| classify(e, "sign"))?;
+                ctx.sign(h, digest, SignatureScheme::Null, ticket)
+                    .map_err(|e| classify(e, "sign with the device key"))
+            })();
+            flush(ctx, h);
+            match result? {
+                TpmSignature::EcDsa(sig) => {
+                    signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+                        .map_err(|_| TpmError::Damaged("signature from the TPM"))
+                }
+                _ => Err(TpmError::Damaged("the TPM returned a non-ECDSA signature")),
+            }
+        })
+    }
+}
+
+/// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile).
+pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
+/// Persistent handle of the RSA EK (TCG Provisioning Guidance).
+pub const EK_HANDLE: u32 = 0x8101_0001;
+
+/// Opens the RSA EK: the persistent one, else created from the default template (flushed by
+/// the caller when `transient`).
+fn open_ek(ctx: &mut Context) -> Result<(KeyHandle, bool), TpmError> {
+    let handle = PersistentTpmHandle::new(EK_HANDLE).map_err(|e| TpmError::Device {
+        doing: "address the EK",
+        rc: None,
+        detail: e.to_string(),
+    })?;
+    match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle))) {
+        Ok(h) => Ok((KeyHandle::from(h), false)),
+        Err(_) => {
+            // create_ek_object runs its own null-auth session; ours must be off meanwhile.
+            let h = ctx
+                .execute_without_session(|c| {
+                    ek::create_ek_object(c, AsymmetricAlgorithm::Rsa, None)
+                })
+                .map_err(|e| classify(e, "create the endorsement key"))?;
+            Ok((h, true))
+        }
+    }
+}
+
+impl TpmDevice {
+    /// Collects attestation evidence: EK certificate (or EK public), AK public, device key
+    /// public, and TPM2_Certify of the device key by the AK over `qualifying_data`.
+    pub fn evidence(&self, qualifying_data: &[u8]) -> Result<Evidence, TpmError> {
+        let ak_public =
+            b64url_decode(&self.file.ak_public).ok_or(TpmError::Damaged("AK public area"))?;
+        let key_public = b64url_decode(&self.file.key_public)
+            .ok_or(TpmError::Damaged("public area encoding"))?;
+        self.with_parent(|ctx, parent| {
+            let ek_cert = NvIndexTpmHandle::new(EK_CERT_NV_INDEX)
+                .ok()
+                .and_then(|idx| nv::read_full(ctx, NvAuth::Owner, idx).ok())
+                .map(trim_der);
+            let ek_public = if ek_cert.is_some() {
+                None
+            } else {
+                let (ek, transient) = open_ek(ctx)?;
+                let public = ctx.execute_without_session(|c| c.read_public(ek));
+                if transient {
+                    flush(ctx, ek);
+                }
+                let (public, _, _) = public.map_err(|e| classify(e, "read the endorsement key"))?;
+                Some(
+                    public
+                        .marshall()
+                        .map_err(|e| classify(e, "encode the endorsement key"))?,
+                )
+            };
+            let ak = load_blob(ctx, parent, &self.file.ak_public, &self.file.ak_private)?;
+            let key = match load_blob(ctx, parent, &self.file.key_public, &self.file.key_private) {
+                Ok(k) => k,
+                Err(e) => {
+                    flush(ctx, ak);
+                    return Err(e);
+                }
+            };
+            let result = certify(ctx, key, ak, qualifying_data, "certify the device key");
+            flush(ctx, key);
+            flush(ctx, ak);
+            let (certify, signature) = result?;
+            let signature: [u8; 64] = signature.to_bytes().into();
+            Ok(Evidence {
+                ek_cert,
+                ek_public,
+                ak_public: ak_public.clone(),
+                key_public: key_public.clone(),
+                certify,
+                signature,
+            })
+        })
+    }
+
+    /// TPM2_ActivateCredential with the AK and the EK: releases the credential the issuer made
+    /// for this TPM's EK and this AK's name, or fails (another TPM, another AK).
+    pub fn activate(
+        &self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let id_object = IdObject::try_from(id_object.to_vec())
+            .map_err(|_| TpmError::Damaged("credential blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|_| TpmError::Damaged("credential secret"))?;
+        self.with_parent(|ctx, parent| {
+            let (ek, ek_transient) = open_ek(ctx)?;
+            let ak = match load_blob(ctx, parent, &self.file.ak_public, &self.file.ak_private) {
+                Ok(ak) => ak,
+                Err(e) => {
+                    if ek_transient {
+                        flush(ctx, ek);
+                    }
+                    return Err(e);
+                }
+            };
+            let result = (|| {
+                // The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT) (TCG EK Credential Profile).
+                let session = ctx
+                    .execute_without_session(|c| {
+                        c.start_auth_session(
+                            None,
+                            None,
+                            None,
+                            SessionType::Policy,
+                            SymmetricDefinition::AES_128_CFB,
+                            HashingAlgorithm::Sha256,
+                        )
+                    })
+                    .map_err(|e| classify(e, "start a policy session"))?
+                    .ok_or(TpmError::Damaged("no policy session"))?;
+                let policy = PolicySession::try_from(session)
+                    .map_err(|e| classify(e, "start a policy session"))?;
+                let r = ctx
+                    .execute_with_session(Some(AuthSession::Password), |c| {
+                        c.policy_secret(
+                            policy,
+                            AuthHandle::Endorsement,
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            None,
+                        )
+                    })
+                    .map_err(|e| classify(e, "satisfy the EK policy"))
+                    .and_then(|_| {
+                        ctx.set_sessions((Some(AuthSession::Password), Some(session), None));
+                        let r = ctx.activate_credential(ak, ek, id_object, secret);
+                        ctx.set_sessions((Some(AuthSession::Password), None, None));
+                        r.map_err(|e| classify(e, "activate the credential"))
+                    });
+                let _ = ctx.flush_context(SessionHandle::from(session).into());
+                r
+            })();
+            flush(ctx, ak);
+            if ek_transient {
+                flush(ctx, ek);
+            }
+            Ok(Zeroizing::new(result?.value().to_vec()))
+        })
+    }
+}
+
+impl TpmDevice {
+    /// TPM2_Certify of the device key by itself over `challenge`: the proof of possession a
+    /// check uses. Costs what a plain signature does (Load, Certify, FlushContext) and also
+    /// returns the TPM's signed clock. Returns the TPMS_ATTEST bytes and the signature.
+    pub fn certify_self(&self, challenge: &[u8]) -> Result<(Vec<u8>, Signature), TpmError> {
+        self.with_parent(|ctx, parent| {
+            let key = load_blob(ctx, parent, &self.file.key_public, &self.file.key_private)?;
+            let result = certify(
+                ctx,
+                key,
+                key,
+                challenge,
+                "prove possession of the device key",
+            );
+            flush(ctx, key);
+            result
+        })
+    }
+}
+
+/// TPM2_Certify of `object` by `signer` (both loaded, no auth values) over `qualifying`: the
+/// TPMS_ATTEST bytes and the ECDSA signature (r and s left-padded; S normalized to low-S).
+fn certify(
+    ctx: &mut Context,
+    object: KeyHandle,
+    signer: KeyHandle,
+    qualifying: &[u8],
+    doing: &'static str,
+) -> Result<(Vec<u8>, Signature), TpmError> {
+    let data = Data::try_from(qualifying.to_vec()).map_err(|e| classify(e, doing))?;
+    ctx.set_sessions((
+        Some(AuthSession::Password),
+        Some(AuthSession::Password),
+        None,
+    ));
+    let r = ctx.certify(object.into(), signer, data, SignatureScheme::Null);
+    ctx.set_sessions((Some(AuthSession::Password), None, None));
+    let (attest, signature) = r.map_err(|e| classify(e, doing))?;
+    let bytes = attest
+        .marshall()
+        .map_err(|e| classify(e, "encode the certification"))?;
+    let TpmSignature::EcDsa(sig) = signature else {
+        return Err(TpmError::Damaged("the TPM returned a non-ECDSA signature"));
+    };
+    let sig = signature_from_scalars(sig.signature_r().value(), sig.signature_s().value())
+        .map_err(|_| TpmError::Damaged("signature from the TPM"))?;
+    Ok((bytes, sig))
+}
+
+/// An NV index may be larger than the certificate in it: keep the DER SEQUENCE only.
+fn trim_der(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = match bytes.get(..4) {
+        Some([0x30, 0x82, hi, lo]) => 4 + ((*hi as usize) << 8 | *lo as usize),
+        Some([0x30, 0x81, l, _]) => 3 + *l as usize,
+        _ => bytes.len(),
+    };
+    bytes.truncate(len.min(bytes.len()));
+    bytes
+}
+
+/// How long the TPM's lockout lasts per failure (TPM_PT_LOCKOUT_INTERVAL), if it says.
+fn lockout_interval(ctx: &mut Context) -> Option<u32> {
+    let (data, _) = ctx
+        .execute_without_session(|c| {
+            c.get_capability(
+                CapabilityType::TpmProperties,
+                PropertyTag::LockoutInterval.into(),
+                1,
+            )
+        })
+        .ok()?;
+    match data {
+        CapabilityData::TpmProperties(list) => {
+            list.find(PropertyTag::LockoutInterval).map(|p| p.value())
+        }
+        _ => None,
+    }
+}
+
+impl Drop for TpmDevice {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        if let Some(Parent::Transient(h)) = inner.parent.take() {
+            flush(&mut inner.ctx, h);
+        }
+    }
+}
+
+impl Signer for TpmDevice {
+    fn verifying_key(&self) -> &VerifyingKey {
+        &self.verifying
+    }
+
+    fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignError> {
+        let digest = Sha256::digest(msg);
+        self.sign_digest(&digest).map_err(SignError::device)
+    }
+}
+
+impl Device for TpmDevice {
+    fn key(&self) -> &dyn Signer {
+        self
+    }
+    fn seal(&self, plain: &[u8], jkt: &str) -> Result<Vec<u8>, DesktopError> {
+        let key = self.state_key()?;
+        state::seal(plain, &key, jkt)
+    }
+    fn unseal(&self, sealed: &[u8], jkt: &str) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
+        let key = self.state_key()?;
+        state::open_sealed(sealed, &key, jkt)
+    }
+    fn evidence(&self, qualifying_data: &[u8]) -> Result<Option<Evidence>, DesktopError> {
+        Ok(Some(TpmDevice::evidence(self, qualifying_data)?))
+    }
+    fn prove(&self, jwk: &Jwk) -> Result<Option<TpmClock>, DesktopError> {
+        // TPM2_Certify of the key by itself over a fresh challenge: a signature by the key
+        // (proof of possession) over a TPM-made structure that also carries the TPM clock.
+        let mut challenge = [0u8; 32];
+        getrandom::getrandom(&mut challenge).map_err(|_| SignError::Rng)?;
+        let (certify, signature) = self.certify_self(&challenge)?;
+        verify_self_certify(&certify, &signature, jwk, &challenge)
+            .map(Some)
+            .map_err(|e| {
+                DesktopError::KeyUnusable(format!(
+                    "the TPM's proof does not verify against the enrolled key ({e})"
+                ))
+            })
+    }
+    fn activate(
+        &self,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
+        TpmDevice::activate(self, id_object, secret).map_err(|e| match e {
+            TpmError::Device { .. } | TpmError::Foreign => DesktopError::Foreign(
+                "this delivery was sealed to another machine's TPM (or another enrolment); request a pass from this desktop".into(),
+            ),
+            other => other.into(),
+        })
+    }
+}
+
+/// The TPM [`Backend`]: a non-exportable key in a TPM 2.0 reached through a TCTI.
+#[derive(Debug)]
+pub struct TpmBackend;
+
+impl Backend for TpmBackend {
+    fn name(&self) -> &'static str {
+        "tpm"
+    }
+
+    fn kind(&self) -> BindingKind {
+        BindingKind::Tpm
+    }
+
+    fn probe(&self, opts: &DeviceOptions) -> Result<(), DesktopError> {
+        Ok(probe(&resolve_tcti(opts.tcti.as_deref()))?)
+    }
+
+    fn create(
+        &self,
+        opts: &DeviceOptions,
+    ) -> Result<(Box<dyn Device>, serde_json::Value), DesktopError> {
+        let device = TpmDevice::create(&resolve_tcti(opts.tcti.as_deref()))?;
+        let record =
+            serde_json::to_value(device.file()).map_err(|e| DesktopError::Input(e.to_string()))?;
+        Ok((Box::new(device), record))
+    }
+
+    fn open(
+        &self,
+        record: &serde_json::Value,
+        _jwk: &Jwk,
+        opts: &DeviceOptions,
+    ) -> Result<Box<dyn Device>, DesktopError> {
+        let file = TpmKeyFile::deserialize(record)
+            .map_err(|_| TpmError::Damaged("the TPM key record is not valid"))?;
+        let tcti = requested_tcti(opts.tcti.as_deref());
+        Ok(Box::new(TpmDevice::open(&file, tcti.as_deref())?))
+    }
+}

@@ -1,0 +1,85 @@
+//! What can go wrong on the issuer, as typed facts, and the exit code each maps to.
+
+use std::path::PathBuf;
+
+use super::attest::AttestError;
+use super::keys::KeyError;
+use super::policy::PolicyError;
+use super::store::{AuditError, RevocationError};
+use crate::core::jws::TokenError;
+use crate::core::signer::SignError;
+
+/// Issuer exit codes (documented in the README).
+pub mod exit {
+    /// Something else failed (config, files).
+    pub const OTHER: i32 = 1;
+    /// The request is malformed, forged or not a request.
+    pub const BAD_REQUEST: i32 = 4;
+    /// The policy refused the request.
+    pub const POLICY: i32 = 9;
+    /// The HSM failed or refused.
+    pub const HSM: i32 = 10;
+    /// The audit log could not be written or does not verify.
+    pub const AUDIT: i32 = 11;
+}
+
+/// What went wrong on the issuer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// The config file is missing or wrong.
+    #[error("config {path}: {detail}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The request was refused by verification.
+    #[error("request refused: {0}")]
+    Request(#[from] TokenError),
+    /// The request was refused by policy.
+    #[error("request refused by policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The attestation evidence was refused.
+    #[error("request refused: {0}")]
+    Attest(#[from] AttestError),
+    /// The key manager (HSM) failed, or no PIN could be obtained.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The audit log failed; no pass was printed.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
+    /// The revocation register failed.
+    #[error("{0}")]
+    Revocation(#[from] RevocationError),
+    /// What was asked for does not exist (a pass id not in the audit log).
+    #[error("{0}")]
+    NotFound(String),
+    /// Something inside the issuer failed (a signing worker stopped).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IssuerError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config { .. }
+            | Self::Key(KeyError::Pin(_) | KeyError::Uri(_) | KeyError::UnsupportedScheme { .. })
+            | Self::Internal(_)
+            | Self::Revocation(_) => exit::OTHER,
+            Self::Request(_) | Self::NotFound(_) => exit::BAD_REQUEST,
+            Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
+            Self::Attest(_) => exit::BAD_REQUEST,
+            Self::Key(_) => exit::HSM,
+            Self::Audit(_) => exit::AUDIT,
+        }
+    }
+}
+
+impl From<SignError> for IssuerError {
+    fn from(e: SignError) -> Self {
+        Self::Key(KeyError::Sign(e))
+    }
+}

@@ -1,0 +1,514 @@
+//! The web page: server-rendered HTML, no external resources, one small script (the copy
+//! button). Every form carries the session's CSRF token; every value shown is escaped.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, Form, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::api::{form, ApiError, Revocation};
+use super::auth::WebSession;
+use super::{blocking, issue, now, recent, revoke, typed, Shared};
+use crate::core::claims::{Attestation, BindingKind};
+use crate::core::time::{format_duration, format_time};
+use crate::issuer::sign;
+
+/// Lifetimes offered on the review page (those within policy are shown).
+const LIFETIMES: [i64; 8] = [
+    3_600,
+    8 * 3_600,
+    86_400,
+    2 * 86_400,
+    3 * 86_400,
+    7 * 86_400,
+    14 * 86_400,
+    30 * 86_400,
+];
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A whole page, with the session cookie set when the session is new.
+fn render(svc: &Shared, ws: &WebSession, status: StatusCode, title: &str, body: &str) -> Response {
+    let csrf = svc.csrf_token(&ws.sid);
+    let who = match &ws.user {
+        Some(u) => format!(
+            r#"<span class="who">signed in as <b>{}</b></span><form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="link" id="logout">Sign out</button></form>"#,
+            esc(u)
+        ),
+        None => String::new(),
+    };
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · hwpass issuer</title><link rel="stylesheet" href="/static/hwpass.css"><script src="/static/hwpass.js" defer></script></head>
+<body><header><a href="/" class="brand">hwpass issuer</a><span class="iss">{iss} → {aud}</span><nav>{who}</nav></header>
+<main><h1>{title}</h1>
+{body}
+</main><footer>Passes are signed in the HSM and recorded in the audit log before they are shown. API: <a href="/v1/openapi.json">/v1/openapi.json</a></footer></body></html>
+"#,
+        title = esc(title),
+        iss = esc(&svc.cfg.iss),
+        aud = esc(&svc.cfg.aud),
+    );
+    let mut resp = typed((status, html), "text/html; charset=utf-8");
+    if ws.fresh {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, svc.set_cookie(&ws.sid));
+    }
+    resp
+}
+
+fn csrf_field(svc: &Shared, ws: &WebSession) -> String {
+    format!(
+        r#"<input type="hidden" name="csrf" value="{}">"#,
+        svc.csrf_token(&ws.sid)
+    )
+}
+
+fn see_other(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// An error shown as a page (the API answers problem+json instead).
+fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
+    let (status, _, title, detail) = e.parts();
+    let body = format!(
+        r#"<p class="error" id="error">{}</p><p><a href="/">Back</a></p>"#,
+        esc(&detail)
+    );
+    render(svc, ws, status, title, &body)
+}
+
+/// The checks every form post passes: an existing session and its CSRF token.
+fn check_form(svc: &Shared, ws: &WebSession, csrf: &str) -> Result<(), ApiError> {
+    if ws.fresh || !svc.csrf_ok(&ws.sid, csrf) {
+        return Err(ApiError::Csrf);
+    }
+    Ok(())
+}
+
+fn session(svc: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<WebSession, ApiError> {
+    svc.web_session(peer.ip(), headers, now()?)
+}
+
+/// Form fields that carry the session's CSRF token (missing: empty, so refused like a wrong one).
+pub(super) trait CsrfForm {
+    fn csrf(&self) -> &str;
+}
+
+macro_rules! csrf_forms {
+    ($($t:ty),*) => {$(
+        impl CsrfForm for $t {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+csrf_forms!(LoginForm, CsrfOnly, ReviewForm, SignForm, RevokeForm);
+
+/// A form post: the session and the fields, once the form parsed and its CSRF token matches
+/// the session; otherwise the error page to answer with.
+fn posted<T: CsrfForm>(
+    svc: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    f: Result<Form<T>, FormRejection>,
+) -> Result<Result<(WebSession, T), Response>, ApiError> {
+    let ws = session(svc, peer, headers)?;
+    Ok(
+        match form(f).and_then(|f| check_form(svc, &ws, f.csrf()).map(|()| f)) {
+            Ok(f) => Ok((ws, f)),
+            Err(e) => Err(error_page(svc, &ws, &e)),
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages
+
+pub(super) async fn home(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ws = session(&svc, peer, &headers)?;
+    if ws.user.is_none() {
+        return Ok(login_page(&svc, &ws, StatusCode::OK, None));
+    }
+    home_page(&svc, &ws, None).await
+}
+
+fn login_page(svc: &Shared, ws: &WebSession, status: StatusCode, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!(r#"<p class="error" id="error">{}</p>"#, esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        r#"{error}<form method="post" action="/login" class="card">{csrf}
+<label for="token">Admin token</label>
+<input type="password" id="token" name="token" autocomplete="off" required>
+<p class="help">The token from <code>hwpass-issuer admin-token</code>; the server keeps only its SHA-256.</p>
+<button type="submit" id="login">Sign in</button></form>"#,
+        csrf = csrf_field(svc, ws)
+    );
+    render(svc, ws, status, "Sign in", &body)
+}
+
+async fn home_page(
+    svc: &Shared,
+    ws: &WebSession,
+    notice: Option<String>,
+) -> Result<Response, ApiError> {
+    let csrf = csrf_field(svc, ws);
+    let now = now()?;
+    let rows = recent(svc, 20).await?;
+    let mut table = String::new();
+    for r in &rows {
+        let rec = &r.record;
+        let state = if r.revoked {
+            r#"<span class="tag revoked">revoked</span>"#.to_string()
+        } else if rec.exp <= now {
+            r#"<span class="tag expired">expired</span>"#.to_string()
+        } else {
+            format!(
+                r#"<form method="post" action="/revoke" class="inline">{csrf}<input type="hidden" name="jti" value="{jti}"><button type="submit" class="danger" data-jti="{jti}">Revoke</button></form>"#,
+                jti = esc(&rec.jti)
+            )
+        };
+        table.push_str(&format!(
+            r#"<tr><td>{time}</td><td>{sub}</td><td>{dev}</td><td>{kind} / {att}</td><td>{exp}</td><td><code>{jti}</code></td><td>{state}</td></tr>"#,
+            time = esc(&format_time(rec.time)),
+            sub = esc(&rec.sub),
+            dev = esc(rec.dev.as_deref().unwrap_or("—")),
+            kind = rec.kind.as_str(),
+            att = rec.att.as_str(),
+            exp = esc(&format_time(rec.exp)),
+            jti = esc(&rec.jti),
+        ));
+    }
+    if rows.is_empty() {
+        table.push_str(r#"<tr><td colspan="7">No passes issued yet.</td></tr>"#);
+    }
+    let notice = notice
+        .map(|n| format!(r#"<p class="notice" id="notice">{}</p>"#, esc(&n)))
+        .unwrap_or_default();
+    let body = format!(
+        r#"{notice}<form method="post" action="/review" class="card">{csrf}
+<label for="request">Paste the request the person made with <code>hwpass request</code></label>
+<textarea id="request" name="request" rows="5" required spellcheck="false" autocomplete="off"></textarea>
+<button type="submit" id="review">Review request</button></form>
+<h2>Recent issuances</h2>
+<table id="recent"><thead><tr><th>Issued</th><th>Subject</th><th>Device</th><th>Binding</th><th>Expires</th><th>Pass id</th><th></th></tr></thead>
+<tbody>{table}</tbody></table>"#
+    );
+    Ok(render(svc, ws, StatusCode::OK, "Sign a pass", &body))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    token: String,
+}
+
+pub(super) async fn login(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    f: Result<Form<LoginForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    match svc.admin_by_token(f.token.trim()) {
+        Some(user) => {
+            tracing::info!(user = %user, "web sign-in");
+            let sid = svc.promote(&ws.sid, user, now()?)?;
+            let mut resp = see_other("/");
+            resp.headers_mut()
+                .insert(header::SET_COOKIE, svc.set_cookie(&sid));
+            Ok(resp)
+        }
+        None => {
+            tracing::warn!(%peer, "web sign-in refused: not an admin token");
+            Ok(login_page(
+                &svc,
+                &ws,
+                StatusCode::UNAUTHORIZED,
+                Some("That is not an admin token of this issuer."),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) async fn logout(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    f: Result<Form<CsrfOnly>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let (ws, _) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    svc.end_session(&ws.sid);
+    Ok(see_other("/"))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReviewForm {
+    #[serde(default)]
+    csrf: String,
+    request: String,
+}
+
+pub(super) async fn review(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    f: Result<Form<ReviewForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    if ws.user.is_none() {
+        return Ok(see_other("/"));
+    }
+    let request = f.request.trim().to_string();
+    let now = now()?;
+    // Approving needs no HSM: it shows exactly what Sign would issue, attestation included.
+    let req2 = request.clone();
+    let approved = blocking(&svc, move |svc| sign::approve(&svc.cfg, &req2, None, now)).await;
+    let a = match approved {
+        Ok(a) => a,
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    };
+    let c = &a.claims;
+    let proposed = c.exp - c.nbf;
+    let p = &svc.cfg.policy;
+    let max = match c.hwb.kind {
+        BindingKind::Tpm => p.max_lifetime,
+        BindingKind::Software => p.software_max_lifetime,
+    };
+    let mut choices: Vec<i64> = LIFETIMES.iter().copied().filter(|&l| l <= max).collect();
+    if !choices.contains(&proposed) {
+        choices.push(proposed);
+        choices.sort_unstable();
+    }
+    let options: String = choices
+        .iter()
+        .map(|&l| {
+            format!(
+                r#"<option value="{l}"{sel}>{}</option>"#,
+                format_duration(l),
+                sel = if l == proposed { " selected" } else { "" }
+            )
+        })
+        .collect();
+    let (binding, attestation) = match (c.hwb.kind, c.hwb.att) {
+        (BindingKind::Software, _) => (
+            "software key — the weaker binding",
+            "none (software keys have no attestation)".to_string(),
+        ),
+        (BindingKind::Tpm, Attestation::EkCert) => (
+            "TPM",
+            "verified: EK certificate chains to a trusted TPM maker CA, and the TPM certified this key; the pass is delivered sealed to that TPM".into(),
+        ),
+        (BindingKind::Tpm, Attestation::EkAllowlist) => (
+            "TPM",
+            "verified: EK on this issuer's allow-list, and the TPM certified this key; the pass is delivered sealed to that TPM".into(),
+        ),
+        (BindingKind::Tpm, Attestation::None) => (
+            "TPM (the request's word)",
+            "none: no evidence was checked (this issuer does not require attestation)".into(),
+        ),
+    };
+    let body = format!(
+        r#"<table class="facts" id="facts">
+<tr><th>Subject</th><td id="f-sub">{sub}</td></tr>
+<tr><th>Device</th><td id="f-dev">{dev}</td></tr>
+<tr><th>Binding</th><td id="f-kind">{binding}</td></tr>
+<tr><th>Attestation</th><td id="f-att">{attestation}</td></tr>
+<tr><th>Device key (RFC 7638 thumbprint)</th><td><code id="f-jkt">{jkt}</code></td></tr>
+<tr><th>Largest lifetime for this binding</th><td>{max}</td></tr>
+</table>
+<form method="post" action="/sign" class="card">{csrf}
+<input type="hidden" name="request" value="{request}">
+<label for="lifetime">Valid for</label>
+<select id="lifetime" name="lifetime">{options}</select>
+<button type="submit" id="sign">Sign pass</button> <a href="/">Cancel</a></form>"#,
+        sub = esc(&c.sub),
+        dev = esc(c.dev.as_deref().unwrap_or("(not named)")),
+        attestation = esc(&attestation),
+        jkt = esc(&c.cnf.jkt),
+        max = format_duration(max),
+        csrf = csrf_field(&svc, &ws),
+        request = esc(&request),
+    );
+    Ok(render(
+        &svc,
+        &ws,
+        StatusCode::OK,
+        "Review the request",
+        &body,
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignForm {
+    #[serde(default)]
+    csrf: String,
+    request: String,
+    lifetime: i64,
+}
+
+pub(super) async fn sign(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    f: Result<Form<SignForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    let Some(user) = ws.user.clone() else {
+        return Ok(see_other("/"));
+    };
+    let out = match issue(&svc, f.request, Some(f.lifetime), &format!("web:{user}")).await {
+        Ok(o) => o,
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    };
+    let c = &out.claims;
+    let qr = qr_svg(&out.pass).unwrap_or_else(|| {
+        r#"<p class="help">Too long for a QR code; copy or download it.</p>"#.into()
+    });
+    let what = if out.sealed {
+        "It is sealed to the requesting TPM: only that machine can open it."
+    } else {
+        "It works only on the device whose key it is bound to."
+    };
+    let body = format!(
+        r#"<p class="notice">Signed a {kind} pass for <b>{sub}</b>, valid until {exp} ({left}). Recorded in the audit log as <code>{jti}</code>. {what}</p>
+<label for="pass">The pass — give it to the person; they run <code>hwpass install</code> and paste it</label>
+<div class="row"><input type="text" id="pass" readonly value="{pass}" spellcheck="false"><button type="button" id="copy">Copy</button></div>
+<p><a id="download" download="hwpass-pass.txt" href="data:text/plain;charset=utf-8,{pass}">Download as a file</a> · {len} characters</p>
+<div class="qr" id="qr">{qr}</div>
+<p><a href="/">Sign another</a></p>"#,
+        kind = c.hwb.kind.as_str(),
+        sub = esc(&c.sub),
+        exp = esc(&format_time(c.exp)),
+        left = format_duration(c.exp - c.nbf),
+        jti = esc(&c.jti),
+        pass = esc(&out.pass),
+        len = out.pass.len(),
+    );
+    Ok(render(&svc, &ws, StatusCode::OK, "Pass signed", &body))
+}
+
+/// The pass as an inline SVG QR code (byte mode, error correction L: up to 2 953 bytes).
+fn qr_svg(text: &str) -> Option<String> {
+    let code =
+        qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(280, 280)
+        .quiet_zone(true)
+        .build();
+    // Inline in HTML: drop the XML prolog.
+    svg.find("<svg").map(|i| svg[i..].to_string())
+}
+
+#[derive(Deserialize)]
+pub(super) struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    jti: String,
+}
+
+pub(super) async fn revoke_form(
+    State(svc): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    f: Result<Form<RevokeForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let (ws, f) = match posted(&svc, peer, &headers, f)? {
+        Ok(p) => p,
+        Err(page) => return Ok(page),
+    };
+    let Some(user) = ws.user.clone() else {
+        return Ok(see_other("/"));
+    };
+    let what = Revocation {
+        pass: Some(f.jti.clone()),
+        device: None,
+        reason: None,
+    };
+    match revoke(&svc, what, format!("web:{user}")).await {
+        Ok(r) => {
+            let notice = format!(
+                "Revoked pass {} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
+                f.jti, r.seq
+            );
+            home_page(&svc, &ws, Some(notice)).await
+        }
+        Err(e) => Ok(error_page(&svc, &ws, &e)),
+    }
+}
+
+pub(super) async fn css() -> Response {
+    typed(include_str!("hwpass.css"), "text/css; charset=utf-8")
+}
+
+pub(super) async fn js() -> Response {
+    typed(include_str!("hwpass.js"), "text/javascript; charset=utf-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_markup_and_quotes() {
+        assert_eq!(
+            esc(r#"<script>"x" & 'y'</script>"#),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn qr_code_holds_a_pass_and_a_delivery_sized_string() {
+        let svg = qr_svg(&"a.".repeat(650)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+        assert!(qr_svg(&"a.".repeat(1_500)).is_none());
+    }
+}

@@ -1,0 +1,173 @@
+//! The sign flow: verify the request, apply the policy, sign in the key store, write the audit
+//! record durably, and only then hand out the pass; plus revocation and the deny list.
+
+use super::attest::{self, seal_delivery, AttestError};
+use super::config::IssuerConfig;
+use super::error::IssuerError;
+use super::store::{AuditRecord, AuditStore, Revoked, Target};
+use crate::core::b64::b64url_decode;
+use crate::core::claims::{Attestation, BindingKind, Confirmation, HardwareBinding, PassClaims};
+use crate::core::jwk::{Jwk, Jwks};
+use crate::core::jws::{sign_pass_as, verify_request};
+use crate::core::signer::{random_jti, Signer};
+
+/// The trust bundle as the key store holds it: the signing key first, then the `also_trusted`
+/// keys. Reads public keys only, so it needs no PIN.
+pub fn trust_bundle(cfg: &IssuerConfig) -> Result<Jwks, IssuerError> {
+    let mut keys = vec![Jwk::new(cfg.key.public_key()?)];
+    for label in &cfg.also_trusted {
+        keys.push(Jwk::new(cfg.key.with_label(label).public_key()?));
+    }
+    Ok(cfg.trust_bundle(keys))
+}
+
+/// Revokes the pass with this id, looked up in the audit log (for its expiry and subject).
+pub fn revoke_pass(
+    cfg: &IssuerConfig,
+    jti: &str,
+    by: &str,
+    reason: Option<String>,
+    now: i64,
+) -> Result<Revoked, IssuerError> {
+    let (records, _) = cfg.audit_store().read()?;
+    let record = records.iter().rev().find(|r| r.jti == jti).ok_or_else(|| {
+        IssuerError::NotFound(format!("no pass with id {jti:?} in the audit log"))
+    })?;
+    let target = Target::Pass {
+        jti: record.jti.clone(),
+        exp: record.exp,
+        sub: record.sub.clone(),
+    };
+    Ok(cfg.revocation_store().revoke(target, by, reason, now)?)
+}
+
+/// Revokes a device key: every pass bound to it, past and future.
+pub fn revoke_device(
+    cfg: &IssuerConfig,
+    jkt: &str,
+    by: &str,
+    reason: Option<String>,
+    now: i64,
+) -> Result<Revoked, IssuerError> {
+    let valid = b64url_decode(jkt).is_some_and(|b| b.len() == 32);
+    if !valid {
+        return Err(IssuerError::NotFound(format!(
+            "{jkt:?} is not a device key thumbprint (43 base64url characters, as `hwpass status` shows)"
+        )));
+    }
+    let target = Target::Device { jkt: jkt.into() };
+    Ok(cfg.revocation_store().revoke(target, by, reason, now)?)
+}
+
+/// Signs the current deny list (revocations and trust bundle keys) with the issuer key;
+/// returns its sequence number and the list.
+pub fn publish_denylist(
+    cfg: &IssuerConfig,
+    bundle: &Jwks,
+    key: &dyn Signer,
+    now: i64,
+) -> Result<(u64, String), IssuerError> {
+    Ok(cfg.revocation_store().publish_seq(bundle, key, now)?)
+}
+
+/// A pass ready to be signed: the request verified and the policy applied.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The pass claims.
+    pub claims: PassClaims,
+    /// The attested TPM the pass is delivered sealed to, if the request carried evidence.
+    pub deliver_to: Option<attest::Verified>,
+}
+
+/// Verifies a request and applies the policy. Needs no HSM, so refusals cost no PIN entry.
+pub fn approve(
+    cfg: &IssuerConfig,
+    request: &str,
+    lifetime: Option<i64>,
+    now: i64,
+) -> Result<Approved, IssuerError> {
+    let req = verify_request(request, now)?;
+    let validity = cfg.policy.decide(&req.claims, lifetime, now)?;
+    let deliver_to = match (&req.claims.att, req.claims.kind) {
+        (Some(_), BindingKind::Software) => return Err(AttestError::Unexpected.into()),
+        (Some(ev), BindingKind::Tpm) if cfg.attestation.configured() => {
+            Some(attest::verify(ev, &req.jwk, &cfg.attestation, now)?)
+        }
+        (Some(_), BindingKind::Tpm) => None,
+        (None, BindingKind::Tpm) if cfg.attestation.require => {
+            return Err(AttestError::Missing.into())
+        }
+        (None, _) => None,
+    };
+    let att = deliver_to.as_ref().map_or(Attestation::None, |v| v.att);
+    let claims = PassClaims {
+        iss: cfg.iss.clone(),
+        sub: req.claims.sub,
+        aud: cfg.aud.clone(),
+        iat: validity.iat,
+        nbf: validity.nbf,
+        exp: validity.exp,
+        jti: random_jti()?,
+        cnf: Confirmation {
+            jkt: req.jwk.thumbprint(),
+        },
+        // Without attestation evidence the binding kind is the request's word only.
+        hwb: HardwareBinding {
+            kind: req.claims.kind,
+            att,
+        },
+        dev: req.claims.dev,
+    };
+    Ok(Approved { claims, deliver_to })
+}
+
+/// Signs approved passes with the HSM key, appends their audit records and fsyncs the log.
+/// Returns the passes (sealed to their TPM when attested) only once their records are
+/// durable: the caller prints them after this.
+pub fn issue(
+    approved: &[Approved],
+    key: &dyn Signer,
+    log: &dyn AuditStore,
+    now: i64,
+) -> Result<Vec<String>, IssuerError> {
+    let (passes, mut records): (Vec<_>, Vec<_>) = approved
+        .iter()
+        .map(|a| sign_one(a, key, now))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    log.append(&mut records)?;
+    Ok(passes)
+}
+
+/// Signs one approved pass (sealing it to its TPM when attested) and makes its audit record,
+/// not yet written.
+pub fn sign_one(
+    a: &Approved,
+    key: &dyn Signer,
+    now: i64,
+) -> Result<(String, AuditRecord), IssuerError> {
+    let c = &a.claims;
+    let kid = Jwk::new(*key.verifying_key()).thumbprint();
+    let pass = sign_pass_as(c, &kid, key)?;
+    let pass = match &a.deliver_to {
+        Some(to) => seal_delivery(&pass, to)?,
+        None => pass,
+    };
+    let record = AuditRecord {
+        v: 1,
+        time: now,
+        jti: c.jti.clone(),
+        sub: c.sub.clone(),
+        jkt: c.cnf.jkt.clone(),
+        kind: c.hwb.kind,
+        att: c.hwb.att,
+        nbf: c.nbf,
+        exp: c.exp,
+        kid,
+        dev: c.dev.clone(),
+        by: None,
+        prev: String::new(),
+    };
+    Ok((pass, record))
+}

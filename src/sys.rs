@@ -1,0 +1,122 @@
+//! The few operating-system helpers both sides use: crash-safe file writes (temp file, fsync,
+//! rename, fsync the directory — a crash leaves the old or the new version, never half of one),
+//! private directories, the clock and standard input. Neither `core` (pure) nor a room of its
+//! own: `issuer` and `desktop` share these without importing each other.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes `data` to `path` atomically with mode 0600 (the temp file is created 0600, so the
+/// content is never readable by others, not even briefly).
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut rnd = [0u8; 6];
+    getrandom::getrandom(&mut rnd).map_err(io::Error::other)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        hex::encode(rnd)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsyncs a directory so a rename or a new file in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a directory (and parents) with mode 0700 if it does not exist.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Environment variable that injects the current time (Unix seconds) for tests and demos.
+///
+/// It grants nothing a person could not get by setting the system clock, which they control
+/// anyway; clock-rollback detection applies to it the same way. Every use is announced on
+/// stderr by the binaries.
+pub const FAKE_NOW_ENV: &str = "HWPASS_FAKE_NOW";
+
+/// The current time in Unix seconds, from [`FAKE_NOW_ENV`] when set.
+pub fn now() -> Result<i64, String> {
+    match std::env::var(FAKE_NOW_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{FAKE_NOW_ENV} must be Unix seconds, got {v:?}")),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .map_err(|_| "the system clock is before 1970".to_string()),
+    }
+}
+
+/// Reads a token from the argument, or from stdin when it is `-` or absent. Surrounding
+/// whitespace (the newline of a paste) is removed; anything else is left for the strict parser.
+pub fn read_token_arg(arg: Option<&str>) -> Result<String, String> {
+    match arg {
+        Some(t) if t != "-" => Ok(t.trim().to_string()),
+        _ => read_stdin(crate::core::jws::MAX_TOKEN_LEN * 2),
+    }
+}
+
+/// Reads at most `limit` bytes of stdin (more is left unread, and the strict parsers refuse
+/// the cut text), trimmed.
+pub fn read_stdin(limit: usize) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(limit as u64)
+        .read_to_string(&mut buf)
+        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    Ok(buf.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temp files left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
