@@ -29,19 +29,24 @@ mod sys;
 
 pub use crate::core::b64::{b64url, b64url_decode};
 pub use crate::core::claims::{
-    Attestation, BindingKind, Confirmation, EvidenceClaims, HardwareBinding, PassClaims,
-    RequestClaims, DENYLIST_TYP, PASS_TYP, REQUEST_TYP,
+    check_text, Attestation, BindingKind, Confirmation, EvidenceClaims, HardwareBinding,
+    PassClaims, RequestClaims, TextProblem, DENYLIST_TYP, MAX_DEV_CHARS, MAX_SUB_CHARS, PASS_TYP,
+    REQUEST_TYP,
 };
 pub use crate::core::delivery::{Delivery, DeliveryError, DELIVERY_PREFIX};
 pub use crate::core::denylist::{DenyList, RevokedPass, MAX_DENYLIST_LEN};
+pub use crate::core::json::check_strict;
 pub use crate::core::jwk::{Jwk, Jwks, TrustParams};
 pub use crate::core::jws::{
     check_validity, decode, decode_limited, sign_as, sign_pass, sign_pass_as, sign_request,
     verify_es256, verify_issuer_doc, verify_pass, verify_request, Decoded, PassExpectations,
     TokenError, VerifiedRequest, LEEWAY_SECS, MAX_TOKEN_LEN,
 };
+pub use crate::core::paste::{clean as clean_paste, identify, DocKind};
 pub use crate::core::signer::{random_jti, signature_from_scalars, MemoryKey, SignError, Signer};
-pub use crate::core::time::{format_duration, format_time, parse_duration};
+pub use crate::core::time::{
+    format_duration, format_time, in_range, parse_duration, MAX_TIME, MIN_TIME,
+};
 pub use crate::core::tpm_wire::{
     device_key_public, qualifying_data, verify_self_certify, TpmClock, WireError,
 };

@@ -2,6 +2,83 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest `sub`, in characters.
+pub const MAX_SUB_CHARS: usize = 256;
+/// Longest `dev`, in characters.
+pub const MAX_DEV_CHARS: usize = 128;
+
+/// Why a text claim (`sub`, `dev`) was refused: it is shown to people, written to logs and
+/// audit records, and must not be able to mislead them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextProblem {
+    /// Empty or only spaces.
+    #[error("is empty")]
+    Empty,
+    /// Longer than allowed.
+    #[error("is {chars} characters long, more than {max}")]
+    TooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A control, bidirectional-override or invisible character.
+    #[error("contains {what} (U+{code:04X}) at character {position}")]
+    Forbidden {
+        /// What kind of character.
+        what: &'static str,
+        /// Its code point.
+        code: u32,
+        /// 1-based position in characters.
+        position: usize,
+    },
+}
+
+/// What `c` is, if it must not appear in a text claim: control characters (C0, DEL, C1,
+/// including NUL, ESC, CR and LF), line and paragraph separators, bidirectional controls and
+/// invisible (zero-width) characters.
+fn forbidden(c: char) -> Option<&'static str> {
+    match c {
+        c if c.is_control() => Some("a control character"),
+        '\u{2028}' | '\u{2029}' => Some("a line separator"),
+        '\u{061C}'
+        | '\u{200E}'
+        | '\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}' => Some("a bidirectional control"),
+        '\u{00AD}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200D}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{FEFF}' => Some("an invisible character"),
+        _ => None,
+    }
+}
+
+/// Checks a text claim: not empty, at most `max` characters, nothing [`forbidden`].
+pub fn check_text(value: &str, max: usize) -> Result<(), TextProblem> {
+    if value.trim().is_empty() {
+        return Err(TextProblem::Empty);
+    }
+    if let Some((i, (c, what))) = value
+        .chars()
+        .enumerate()
+        .find_map(|(i, c)| forbidden(c).map(|w| (i, (c, w))))
+    {
+        return Err(TextProblem::Forbidden {
+            what,
+            code: u32::from(c),
+            position: i + 1,
+        });
+    }
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(TextProblem::TooLong { chars, max });
+    }
+    Ok(())
+}
+
 /// `typ` of an access pass.
 pub const PASS_TYP: &str = "hwpass+jwt";
 /// `typ` of a pass request.

@@ -113,6 +113,12 @@ pub fn verify(
             expected: expect.aud.clone(),
         });
     }
+    if !crate::core::time::in_range(list.iat) {
+        return Err(TokenError::TimeRange {
+            claim: "iat",
+            value: list.iat,
+        });
+    }
     if list.iat > now.saturating_add(LEEWAY_SECS) {
         return Err(TokenError::NotYetValid { now, nbf: list.iat });
     }

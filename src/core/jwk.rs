@@ -192,6 +192,10 @@ impl Jwks {
             #[serde(default)]
             hwpass: Option<TrustParams>,
         }
+        crate::core::json::check_strict(text.as_bytes()).map_err(|detail| TokenError::Json {
+            part: "trust bundle",
+            detail,
+        })?;
         let wire: Wire = serde_json::from_str(text).map_err(|e| TokenError::Json {
             part: "trust bundle",
             detail: e.to_string(),

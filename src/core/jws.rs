@@ -10,10 +10,14 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::core::b64::{b64url, b64url_decode};
-use crate::core::claims::{PassClaims, RequestClaims, PASS_TYP, REQUEST_TYP};
+use crate::core::claims::{
+    check_text, PassClaims, RequestClaims, TextProblem, MAX_DEV_CHARS, MAX_SUB_CHARS, PASS_TYP,
+    REQUEST_TYP,
+};
+use crate::core::json::check_strict;
 use crate::core::jwk::{Jwk, Jwks};
 use crate::core::signer::{SignError, Signer};
-use crate::core::time::format_time;
+use crate::core::time::{format_time, in_range, MAX_TIME};
 
 /// Largest token (pass or request) accepted, in bytes, checked before anything is parsed.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -22,6 +26,7 @@ pub const LEEWAY_SECS: i64 = 60;
 
 /// Why a token was refused. Each variant is one clear sentence; signature failures stay opaque.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TokenError {
     /// Input longer than [`MAX_TOKEN_LEN`].
     #[error("token is {len} bytes, more than the {max}-byte limit")]
@@ -83,6 +88,22 @@ pub enum TokenError {
     /// `iss` differs.
     #[error("pass was issued by {found:?}, not {expected:?}")]
     Issuer { found: String, expected: String },
+    /// `sub` or `dev` is unusable as text.
+    #[error("{field} {problem}")]
+    Text {
+        /// `sub` or `dev`.
+        field: &'static str,
+        /// What is wrong.
+        problem: TextProblem,
+    },
+    /// A time stamp outside the years 1970…9999.
+    #[error("{claim} = {value} is outside the years 1970…9999")]
+    TimeRange {
+        /// The claim.
+        claim: &'static str,
+        /// Its value.
+        value: i64,
+    },
     /// Claims that make no sense together.
     #[error("token claims are inconsistent: {0}")]
     Claims(&'static str),
@@ -211,6 +232,10 @@ impl Decoded {
 
     /// The payload as a JSON object. Verifiers call this only after the signature checked out.
     pub fn payload(&self) -> Result<serde_json::Value, TokenError> {
+        check_strict(&self.payload_bytes).map_err(|detail| TokenError::Json {
+            part: "payload",
+            detail,
+        })?;
         let payload: serde_json::Value =
             serde_json::from_slice(&self.payload_bytes).map_err(|e| TokenError::Json {
                 part: "payload",
@@ -250,6 +275,10 @@ pub fn decode_limited(token: &str, max: usize) -> Result<Decoded, TokenError> {
     let header_bytes = b64(parts[0], "header")?;
     let payload_bytes = b64(parts[1], "payload")?;
     let signature = b64(parts[2], "signature")?;
+    check_strict(&header_bytes).map_err(|detail| TokenError::Json {
+        part: "header",
+        detail,
+    })?;
     let header: Header = serde_json::from_slice(&header_bytes).map_err(|e| TokenError::Json {
         part: "header",
         detail: e.to_string(),
@@ -349,7 +378,35 @@ pub fn verify_issuer_doc<C: serde::de::DeserializeOwned>(
     claims(&d)
 }
 
+/// Refuses a time stamp outside 1970…9999, before any arithmetic on it.
+fn check_time(claim: &'static str, value: i64) -> Result<(), TokenError> {
+    if in_range(value) {
+        Ok(())
+    } else {
+        Err(TokenError::TimeRange { claim, value })
+    }
+}
+
+/// Refuses a `sub` or `dev` that a person or a log could be misled by.
+fn check_texts(sub: &str, dev: Option<&str>) -> Result<(), TokenError> {
+    check_text(sub, MAX_SUB_CHARS).map_err(|problem| TokenError::Text {
+        field: "sub",
+        problem,
+    })?;
+    if let Some(dev) = dev {
+        check_text(dev, MAX_DEV_CHARS).map_err(|problem| TokenError::Text {
+            field: "dev",
+            problem,
+        })?;
+    }
+    Ok(())
+}
+
 fn check_pass_shape(c: &PassClaims) -> Result<(), TokenError> {
+    check_time("iat", c.iat)?;
+    check_time("nbf", c.nbf)?;
+    check_time("exp", c.exp)?;
+    check_texts(&c.sub, c.dev.as_deref())?;
     if c.exp <= c.nbf {
         return Err(TokenError::Claims("exp is not after nbf"));
     }
@@ -404,6 +461,7 @@ pub fn verify_request(token: &str, now: i64) -> Result<VerifiedRequest, TokenErr
         &d.signature,
     )?;
     let claims: RequestClaims = claims(&d)?;
+    check_time("iat", claims.iat)?;
     if claims.iat > now.saturating_add(LEEWAY_SECS) {
         return Err(TokenError::NotYetValid {
             now,
@@ -413,8 +471,14 @@ pub fn verify_request(token: &str, now: i64) -> Result<VerifiedRequest, TokenErr
     if claims.sub.trim().is_empty() {
         return Err(TokenError::Claims("sub is empty"));
     }
+    check_texts(&claims.sub, claims.dev.as_deref())?;
     if matches!(claims.ttl, Some(t) if t <= 0) {
         return Err(TokenError::Claims("requested lifetime is not positive"));
+    }
+    if matches!(claims.ttl, Some(t) if t > MAX_TIME) {
+        return Err(TokenError::Claims(
+            "requested lifetime is longer than any date",
+        ));
     }
     Ok(VerifiedRequest { jwk, claims })
 }

@@ -615,3 +615,134 @@ fn attestation_names_match_the_wire_form() {
         assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
     }
 }
+
+/// A request signed by `key` with these claims and this header `jwk` member (raw JSON text),
+/// as an attacker holding the key could make it.
+fn raw_request(key: &MemoryKey, jwk_json: &str, payload: &str) -> String {
+    let header = format!(r#"{{"alg":"ES256","typ":"{REQUEST_TYP}","jwk":{jwk_json}}}"#);
+    raw_token(header.as_bytes(), payload.as_bytes(), key)
+}
+
+#[test]
+fn hostile_text_and_time_stamps_are_refused_not_signed() {
+    let f = fixture();
+    let jwk = Jwk::new(*f.device.verifying_key()).to_json().to_string();
+    let req = |payload: String| verify_request(&raw_request(&f.device, &jwk, &payload), NOW);
+    let ok = format!(r#"{{"sub":"alice","iat":{NOW},"kind":"tpm"}}"#);
+    assert!(req(ok).is_ok());
+
+    // Time stamps outside 1970…9999: before any arithmetic on them.
+    for iat in [i64::MIN, -1, 253_402_300_800, i64::MAX] {
+        let r = req(format!(r#"{{"sub":"alice","iat":{iat},"kind":"tpm"}}"#));
+        assert_eq!(
+            r.unwrap_err(),
+            TokenError::TimeRange {
+                claim: "iat",
+                value: iat
+            }
+        );
+    }
+    let r = req(format!(
+        r#"{{"sub":"alice","iat":{NOW},"kind":"tpm","ttl":{}}}"#,
+        i64::MAX
+    ));
+    assert!(matches!(r, Err(TokenError::Claims(_))), "{r:?}");
+
+    // Control, bidi and invisible characters, and lengths, in sub and dev.
+    for (sub, dev, field, what) in [
+        ("al\\u001b[31mice", "pc", "sub", "a control character"),
+        ("alice\\r\\nforged line", "pc", "sub", "a control character"),
+        ("ali\\u0000ce", "pc", "sub", "a control character"),
+        (
+            "alice",
+            "pc\\u202egnp.exe",
+            "dev",
+            "a bidirectional control",
+        ),
+        ("ali\\u200bce", "pc", "sub", "an invisible character"),
+    ] {
+        let r = req(format!(
+            r#"{{"sub":"{sub}","iat":{NOW},"kind":"tpm","dev":"{dev}"}}"#
+        ));
+        match r {
+            Err(TokenError::Text {
+                field: f,
+                problem: TextProblem::Forbidden { what: w, .. },
+            }) => assert_eq!((f, w), (field, what), "{sub} {dev}"),
+            other => panic!("{sub} {dev}: {other:?}"),
+        }
+    }
+    let long = "x".repeat(MAX_SUB_CHARS + 1);
+    let r = req(format!(r#"{{"sub":"{long}","iat":{NOW},"kind":"tpm"}}"#));
+    assert!(
+        matches!(
+            r,
+            Err(TokenError::Text {
+                field: "sub",
+                problem: TextProblem::TooLong { .. }
+            })
+        ),
+        "{r:?}"
+    );
+    let dev = "é".repeat(MAX_DEV_CHARS);
+    assert!(req(format!(
+        r#"{{"sub":"alice","iat":{NOW},"kind":"tpm","dev":"{dev}"}}"#
+    ))
+    .is_ok());
+
+    // A pass with an out-of-range expiry is refused, not formatted.
+    let mut c = claims(&f);
+    c.exp = 253_402_300_800;
+    let pass = sign_pass(&c, &f.issuer).unwrap();
+    assert_eq!(
+        verify_pass(&pass, &expect(&f), NOW),
+        Err(TokenError::TimeRange {
+            claim: "exp",
+            value: 253_402_300_800
+        })
+    );
+}
+
+#[test]
+fn duplicate_keys_and_nulls_are_refused_at_every_level() {
+    let f = fixture();
+    let jwk = Jwk::new(*f.device.verifying_key()).to_json();
+    let (x, y) = (jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap());
+    let payload = format!(r#"{{"sub":"alice","iat":{NOW},"kind":"tpm"}}"#);
+    let dup_jwk = format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","x":"{x}","y":"{y}"}}"#);
+    let r = verify_request(&raw_request(&f.device, &dup_jwk, &payload), NOW);
+    assert!(
+        matches!(r, Err(TokenError::Json { part: "header", .. })),
+        "{r:?}"
+    );
+    let r = verify_request(&raw_request(&f.device, "null", &payload), NOW);
+    assert!(
+        matches!(r, Err(TokenError::Json { part: "header", .. })),
+        "{r:?}"
+    );
+
+    let kid_null = json!({"alg":"ES256","typ":PASS_TYP,"kid":null}).to_string();
+    let r = verify_pass(
+        &raw_token(kid_null.as_bytes(), b"{}", &f.issuer),
+        &expect(&f),
+        NOW,
+    );
+    assert!(
+        matches!(r, Err(TokenError::Json { part: "header", .. })),
+        "{r:?}"
+    );
+
+    let mut bundle = f.trust.to_json();
+    let key = bundle["keys"][0].clone();
+    bundle["keys"] = json!([key]);
+    let text = bundle
+        .to_string()
+        .replacen("\"kty\":\"EC\"", "\"kty\":\"EC\",\"kty\":\"EC\"", 1);
+    assert!(matches!(
+        Jwks::from_json(&text),
+        Err(TokenError::Json {
+            part: "trust bundle",
+            ..
+        })
+    ));
+}

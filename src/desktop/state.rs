@@ -158,3 +158,31 @@ pub(crate) fn parse_state(plain: &[u8]) -> Result<DesktopState, DesktopError> {
         detail: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_state_opens_only_with_its_key_and_device() {
+        let key = [3u8; 32];
+        let sealed = seal(b"{\"v\":1}", &key, "device-a").unwrap();
+        assert_eq!(
+            &open_sealed(&sealed, &key, "device-a").unwrap()[..],
+            b"{\"v\":1}"
+        );
+        assert!(matches!(
+            open_sealed(&sealed, &key, "device-b"),
+            Err(DesktopError::Foreign(_))
+        ));
+        assert!(matches!(
+            open_sealed(&sealed, &[4u8; 32], "device-a"),
+            Err(DesktopError::Foreign(_))
+        ));
+        assert!(matches!(
+            open_sealed(b"not json", &key, "device-a"),
+            Err(DesktopError::Damaged { .. })
+        ));
+        assert!(parse_state(b"{}").is_err());
+    }
+}

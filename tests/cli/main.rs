@@ -4,6 +4,7 @@
 
 mod attest;
 mod common;
+mod conformance;
 mod desktop_software;
 mod desktop_tpm;
 mod durability;

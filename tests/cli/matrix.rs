@@ -349,7 +349,7 @@ fn pass_verification_matrix() {
             "duplicate claim",
             raw(&header.to_string(), &dup, &issuer),
             4,
-            "duplicate field `exp`",
+            "duplicate key \"exp\"",
         ),
         case(
             "unknown claim",
@@ -523,7 +523,7 @@ fn request_verification_matrix() {
             "duplicate claim",
             raw(&header.to_string(), &dup, &device),
             4,
-            "duplicate field `sub`",
+            "duplicate key \"sub\"",
         ),
         case(
             "unknown claim",

@@ -973,3 +973,34 @@ impl Backend for TpmBackend {
         Ok(Box::new(TpmDevice::open(&file, tcti.as_deref())?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nv_padding_after_a_certificate_is_cut_off() {
+        let mut cert = vec![0x30, 0x82, 0x00, 0x03, 1, 2, 3];
+        cert.extend_from_slice(&[0xff; 9]);
+        assert_eq!(trim_der(cert), vec![0x30, 0x82, 0x00, 0x03, 1, 2, 3]);
+        assert_eq!(
+            trim_der(vec![0x30, 0x81, 2, 9, 9, 0xff]),
+            vec![0x30, 0x81, 2, 9, 9]
+        );
+        assert_eq!(trim_der(vec![1, 2]), vec![1, 2]);
+    }
+
+    #[test]
+    fn refusals_for_good_are_told_apart_from_trouble_now() {
+        assert!(TpmError::Foreign.is_unusable_here());
+        assert!(TpmError::KeyGone.is_unusable_here());
+        assert!(!TpmError::NoSlots.is_unusable_here());
+        let e = TpmError::Device {
+            doing: "sign",
+            rc: Some(0x98e),
+            detail: "bad".into(),
+        };
+        assert!(!e.is_unusable_here());
+        assert!(e.to_string().ends_with("(TSS2_RC 0x98e)"), "{e}");
+    }
+}

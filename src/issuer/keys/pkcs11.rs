@@ -745,3 +745,50 @@ pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretStri
 fn poisoned() -> Pkcs11Error {
     Pkcs11Error::Poisoned
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_errors_name_the_code_and_the_function() {
+        let e = Pkcs11Error::Call {
+            function: Function::Login,
+            rv: RvError::PinIncorrect,
+            doing: "log in to the HSM token",
+        };
+        assert_eq!(
+            e.to_string(),
+            "the HSM refused the PIN (CKR_PIN_INCORRECT from C_Login)"
+        );
+        assert_eq!(e.rv(), Some(RvError::PinIncorrect));
+        let other = Pkcs11Error::Call {
+            function: Function::Sign,
+            rv: RvError::FunctionFailed,
+            doing: "sign in the HSM",
+        };
+        assert_eq!(
+            other.to_string(),
+            "the HSM failed to sign in the HSM (CKR_FUNCTION_FAILED from C_Sign)"
+        );
+    }
+
+    #[test]
+    fn pin_comes_from_the_named_file_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "2468\nignored\n").unwrap();
+        let uri = Pkcs11Uri::parse(&format!(
+            "pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:{}",
+            file.display()
+        ))
+        .unwrap();
+        let pin = resolve_pin(&uri, &super::super::NoPrompt).unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "2468");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            resolve_pin(&uri, &super::super::NoPrompt),
+            Err(KeyError::Pin(_))
+        ));
+    }
+}

@@ -189,3 +189,26 @@ impl Service {
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_must_be_43_characters() {
+        let sid = "a".repeat(43);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("theme=dark; {COOKIE}={sid}")).unwrap(),
+        );
+        assert_eq!(cookie_sid(&h).as_deref(), Some(sid.as_str()));
+        let mut short = HeaderMap::new();
+        short.append(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}=abc")).unwrap(),
+        );
+        assert_eq!(cookie_sid(&short), None);
+        assert_ne!(session_key(&sid), sid, "only a hash of the id is kept");
+    }
+}
