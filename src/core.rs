@@ -16,6 +16,7 @@ pub(crate) mod b64;
 pub(crate) mod claims;
 pub(crate) mod delivery;
 pub(crate) mod denylist;
+pub(crate) mod error;
 pub(crate) mod json;
 pub(crate) mod jwk;
 pub(crate) mod jws;

@@ -24,7 +24,7 @@ pub use device::{
     BACKENDS,
 };
 pub use enrolment::ROLLBACK_TOLERANCE_SECS;
-pub use error::{exit, DesktopError, Reason};
+pub use error::{exit, DesktopError, DeviceFault, FaultKind, Reason};
 pub use fetch::denylist as fetch_denylist;
 pub use state::{DEVICE_FILE, STATE_FILE};
 pub use verdict::{EnrollReport, PassSummary, RefreshReport, StatusReport, Verdict};

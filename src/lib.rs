@@ -35,12 +35,13 @@ pub use crate::core::claims::{
 };
 pub use crate::core::delivery::{Delivery, DeliveryError, DELIVERY_PREFIX};
 pub use crate::core::denylist::{DenyList, RevokedPass, MAX_DENYLIST_LEN};
+pub use crate::core::error::TokenError;
 pub use crate::core::json::check_strict;
 pub use crate::core::jwk::{Jwk, Jwks, TrustParams};
 pub use crate::core::jws::{
     check_validity, decode, decode_limited, sign_as, sign_pass, sign_pass_as, sign_request,
     verify_es256, verify_issuer_doc, verify_pass, verify_request, Decoded, PassExpectations,
-    TokenError, VerifiedRequest, LEEWAY_SECS, MAX_TOKEN_LEN,
+    VerifiedRequest, LEEWAY_SECS, MAX_TOKEN_LEN,
 };
 pub use crate::core::paste::{clean as clean_paste, identify, DocKind};
 pub use crate::core::signer::{random_jti, signature_from_scalars, MemoryKey, SignError, Signer};

@@ -12,8 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::claims::DENYLIST_TYP;
+use crate::core::error::TokenError;
 use crate::core::jwk::{Jwk, Jwks, TrustParams};
-use crate::core::jws::{self, TokenError, LEEWAY_SECS};
+use crate::core::jws::{self, LEEWAY_SECS};
 use crate::core::signer::{SignError, Signer};
 
 /// Largest deny list accepted, in bytes (about 4 000 revoked passes).

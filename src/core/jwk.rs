@@ -6,7 +6,7 @@ use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::core::jws::TokenError;
+use crate::core::error::TokenError;
 
 /// An EC P-256 public key as a JWK (RFC 7517/7518 §6.2), always validated to be on the curve.
 #[derive(Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@ use serde_json::json;
 
 use crate::core::b64::*;
 use crate::core::claims::*;
+use crate::core::error::*;
 use crate::core::jwk::*;
 use crate::core::jws::*;
 use crate::core::signer::*;

@@ -33,7 +33,7 @@ impl Enrolment {
     pub(crate) fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
         let path = dir.join(DEVICE_FILE);
         if !path.exists() {
-            return Err(DesktopError::NotEnrolled { dir: dir.into() });
+            return Err(DesktopError::NotEnrolled { record: path });
         }
         let damaged = |detail: String| DesktopError::Damaged {
             path: path.clone(),

@@ -3,13 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::device::software::SoftwareError;
-#[cfg(feature = "tpm")]
-use super::device::tpm::TpmError;
-use super::state::DEVICE_FILE;
-use crate::core::jws::TokenError;
+use crate::core::error::TokenError;
 use crate::core::signer::SignError;
 use crate::core::time::{format_duration, format_time};
+use std::error::Error as StdError;
 
 /// `hwpass check` exit codes (SPEC).
 pub mod exit {
@@ -74,10 +71,10 @@ pub enum Reason {
 #[non_exhaustive]
 pub enum DesktopError {
     /// No `device.json`.
-    #[error("this desktop is not enrolled (no {DEVICE_FILE} in {dir})")]
+    #[error("this desktop is not enrolled (no {})", record.display())]
     NotEnrolled {
-        /// The state directory.
-        dir: PathBuf,
+        /// The device record that is missing.
+        record: PathBuf,
     },
     /// `enroll` over an existing enrolment.
     #[error("{dir} already holds an enrolment; enrolling again would discard its key and pass")]
@@ -132,16 +129,13 @@ pub enum DesktopError {
     /// The device key cannot be used (it proved a different key, or a signature failed).
     #[error("the device key cannot be used: {0}")]
     KeyUnusable(String),
-    /// Signing with the device key failed; the backend's typed error is inside.
+    /// Signing with the device key failed outside the device (no randomness, a malformed
+    /// answer).
     #[error("the device key cannot be used: {0}")]
     Sign(SignError),
-    /// The software key cannot be opened.
+    /// The device (a TPM, the software key) failed; its typed error is inside.
     #[error(transparent)]
-    Software(#[from] SoftwareError),
-    /// The TPM failed; its typed error keeps the response code.
-    #[cfg(feature = "tpm")]
-    #[error(transparent)]
-    Tpm(#[from] TpmError),
+    Device(#[from] DeviceFault),
     /// The enrolment names a device backend this build does not include.
     #[error("this desktop was enrolled with the {name:?} device backend, which this build of hwpass does not include")]
     UnknownBackend {
@@ -202,12 +196,11 @@ impl DesktopError {
             | Self::BindingMismatch { .. }
             | Self::KeyUnusable(_)
             | Self::Foreign(_)
-            | Self::Software(_)
+            | Self::Sign(_)
             | Self::UnknownBackend { .. }
             | Self::Damaged { .. } => exit::WRONG_DEVICE,
-            #[cfg(feature = "tpm")]
-            Self::Tpm(e) => tpm_exit(e),
-            Self::Sign(e) => sign_exit(e),
+            Self::Device(f) if f.kind == FaultKind::Unavailable => exit::OTHER,
+            Self::Device(_) => exit::WRONG_DEVICE,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => exit::ROLLBACK,
             Self::AlreadyEnrolled { .. } | Self::Input(_) | Self::Io { .. } | Self::Fetch(_) => {
                 exit::OTHER
@@ -229,66 +222,78 @@ impl DesktopError {
             Self::StaleDenyList { .. } => Reason::StaleDenyList,
             Self::Fetch(_) => Reason::Fetch,
             Self::KeyUnusable(_) | Self::UnknownBackend { .. } => Reason::KeyUnusable,
-            Self::Software(SoftwareError::Foreign) | Self::Foreign(_) => Reason::Foreign,
-            Self::Software(_) => Reason::KeyUnusable,
+            Self::Foreign(_) => Reason::Foreign,
+            Self::Device(f) => match f.kind {
+                FaultKind::Foreign => Reason::Foreign,
+                FaultKind::KeyGone => Reason::KeyUnusable,
+                FaultKind::Unavailable => Reason::DeviceUnavailable,
+            },
+            Self::Sign(_) => Reason::KeyUnusable,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => Reason::Rollback,
             Self::Damaged { .. } => Reason::Damaged,
-            #[cfg(feature = "tpm")]
-            Self::Tpm(e) => tpm_reason(e),
-            Self::Sign(e) => {
-                #[cfg(feature = "tpm")]
-                if let Some(t) = e.device_error::<TpmError>() {
-                    return tpm_reason(t);
-                }
-                let _ = e;
-                Reason::KeyUnusable
-            }
             Self::Input(_) | Self::Io { .. } => Reason::Input,
         }
     }
 
-    /// The TPM error inside, wherever it sits.
-    #[cfg(feature = "tpm")]
-    pub fn tpm(&self) -> Option<&TpmError> {
+    /// The device's own error of type `E` (e.g. the TPM's, with its response code), if that
+    /// is what failed.
+    pub fn device_cause<E: StdError + 'static>(&self) -> Option<&E> {
         match self {
-            Self::Tpm(e) => Some(e),
-            Self::Sign(s) => s.device_error::<TpmError>(),
+            Self::Device(f) => f.cause(),
             _ => None,
         }
     }
 }
 
-/// A TPM that refuses this desktop's key or state (another machine, cleared, damaged) is exit 6;
-/// one that cannot be used right now (unreachable, stopped, lockout, no slots) is exit 1.
-#[cfg(feature = "tpm")]
-fn tpm_exit(e: &TpmError) -> i32 {
-    if e.is_unusable_here() {
-        exit::WRONG_DEVICE
-    } else {
-        exit::OTHER
-    }
+/// How a device failure bears on the person: what a backend says when it reports one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// The device cannot be used right now (not reachable, stopped, locked out, busy): trying
+    /// again later may work (exit 1).
+    Unavailable,
+    /// The device refuses this desktop's key or state: it belongs to another machine or is
+    /// damaged (exit 6).
+    Foreign,
+    /// The device no longer holds what the enrolment needs (cleared, re-provisioned) (exit 6).
+    KeyGone,
 }
 
-#[cfg(feature = "tpm")]
-fn tpm_reason(e: &TpmError) -> Reason {
-    match e {
-        TpmError::Foreign | TpmError::Damaged(_) => Reason::Foreign,
-        TpmError::KeyGone => Reason::KeyUnusable,
-        _ => Reason::DeviceUnavailable,
-    }
+/// A device backend's failure: how it bears on the person, and the backend's own typed error
+/// (the TPM's, with its response code), reachable through [`DeviceFault::cause`].
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct DeviceFault {
+    /// How it bears on the person.
+    pub kind: FaultKind,
+    source: Box<dyn StdError + Send + Sync>,
 }
 
-fn sign_exit(e: &SignError) -> i32 {
-    #[cfg(feature = "tpm")]
-    if let Some(t) = e.device_error::<TpmError>() {
-        return tpm_exit(t);
+impl DeviceFault {
+    /// A failure of `kind`, caused by the backend's error `source`.
+    pub fn new(kind: FaultKind, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self {
+            kind,
+            source: Box::new(source),
+        }
     }
-    let _ = e;
-    exit::WRONG_DEVICE
+
+    /// The backend's error, if it is of type `E`.
+    pub fn cause<E: StdError + 'static>(&self) -> Option<&E> {
+        self.source.downcast_ref::<E>()
+    }
 }
 
 impl From<SignError> for DesktopError {
+    /// A device's signing failure arrives as a [`DeviceFault`] inside the [`SignError`]; it is
+    /// taken out again so its kind decides the exit code.
     fn from(e: SignError) -> Self {
-        Self::Sign(e)
+        match e {
+            SignError::Device(inner) => match inner.downcast::<DeviceFault>() {
+                Ok(fault) => Self::Device(*fault),
+                Err(other) => Self::Sign(SignError::Device(other)),
+            },
+            other => Self::Sign(other),
+        }
     }
 }

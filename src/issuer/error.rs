@@ -6,7 +6,7 @@ use super::attest::AttestError;
 use super::keys::KeyError;
 use super::policy::PolicyError;
 use super::store::{AuditError, RevocationError};
-use crate::core::jws::TokenError;
+use crate::core::error::TokenError;
 use crate::core::signer::SignError;
 
 /// Issuer exit codes (documented in the README).

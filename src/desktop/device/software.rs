@@ -27,7 +27,7 @@ use crate::core::b64::{b64url, b64url_decode};
 use crate::core::claims::BindingKind;
 use crate::core::jwk::Jwk;
 use crate::core::signer::{MemoryKey, SignError, Signer};
-use crate::desktop::error::DesktopError;
+use crate::desktop::error::{DesktopError, DeviceFault, FaultKind};
 use crate::desktop::state;
 
 /// Environment variable the `hwpass` binary reads to override the machine identity file.
@@ -196,6 +196,16 @@ impl SoftwareDevice {
     }
 }
 
+impl From<SoftwareError> for DesktopError {
+    fn from(e: SoftwareError) -> Self {
+        let kind = match e {
+            SoftwareError::Foreign => FaultKind::Foreign,
+            _ => FaultKind::KeyGone,
+        };
+        Self::Device(DeviceFault::new(kind, e))
+    }
+}
+
 impl Device for SoftwareDevice {
     fn key(&self) -> &dyn Signer {
         SoftwareDevice::key(self)
@@ -284,9 +294,13 @@ mod tests {
         };
         let err = SoftwareBackend.open(&record, &jwk, &elsewhere).unwrap_err();
         assert!(
-            matches!(err, DesktopError::Software(SoftwareError::Foreign)),
+            matches!(
+                err.device_cause::<SoftwareError>(),
+                Some(SoftwareError::Foreign)
+            ),
             "{err:?}"
         );
+        assert_eq!(err.exit_code(), 6);
 
         let other_key = Jwk::new(*MemoryKey::generate().verifying_key());
         assert!(SoftwareBackend.open(&record, &other_key, &opts).is_err());

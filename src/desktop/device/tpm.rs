@@ -55,7 +55,7 @@ use crate::core::jwk::Jwk;
 use crate::core::signer::{signature_from_scalars, SignError, Signer};
 use crate::core::time::format_duration;
 use crate::core::tpm_wire::{verify_self_certify, TpmClock};
-use crate::desktop::error::DesktopError;
+use crate::desktop::error::{DesktopError, DeviceFault, FaultKind};
 use crate::desktop::state;
 
 /// TCTI used when none is given.
@@ -133,6 +133,27 @@ impl TpmError {
     /// damaged), as opposed to not being usable right now.
     pub fn is_unusable_here(&self) -> bool {
         matches!(self, Self::Foreign | Self::KeyGone | Self::Damaged(_))
+    }
+
+    /// How this bears on the person.
+    fn fault_kind(&self) -> FaultKind {
+        match self {
+            Self::Foreign | Self::Damaged(_) => FaultKind::Foreign,
+            Self::KeyGone => FaultKind::KeyGone,
+            _ => FaultKind::Unavailable,
+        }
+    }
+}
+
+impl From<TpmError> for DeviceFault {
+    fn from(e: TpmError) -> Self {
+        DeviceFault::new(e.fault_kind(), e)
+    }
+}
+
+impl From<TpmError> for DesktopError {
+    fn from(e: TpmError) -> Self {
+        Self::Device(e.into())
     }
 }
 
@@ -887,7 +908,8 @@ impl Signer for TpmDevice {
 
     fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignError> {
         let digest = Sha256::digest(msg);
-        self.sign_digest(&digest).map_err(SignError::device)
+        self.sign_digest(&digest)
+            .map_err(|e| SignError::device(DeviceFault::from(e)))
     }
 }
 

@@ -1,121 +1,17 @@
-//! The JSON API and its errors as RFC 9457 problem details.
+//! The JSON API (`/v1/…`, documented in `/v1/openapi.json`).
 
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Form, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
-use super::{denylist, issue, recent, revoke, typed, Shared};
+use super::problem::{typed, ApiError};
+use super::service::{denylist, issue, recent, revoke, Revocation, Shared};
 use crate::core::claims::Attestation;
 use crate::core::time::parse_duration;
-use crate::issuer::attest::AttestError;
-use crate::issuer::error::IssuerError;
-
-/// Why a request failed, as the client sees it.
-#[derive(Debug)]
-pub(super) enum ApiError {
-    /// No credentials, or wrong ones.
-    Unauthorized(&'static str),
-    /// A form without a valid CSRF token.
-    Csrf,
-    /// The body is not what the endpoint takes.
-    BadInput(String),
-    /// No such thing.
-    NotFound(String),
-    /// The sign flow refused or failed.
-    Issuer(IssuerError),
-}
-
-impl From<IssuerError> for ApiError {
-    fn from(e: IssuerError) -> Self {
-        Self::Issuer(e)
-    }
-}
-
-impl ApiError {
-    pub(super) fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
-        use IssuerError as E;
-        match self {
-            Self::Unauthorized(why) => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authentication required",
-                (*why).into(),
-            ),
-            Self::Csrf => (
-                StatusCode::FORBIDDEN,
-                "csrf",
-                "Form refused",
-                "the form's CSRF token is missing or wrong; reload the page and try again".into(),
-            ),
-            Self::BadInput(d) => (
-                StatusCode::BAD_REQUEST,
-                "bad-input",
-                "Malformed input",
-                d.clone(),
-            ),
-            Self::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", "Not found", d.clone()),
-            Self::Issuer(e) => {
-                let (status, slug, title) = match e {
-                    E::Request(_) => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "request-refused",
-                        "Request refused",
-                    ),
-                    E::Attest(AttestError::Missing) | E::Policy(_) => {
-                        (StatusCode::FORBIDDEN, "policy", "Refused by policy")
-                    }
-                    E::Attest(_) => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "attestation-refused",
-                        "Attestation refused",
-                    ),
-                    E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-                    E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
-                    E::Audit(_) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "audit",
-                        "Audit log failed; no pass was issued",
-                    ),
-                    E::Config { .. } | E::Revocation(_) | E::Internal(_) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "Internal error",
-                    ),
-                };
-                (status, slug, title, e.to_string())
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, slug, title, detail) = self.parts();
-        if status.is_server_error() {
-            warn!(problem = slug, %detail, "request failed");
-        }
-        let body = serde_json::json!({
-            "type": format!("urn:hwpass:problem:{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": detail,
-        });
-        let mut resp = typed((status, body.to_string()), "application/problem+json");
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"hwpass\""),
-            );
-        }
-        resp
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,18 +92,6 @@ pub(super) async fn api_denylist(State(svc): State<Shared>) -> Result<Response, 
     Ok(typed(format!("{list}\n"), "application/jwt"))
 }
 
-/// `POST /v1/revocations`: exactly one of `pass` and `device`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Revocation {
-    #[serde(default)]
-    pub(super) pass: Option<String>,
-    #[serde(default)]
-    pub(super) device: Option<String>,
-    #[serde(default)]
-    pub(super) reason: Option<String>,
-}
-
 pub(super) async fn api_revoke(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -249,10 +133,4 @@ pub(super) async fn api_issuances(
 
 pub(super) async fn api_openapi() -> Response {
     typed(include_str!("openapi.json"), "application/json")
-}
-
-/// Form extraction with the refusal as problem details (axum's default is plain text).
-pub(super) fn form<T>(f: Result<Form<T>, FormRejection>) -> Result<T, ApiError> {
-    f.map(|Form(v)| v)
-        .map_err(|e| ApiError::BadInput(e.body_text()))
 }

@@ -10,8 +10,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tracing::warn;
 
-use super::api::ApiError;
-use super::{Service, Session, MAX_SESSIONS};
+use super::problem::ApiError;
+use super::service::{Service, Session, MAX_SESSIONS};
 use crate::core::b64::b64url;
 use crate::issuer::error::IssuerError;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::api::ApiError;
+use super::problem::ApiError;
 use crate::issuer::error::IssuerError;
 use crate::issuer::store::{AuditError, AuditRecord, AuditStore};
 

@@ -9,9 +9,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::api::{form, ApiError, Revocation};
 use super::auth::WebSession;
-use super::{blocking, issue, now, recent, revoke, typed, Shared};
+use super::problem::{form, typed, ApiError};
+use super::service::{blocking, issue, now, recent, revoke, Revocation, Shared};
 use crate::core::claims::{Attestation, BindingKind};
 use crate::core::time::{format_duration, format_time};
 use crate::issuer::sign;

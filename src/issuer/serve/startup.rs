@@ -12,9 +12,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use tracing::{info, warn};
 
-use super::api::{self, ApiError};
+use super::api;
 use super::committer::Committer;
-use super::{page, Service, Shared, MAX_BODY};
+use super::page;
+use super::problem::ApiError;
+use super::service::{Service, Shared, MAX_BODY};
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;

@@ -1,0 +1,198 @@
+//! The state every handler shares, and the sign flow the page and the API both call: verify,
+//! approve and sign on the blocking pool, wait for the audit commit, then answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::committer::Committer;
+use super::problem::ApiError;
+use crate::core::claims::PassClaims;
+use crate::core::jwk::Jwks;
+use crate::issuer::config::IssuerConfig;
+use crate::issuer::error::IssuerError;
+use crate::issuer::keys::pool::KeyPool;
+use crate::issuer::keys::IssuerKey;
+use crate::issuer::sign;
+use crate::issuer::store::{AuditRecord, AuditStore, RevocationStore, Revoked};
+
+/// Largest request body accepted (a request is at most 8 KiB; forms carry one).
+pub(super) const MAX_BODY: usize = 64 * 1024;
+/// Most web sessions kept at once (expired ones are dropped first).
+pub(super) const MAX_SESSIONS: usize = 10_000;
+
+/// Everything a handler needs.
+pub(super) struct Service {
+    pub(super) cfg: IssuerConfig,
+    pub(super) pool: Arc<KeyPool<Box<dyn IssuerKey>>>,
+    pub(super) bundle: Jwks,
+    pub(super) audit: Committer,
+    pub(super) audit_store: Arc<dyn AuditStore>,
+    pub(super) register: Arc<dyn RevocationStore>,
+    pub(super) sessions: Mutex<HashMap<String, Session>>,
+    pub(super) csrf_key: [u8; 32],
+    pub(super) tls: bool,
+    /// The last signed deny list: its sequence number, when it was signed, the list.
+    pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
+}
+
+/// A signed deny list is reused for this long while nothing changed (an anonymous GET must
+/// not cost an HSM signature each time).
+const DENYLIST_REUSE_SECS: i64 = 300;
+
+pub(super) type Shared = Arc<Service>;
+
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub(super) user: Option<String>,
+    pub(super) expires: i64,
+}
+
+pub(super) fn now() -> Result<i64, ApiError> {
+    crate::sys::now().map_err(|e| ApiError::Issuer(IssuerError::Internal(e)))
+}
+
+/// Runs `f` on tokio's blocking pool (HSM, TPM-evidence checks and file I/O stay off the async
+/// workers).
+pub(super) async fn blocking<R: Send + 'static>(
+    svc: &Shared,
+    f: impl FnOnce(&Service) -> Result<R, IssuerError> + Send + 'static,
+) -> Result<R, ApiError> {
+    let worker = svc.clone();
+    tokio::task::spawn_blocking(move || f(&worker))
+        .await
+        .map_err(|e| IssuerError::Internal(format!("a signing task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sign flow, shared by the page and the API
+
+/// A pass issued and audited.
+#[derive(Debug)]
+pub(super) struct Issued {
+    pub(super) pass: String,
+    pub(super) claims: PassClaims,
+    pub(super) sealed: bool,
+}
+
+/// Verifies, approves and signs on the blocking pool, then waits for the audit record's
+/// group commit. The pass is returned only once its record is durable.
+pub(super) async fn issue(
+    svc: &Shared,
+    request: String,
+    lifetime: Option<i64>,
+    by: &str,
+) -> Result<Issued, ApiError> {
+    let now = now()?;
+    let (approved, pass, mut record) = blocking(svc, move |svc| {
+        let approved = sign::approve(&svc.cfg, request.trim(), lifetime, now)?;
+        let (pass, record) = svc.pool.with(|key| sign::sign_one(&approved, key, now))?;
+        Ok((approved, pass, record))
+    })
+    .await?;
+    record.by = Some(by.to_string());
+    svc.audit.commit(record).await?;
+    let c = &approved.claims;
+    info!(jti = %c.jti, sub = %c.sub, kind = %c.hwb.kind.as_str(), exp = c.exp, %by, "pass issued");
+    Ok(Issued {
+        pass,
+        sealed: approved.deliver_to.is_some(),
+        claims: approved.claims,
+    })
+}
+
+/// Revokes a pass (by id) or a device key, for `by`.
+pub(super) async fn revoke(
+    svc: &Shared,
+    what: Revocation,
+    by: String,
+) -> Result<Revoked, ApiError> {
+    let now = now()?;
+    let by2 = by.clone();
+    let (out, label) = blocking(svc, move |svc| match what {
+        Revocation {
+            pass: Some(jti),
+            device: None,
+            reason,
+        } => {
+            sign::revoke_pass(&svc.cfg, &jti, &by2, reason, now).map(|r| (r, format!("pass {jti}")))
+        }
+        Revocation {
+            pass: None,
+            device: Some(jkt),
+            reason,
+        } => sign::revoke_device(&svc.cfg, &jkt, &by2, reason, now)
+            .map(|r| (r, format!("device {jkt}"))),
+        _ => Err(IssuerError::NotFound(
+            "give exactly one of `pass` (a pass id) and `device` (a device key thumbprint)".into(),
+        )),
+    })
+    .await?;
+    info!(what = %label, seq = out.seq, already = out.already, by = %by, "revoked");
+    Ok(out)
+}
+
+/// The signed deny list as of now: re-signed when the register changed or the last copy is
+/// older than [`DENYLIST_REUSE_SECS`].
+pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
+    let now = now()?;
+    blocking(svc, move |svc| {
+        let seq = svc.register.load()?.seq;
+        let mut cache = svc.denylist.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, at, list)) = cache.as_ref() {
+            if *s == seq && (0..DENYLIST_REUSE_SECS).contains(&(now - at)) {
+                return Ok(list.clone());
+            }
+        }
+        // Publishing may itself raise the sequence number (the key set changed): cache the
+        // number the list carries.
+        let (seq, list) = svc
+            .pool
+            .with(|key| sign::publish_denylist(&svc.cfg, &svc.bundle, key, now))?;
+        *cache = Some((seq, now, list.clone()));
+        Ok(list)
+    })
+    .await
+}
+
+/// One row of the recent-issuances list.
+#[derive(Debug, Serialize)]
+pub(super) struct Recent {
+    #[serde(flatten)]
+    pub(super) record: AuditRecord,
+    pub(super) revoked: bool,
+}
+
+/// The newest `limit` audit records, newest first, with their revocation state.
+pub(super) async fn recent(svc: &Shared, limit: usize) -> Result<Vec<Recent>, ApiError> {
+    blocking(svc, move |svc| {
+        let (records, _) = svc.audit_store.read()?;
+        let reg = svc.register.load()?;
+        Ok(records
+            .into_iter()
+            .rev()
+            .take(limit)
+            .map(|record| Recent {
+                revoked: reg.passes.iter().any(|p| p.jti == record.jti)
+                    || reg.devices.iter().any(|d| d.jkt == record.jkt),
+                record,
+            })
+            .collect())
+    })
+    .await
+}
+
+/// `POST /v1/revocations`: exactly one of `pass` and `device`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Revocation {
+    #[serde(default)]
+    pub(super) pass: Option<String>,
+    #[serde(default)]
+    pub(super) device: Option<String>,
+    #[serde(default)]
+    pub(super) reason: Option<String>,
+}
