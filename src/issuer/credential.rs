@@ -19,6 +19,7 @@ type Aes128CfbEnc = cfb_mode::Encryptor<aes::Aes128>;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CredentialError {
     /// The EK is not an RSA key we can encrypt to.
     #[error("the endorsement key is not a usable RSA 2048 key")]

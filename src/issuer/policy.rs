@@ -7,6 +7,7 @@ use crate::core::time::{format_duration, parse_duration};
 
 /// Why the policy refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// Software-bound requests are not accepted.
     #[error("this issuer does not accept software-bound requests; enrol the desktop with a TPM (hwpass enroll --backend tpm)")]

@@ -24,6 +24,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// What went wrong with the audit log.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuditError {
     /// Reading, writing or syncing failed.
     #[error("audit log {path}: {source}")]
@@ -123,6 +124,7 @@ pub trait AuditStore: std::fmt::Debug + Send + Sync {
 
 /// What went wrong with the register.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RevocationError {
     /// The file could not be read or written.
     #[error("revocation register {path}: {source}")]

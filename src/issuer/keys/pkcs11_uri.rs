@@ -42,6 +42,7 @@ pub struct Pkcs11Uri {
 
 /// Why a URI was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UriError {
     /// Does not start with `pkcs11:`.
     #[error("a PKCS#11 URI starts with \"pkcs11:\"")]
