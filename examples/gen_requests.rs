@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ttl: Some(86400),
                 dev: Some(format!("bench-{i}")),
                 att: None,
+                stm: None,
             };
             sign_request(&claims, &MemoryKey::generate())
         })

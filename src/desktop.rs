@@ -7,6 +7,7 @@
 //! with the sealed state ([`STATE_FILE`]) under a key that device keeps. It never imports
 //! `issuer`; both share only `core`.
 
+mod clock;
 mod commands;
 mod device;
 mod enrolment;
@@ -15,19 +16,21 @@ mod fetch;
 mod state;
 mod verdict;
 
-pub use commands::{check, enroll, install, refresh, request, status};
+pub use clock::{MARK_EVERY_SECS, ROLLBACK_TOLERANCE_SECS, TPM_RATE_SLACK_PERCENT};
+pub use commands::{check, enroll, install, refresh, remembered_server, request, status};
 pub use device::software::{SoftwareError, MACHINE_ID_ENV};
 #[cfg(feature = "tpm")]
 pub use device::tpm::{TpmError, DEFAULT_TCTI};
 pub use device::{
-    backend_names, prove_possession, Backend, BackendChoice, Device, DeviceOptions, Evidence,
-    BACKENDS,
+    backend_names, prove_possession, Backend, BackendChoice, Created, Device, DeviceOptions,
+    Evidence, BACKENDS,
 };
-pub use enrolment::ROLLBACK_TOLERANCE_SECS;
 pub use error::{exit, DesktopError, DeviceFault, FaultKind, Reason};
 pub use fetch::denylist as fetch_denylist;
 pub use state::{DEVICE_FILE, STATE_FILE};
-pub use verdict::{EnrollReport, PassSummary, RefreshReport, StatusReport, Verdict};
+pub use verdict::{
+    renew_soon, EnrollReport, PassState, PassSummary, RefreshReport, StatusReport, Verdict,
+};
 
 /// Items for this crate's own tests and fuzz targets: not part of the API.
 #[doc(hidden)]

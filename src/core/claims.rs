@@ -165,6 +165,22 @@ pub struct PassClaims {
     pub hwb: HardwareBinding,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
+    /// The desktop state the request was made at, echoed from the request: it lets this pass
+    /// (and no pass requested earlier) reset that desktop's time mark (SPEC "Desktop
+    /// guarantees").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stm: Option<StateMark>,
+}
+
+/// A desktop's state when it made a request: the version of its sealed state (a TPM NV
+/// counter value, or a generation) and the latest time it had seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateMark {
+    /// The sealed state's version.
+    pub n: u64,
+    /// The time mark: the latest wall time the desktop had recorded, Unix seconds.
+    pub hw: i64,
 }
 
 /// The claims of a pass request.
@@ -182,6 +198,9 @@ pub struct RequestClaims {
     /// TPM attestation evidence for the key (see `attest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub att: Option<EvidenceClaims>,
+    /// The desktop's state when it made the request (echoed into the pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stm: Option<StateMark>,
 }
 
 /// Evidence as carried in a request's `att` claim (all base64url).

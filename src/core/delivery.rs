@@ -80,15 +80,46 @@ impl Delivery {
             let dec = |s: &str| {
                 b64url_decode(s).ok_or(DeliveryError::Malformed("delivery is not base64url"))
             };
+            let id_object = dec(a)?;
+            // TPM2B_ID_OBJECT contents: integrityHMAC (TPM2B_DIGEST of the EK's name
+            // algorithm) ‖ encIdentity (the TPM2B of the credential, encrypted): the inner
+            // length must account for every byte, so a cut is seen here, not by the TPM.
+            let hmac_len = match id_object.as_slice() {
+                [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+                _ => return Err(DeliveryError::Malformed("the credential is cut short")),
+            };
+            if !matches!(hmac_len, 32 | 48 | 64) || id_object.len() != 2 + hmac_len + 2 + 32 {
+                return Err(DeliveryError::Malformed(
+                    "the credential is cut short or too long",
+                ));
+            }
+            let encrypted_secret = dec(b)?;
+            // RSA 2048 OAEP (256 bytes), or an ECC point for an ECC EK (P-256: 68, P-384: 100).
+            if !matches!(encrypted_secret.len(), 68 | 100 | 256 | 384 | 512) {
+                return Err(DeliveryError::Malformed(
+                    "the encrypted seed has the wrong length",
+                ));
+            }
+            let nonce = dec(c)?
+                .try_into()
+                .map_err(|_| DeliveryError::Malformed("delivery nonce"))?;
+            let ct = dec(d)?;
+            // AES-GCM: at least the 16-byte tag and a minimal compact JWS.
+            if ct.len() < 16 + 64 {
+                return Err(DeliveryError::Malformed("the sealed pass is cut short"));
+            }
             Ok(Self {
-                id_object: dec(a)?,
-                encrypted_secret: dec(b)?,
-                nonce: dec(c)?
-                    .try_into()
-                    .map_err(|_| DeliveryError::Malformed("delivery nonce"))?,
-                ct: dec(d)?,
+                id_object,
+                encrypted_secret,
+                nonce,
+                ct,
             })
         })())
+    }
+
+    /// The length of the sealed pass (ciphertext and tag), in bytes.
+    pub fn ciphertext_len(&self) -> usize {
+        self.ct.len()
     }
 
     /// Opens the delivery with the credential the TPM released.
@@ -120,19 +151,49 @@ mod tests {
         assert!(Delivery::parse("eyJhbGciOi").is_none());
     }
 
+    fn id_object() -> Vec<u8> {
+        let mut id = vec![0, 32];
+        id.extend_from_slice(&[7; 32]);
+        id.extend_from_slice(&[9; 34]);
+        id
+    }
+
     #[test]
     fn sealed_pass_opens_with_its_key_only() {
         let key = [9u8; 32];
-        let text = seal("the.pass.text", &key, b"id", b"secret").unwrap();
+        let pass = "x".repeat(500);
+        let text = seal(&pass, &key, &id_object(), &[5; 256]).unwrap();
         let d = Delivery::parse(&text).unwrap().unwrap();
-        assert_eq!(
-            (d.id_object.as_slice(), d.encrypted_secret.as_slice()),
-            (&b"id"[..], &b"secret"[..])
-        );
-        assert_eq!(d.open(&key).unwrap(), "the.pass.text");
+        assert_eq!(d.id_object, id_object());
+        assert_eq!(d.encrypted_secret.len(), 256);
+        assert_eq!(d.open(&key).unwrap(), pass);
         assert_eq!(
             d.open(&[8u8; 32]).unwrap_err(),
             DeliveryError::WrongCredential
         );
+    }
+
+    #[test]
+    fn a_delivery_cut_anywhere_is_seen_as_damaged_before_the_tpm_is_asked() {
+        let text = seal(&"x".repeat(500), &[9u8; 32], &id_object(), &[5; 256]).unwrap();
+        let parts: Vec<&str> = text.split('.').collect();
+        let start = parts[0].len() + 1;
+        // Cut inside the credential, and inside the encrypted seed.
+        for cut in [parts[1].len() / 2, parts[1].len() + 1 + parts[2].len() / 2] {
+            let damaged = &text[..start + cut];
+            assert!(matches!(Delivery::parse(damaged), Some(Err(_))), "{cut}");
+        }
+        // Cut inside the ciphertext: it may still parse, and then does not open.
+        let short = &text[..text.len() - 40];
+        match Delivery::parse(short) {
+            Some(Err(_)) => {}
+            Some(Ok(d)) => {
+                assert_eq!(
+                    d.open(&[9u8; 32]).unwrap_err(),
+                    DeliveryError::WrongCredential
+                )
+            }
+            None => panic!("not seen as a delivery"),
+        }
     }
 }

@@ -87,3 +87,22 @@ pub enum TokenError {
     #[error("token claims are inconsistent: {0}")]
     Claims(&'static str),
 }
+
+impl TokenError {
+    /// Whether this is what transport does to a token (cut short, re-encoded, wrapped in
+    /// something else) rather than a signature or claim that does not hold up.
+    pub fn is_transport_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Empty
+                | Self::TooLong { .. }
+                | Self::Segments(_)
+                | Self::Base64(_)
+                | Self::SignatureLength(_)
+                | Self::Json {
+                    part: "header" | "payload",
+                    ..
+                }
+        )
+    }
+}

@@ -44,6 +44,7 @@ fn claims(f: &Fixture) -> PassClaims {
             att: Attestation::None,
         },
         dev: Some("laptop".into()),
+        stm: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn request_round_trip() {
         ttl: Some(86400),
         dev: None,
         att: None,
+        stm: None,
     };
     let token = sign_request(&c, &f.device).unwrap();
     let v = verify_request(&token, NOW).unwrap();
@@ -199,6 +201,7 @@ fn rejects_typ_confusion() {
             ttl: None,
             dev: None,
             att: None,
+            stm: None,
         },
         &f.device,
     )
@@ -522,6 +525,7 @@ fn request_rejections() {
         ttl: None,
         dev: None,
         att: None,
+        stm: None,
     };
     let payload = serde_json::to_vec(&rc).unwrap();
     let jwk = Jwk::new(*f.device.verifying_key()).to_json();

@@ -71,12 +71,16 @@ pub trait Backend: Sync {
     fn kind(&self) -> BindingKind;
     /// Whether a device of this family can be used here now (one cheap round trip).
     fn probe(&self, opts: &DeviceOptions) -> Result<(), DesktopError>;
-    /// Creates a device key (and whatever seals the state); returns the device and the record
-    /// to store in `device.json` under [`Self::name`].
-    fn create(
-        &self,
-        opts: &DeviceOptions,
-    ) -> Result<(Box<dyn Device>, serde_json::Value), DesktopError>;
+    /// Whether the person named this family's device explicitly (a TCTI on the command line or
+    /// in the environment): then `--backend auto` must not fall back to another family.
+    fn explicitly_requested(&self, _opts: &DeviceOptions) -> bool {
+        false
+    }
+    /// Creates a device key (and whatever seals the state).
+    fn create(&self, opts: &DeviceOptions) -> Result<Created, DesktopError>;
+    /// Frees what an enrolment being replaced (`enroll --force`) holds in the device, if
+    /// anything; best effort.
+    fn retire(&self, _record: &serde_json::Value, _opts: &DeviceOptions) {}
     /// Opens the device an enrolment recorded; `jwk` is the public key recorded with it.
     fn open(
         &self,
@@ -84,6 +88,17 @@ pub trait Backend: Sync {
         jwk: &Jwk,
         opts: &DeviceOptions,
     ) -> Result<Box<dyn Device>, DesktopError>;
+}
+
+/// What [`Backend::create`] made.
+#[derive(Debug)]
+pub struct Created {
+    /// The device.
+    pub device: Box<dyn Device>,
+    /// The record to store in `device.json` under the backend's name.
+    pub record: serde_json::Value,
+    /// Something the person must know about this enrolment (a weaker guarantee than usual).
+    pub warning: Option<String>,
 }
 
 /// An opened device: the key, and the sealing of the desktop state.
@@ -95,6 +110,17 @@ pub trait Device: std::fmt::Debug {
     fn seal(&self, plain: &[u8], jkt: &str) -> Result<Vec<u8>, DesktopError>;
     /// Opens what [`Self::seal`] wrote.
     fn unseal(&self, sealed: &[u8], jkt: &str) -> Result<Zeroizing<Vec<u8>>, DesktopError>;
+    /// The device's monotonic counter, if it has one (a TPM NV counter): the sealed state
+    /// records the value it was written for, so an older copy of the state is recognised.
+    fn counter(&self) -> Result<Option<u64>, DesktopError> {
+        Ok(None)
+    }
+    /// Advances the counter by one (one write to the device) and returns the new value.
+    fn advance(&self) -> Result<u64, DesktopError> {
+        Err(DesktopError::Input(
+            "this device has no monotonic counter".into(),
+        ))
+    }
     /// Proves, with a fresh challenge, that this device holds the enrolled key `jwk` right now.
     /// A TPM also returns its signed clock, for clock-rollback detection.
     fn prove(&self, jwk: &Jwk) -> Result<Option<TpmClock>, DesktopError> {

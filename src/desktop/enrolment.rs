@@ -1,23 +1,18 @@
 //! An opened enrolment: the device record, the device, and the sealed state, with the offline
 //! verification of a pass for this device.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
 use super::device::{self, Device, DeviceOptions, DeviceRecord};
 use super::error::DesktopError;
-use super::state::{
-    io_err, parse_state, read_limited, ClockMark, DesktopState, DEVICE_FILE, STATE_FILE,
-};
+use super::state::{io_err, parse_state, read_limited, DesktopState, DEVICE_FILE, STATE_FILE};
 use crate::core::claims::{BindingKind, PassClaims};
 use crate::core::jwk::{Jwk, Jwks};
 use crate::core::jws::{verify_pass, PassExpectations};
 use crate::sys::write_atomic;
-
-/// How far the wall clock may fall behind the recorded high-water mark before a check is
-/// refused as a clock rollback, in seconds.
-pub const ROLLBACK_TOLERANCE_SECS: i64 = 300;
 
 /// An opened enrolment.
 #[derive(Debug)]
@@ -27,9 +22,29 @@ pub(crate) struct Enrolment {
     pub(crate) kind: BindingKind,
     pub(crate) jwk: Jwk,
     pub(crate) device: Box<dyn Device>,
+    /// The device counter as last read or advanced in this process (`None`: no counter, or
+    /// not read yet).
+    pub(crate) counter: Cell<Option<u64>>,
 }
 
 impl Enrolment {
+    pub(crate) fn new(
+        dir: &Path,
+        record: DeviceRecord,
+        kind: BindingKind,
+        jwk: Jwk,
+        device: Box<dyn Device>,
+    ) -> Self {
+        Self {
+            dir: dir.into(),
+            record,
+            kind,
+            jwk,
+            device,
+            counter: Cell::new(None),
+        }
+    }
+
     pub(crate) fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
         let path = dir.join(DEVICE_FILE);
         if !path.exists() {
@@ -51,6 +66,7 @@ impl Enrolment {
             record,
             jwk,
             device,
+            counter: Cell::new(None),
         })
     }
 
@@ -75,39 +91,94 @@ impl Enrolment {
             )),
             other => other,
         })?;
-        parse_state(&plain).map_err(|_| DesktopError::Damaged {
-            path,
+        let state = parse_state(&plain).map_err(|_| DesktopError::Damaged {
+            path: path.clone(),
             detail: "sealed content is not valid".into(),
-        })
+        })?;
+        self.check_version(&state, &path)?;
+        Ok(state)
     }
 
-    pub(crate) fn save_state(&self, state: &DesktopState) -> Result<(), DesktopError> {
+    /// With a device counter: a state older than the counter is a copy put back (refused); one
+    /// version ahead is a write that was cut short between the file and the counter (finished
+    /// now, so the previous file can no longer pass).
+    fn check_version(&self, state: &DesktopState, path: &Path) -> Result<(), DesktopError> {
+        let Some(mut device) = self.device.counter()? else {
+            return Ok(());
+        };
+        if state.n < device {
+            return Err(DesktopError::StateRolledBack {
+                state: state.n,
+                device,
+            });
+        }
+        if state.n > device.saturating_add(1) {
+            return Err(DesktopError::Damaged {
+                path: path.into(),
+                detail: format!(
+                    "its version {} is ahead of the TPM counter ({device}) by more than one write",
+                    state.n
+                ),
+            });
+        }
+        if state.n > device {
+            device = self.device.advance()?;
+        }
+        self.counter.set(Some(device));
+        Ok(())
+    }
+
+    /// Writes the state as the next version. With a device counter: the file first, carrying
+    /// the counter's next value, then one increment (one NV write) — a crash between the two
+    /// leaves the file one ahead, which [`Self::load_state`] finishes; never behind.
+    pub(crate) fn save_state(&self, state: &mut DesktopState) -> Result<(), DesktopError> {
+        let counter = match self.counter.get() {
+            Some(c) => Some(c),
+            None => self.device.counter()?,
+        };
+        state.n = match counter {
+            Some(c) => c.saturating_add(1),
+            None => state.n.saturating_add(1),
+        };
         let path = self.dir.join(STATE_FILE);
         let plain = Zeroizing::new(
-            serde_json::to_vec(state).map_err(|e| DesktopError::Input(e.to_string()))?,
+            serde_json::to_vec(&*state).map_err(|e| DesktopError::Input(e.to_string()))?,
         );
         let bytes = self.device.seal(&plain, &self.jkt())?;
-        write_atomic(&path, &bytes).map_err(io_err(&path))
+        write_atomic(&path, &bytes).map_err(io_err(&path))?;
+        if counter.is_some() {
+            let now = self.device.advance()?;
+            if now != state.n {
+                return Err(DesktopError::Damaged {
+                    path,
+                    detail: format!(
+                        "the TPM counter moved to {now} while version {} was written",
+                        state.n
+                    ),
+                });
+            }
+            self.counter.set(Some(now));
+        }
+        Ok(())
+    }
+
+    /// Whether writing the state costs the device nothing (no counter to advance).
+    pub(crate) fn cheap_writes(&self) -> bool {
+        self.counter.get().is_none()
     }
 
     pub(crate) fn trust(&self, state: &DesktopState) -> Result<Jwks, DesktopError> {
         Ok(Jwks::from_json(&state.trust.to_string())?)
     }
 
-    /// Verifies a pass for this device: signature and claims, binding, proof of possession.
-    /// On success, advances the state's clock marks (the caller saves the state).
+    /// Verifies a pass for this device: signature and claims, binding, revocation. Proof of
+    /// possession and the time marks are the caller's (see `commands`).
     pub(crate) fn verify(
         &self,
-        state: &mut DesktopState,
+        state: &DesktopState,
         pass: &str,
         now: i64,
     ) -> Result<PassClaims, DesktopError> {
-        if now < state.high_water - ROLLBACK_TOLERANCE_SECS {
-            return Err(DesktopError::Rollback {
-                now,
-                high_water: state.high_water,
-            });
-        }
         let trust = self.trust(state)?;
         let expect = PassExpectations {
             trust: &trust,
@@ -134,27 +205,6 @@ impl Enrolment {
                 jti: claims.jti,
                 seq: state.denylist_seq,
             });
-        }
-        // Proof of possession: the device signs a fresh challenge, checked against the key the
-        // pass is bound to (whose thumbprint equals cnf.jkt, checked above).
-        let tpm_clock = self.device.prove(&self.jwk)?;
-        // The TPM's clock runs only while it is powered, so the wall clock must have advanced
-        // at least as much since the last check (compared within one TPM reset epoch).
-        if let (Some(mark), Some(clock)) = (state.tpm_clock, tpm_clock) {
-            if mark.tpm.reset_count == clock.reset_count && clock.clock >= mark.tpm.clock {
-                let tpm_elapsed = ((clock.clock - mark.tpm.clock) / 1000) as i64;
-                let wall_elapsed = now - mark.wall;
-                if wall_elapsed + ROLLBACK_TOLERANCE_SECS < tpm_elapsed {
-                    return Err(DesktopError::RollbackTpm {
-                        wall_elapsed,
-                        tpm_elapsed,
-                    });
-                }
-            }
-        }
-        state.high_water = state.high_water.max(now);
-        if let Some(tpm) = tpm_clock {
-            state.tpm_clock = Some(ClockMark { tpm, wall: now });
         }
         Ok(claims)
     }

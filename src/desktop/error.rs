@@ -8,6 +8,12 @@ use crate::core::signer::SignError;
 use crate::core::time::{format_duration, format_time};
 use std::error::Error as StdError;
 
+use crate::core::delivery::DeliveryError;
+use crate::core::paste::DocKind;
+
+/// The sealed state's file name, as messages name it.
+const STATE_FILE_NAME: &str = "state.sealed";
+
 /// `hwpass check` exit codes (SPEC).
 pub mod exit {
     /// The pass is valid.
@@ -62,6 +68,22 @@ pub enum Reason {
     Damaged,
     /// The device (TPM) cannot be used right now.
     DeviceUnavailable,
+    /// No device node.
+    DeviceMissing,
+    /// The device may not be used by this account.
+    DevicePermission,
+    /// The simulator or remote device is not listening.
+    DeviceNotListening,
+    /// The device is in dictionary-attack lockout.
+    DeviceLockout,
+    /// The device is in failure mode.
+    DeviceFailure,
+    /// A token damaged on its way (cut, re-encoded): not altered on purpose.
+    Transit,
+    /// A document of another kind was given (the kind given).
+    WrongDocument(DocKind),
+    /// An older copy of the sealed state was put back.
+    StateRolledBack,
     /// Bad input or a file problem.
     Input,
 }
@@ -146,21 +168,42 @@ pub enum DesktopError {
     #[error("{0}")]
     Foreign(String),
     /// The clock is behind what this desktop has already seen.
-    #[error("the clock is at {}, behind {} already seen on this desktop: clock rollback", format_time(*now), format_time(*high_water))]
+    #[error("this computer's clock says {}, but this desktop already saw {} ({} later): either the clock was ahead then, or it has been turned back now; passes can be checked again after {}", format_time(*now), format_time(*high_water), format_duration(high_water.saturating_sub(*now)), format_time(*high_water))]
     Rollback {
         /// The wall time now.
         now: i64,
-        /// The largest time seen.
+        /// The latest time recorded.
         high_water: i64,
     },
-    /// The wall clock advanced less than the TPM's own clock since the last check.
-    #[error("the clock advanced {} since the last check, but the TPM has been running for {} since then: clock rollback", format_duration(*wall_elapsed), format_duration(*tpm_elapsed))]
+    /// The wall clock is behind what the TPM's own clock proves has passed.
+    #[error("the TPM has been running for {} since {}, so it is at least {} now, but this computer's clock says {}: the clock has been turned back", format_duration(*tpm_elapsed), format_time(*since), format_time(since.saturating_add(*tpm_elapsed)), format_time(*now))]
     RollbackTpm {
-        /// Wall-clock seconds since the last check.
-        wall_elapsed: i64,
-        /// TPM-clock seconds since the last check.
+        /// The wall time now.
+        now: i64,
+        /// The wall time recorded with the TPM clock.
+        since: i64,
+        /// TPM-clock seconds since then.
         tpm_elapsed: i64,
     },
+    /// The sealed state is older than the device's counter: an earlier copy was put back.
+    #[error("the sealed state is version {state}, but this TPM has counted to {device}: an older copy of {STATE_FILE_NAME} was put back")]
+    StateRolledBack {
+        /// The version the state file says.
+        state: u64,
+        /// The device's counter.
+        device: u64,
+    },
+    /// A document of another kind where this one was expected.
+    #[error("this is {}, not {}", found.describe(), expected.describe())]
+    WrongDocument {
+        /// What was given.
+        found: DocKind,
+        /// What was expected here.
+        expected: DocKind,
+    },
+    /// A pass sealed to a TPM arrived damaged (cut or altered on its way).
+    #[error("the sealed pass was damaged on its way here: {0}")]
+    DeliveryDamaged(DeliveryError),
     /// A state file is damaged (not foreign: unreadable structure).
     #[error("{path} is damaged: {detail}")]
     Damaged {
@@ -187,6 +230,8 @@ impl DesktopError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::NotEnrolled { .. } | Self::NoPass => exit::NO_PASS,
+            Self::StateRolledBack { .. } => exit::ROLLBACK,
+            Self::WrongDocument { .. } | Self::DeliveryDamaged(_) => exit::INVALID,
             Self::Token(TokenError::Expired { .. } | TokenError::NotYetValid { .. }) => {
                 exit::EXPIRED
             }
@@ -199,7 +244,7 @@ impl DesktopError {
             | Self::Sign(_)
             | Self::UnknownBackend { .. }
             | Self::Damaged { .. } => exit::WRONG_DEVICE,
-            Self::Device(f) if f.kind == FaultKind::Unavailable => exit::OTHER,
+            Self::Device(f) if f.kind.is_now() => exit::OTHER,
             Self::Device(_) => exit::WRONG_DEVICE,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => exit::ROLLBACK,
             Self::AlreadyEnrolled { .. } | Self::Input(_) | Self::Io { .. } | Self::Fetch(_) => {
@@ -216,7 +261,11 @@ impl DesktopError {
             Self::NoPass => Reason::NoPass,
             Self::Token(TokenError::Expired { .. }) => Reason::Expired,
             Self::Token(TokenError::NotYetValid { .. }) => Reason::NotYetValid,
+            Self::Token(t) if t.is_transport_damage() => Reason::Transit,
             Self::Token(_) => Reason::Invalid,
+            Self::DeliveryDamaged(_) => Reason::Transit,
+            Self::WrongDocument { found, .. } => Reason::WrongDocument(*found),
+            Self::StateRolledBack { .. } => Reason::StateRolledBack,
             Self::OtherDevice { .. } | Self::BindingMismatch { .. } => Reason::OtherDevice,
             Self::Revoked { .. } => Reason::Revoked,
             Self::StaleDenyList { .. } => Reason::StaleDenyList,
@@ -227,6 +276,11 @@ impl DesktopError {
                 FaultKind::Foreign => Reason::Foreign,
                 FaultKind::KeyGone => Reason::KeyUnusable,
                 FaultKind::Unavailable => Reason::DeviceUnavailable,
+                FaultKind::Missing => Reason::DeviceMissing,
+                FaultKind::Permission => Reason::DevicePermission,
+                FaultKind::NotListening => Reason::DeviceNotListening,
+                FaultKind::Lockout => Reason::DeviceLockout,
+                FaultKind::Failure => Reason::DeviceFailure,
             },
             Self::Sign(_) => Reason::KeyUnusable,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => Reason::Rollback,
@@ -249,14 +303,32 @@ impl DesktopError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FaultKind {
-    /// The device cannot be used right now (not reachable, stopped, locked out, busy): trying
+    /// The device cannot be used right now (stopped answering, busy, out of slots): trying
     /// again later may work (exit 1).
     Unavailable,
+    /// There is no such device (no device node) (exit 1).
+    Missing,
+    /// The device exists but this account may not use it (exit 1).
+    Permission,
+    /// A simulator or remote device is not listening at its address (exit 1).
+    NotListening,
+    /// The device is in dictionary-attack lockout (exit 1).
+    Lockout,
+    /// The device reports an internal failure (failure mode) (exit 1).
+    Failure,
     /// The device refuses this desktop's key or state: it belongs to another machine or is
     /// damaged (exit 6).
     Foreign,
     /// The device no longer holds what the enrolment needs (cleared, re-provisioned) (exit 6).
     KeyGone,
+}
+
+impl FaultKind {
+    /// Whether this is trouble with the device right now (exit 1), as opposed to a refusal of
+    /// this desktop's key or state (exit 6).
+    pub fn is_now(self) -> bool {
+        !matches!(self, Self::Foreign | Self::KeyGone)
+    }
 }
 
 /// A device backend's failure: how it bears on the person, and the backend's own typed error

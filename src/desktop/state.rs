@@ -17,7 +17,6 @@ use zeroize::Zeroizing;
 use super::error::DesktopError;
 use crate::core::b64::{b64url, b64url_decode};
 use crate::core::signer::SignError;
-use crate::core::tpm_wire::TpmClock;
 
 /// Device record file name.
 pub const DEVICE_FILE: &str = "device.json";
@@ -44,11 +43,22 @@ pub(crate) struct DesktopState {
     pub(crate) aud: String,
     #[serde(default)]
     pub(crate) pass: Option<String>,
-    /// The largest wall time seen by install or check (clock-rollback detection).
+    /// The latest wall time recorded by install, check or refresh (clock-rollback detection):
+    /// an expiry once seen stays seen.
     pub(crate) high_water: i64,
-    /// The TPM clock at the last successful install or check, and the wall time then.
+    /// The TPM clock when the state was last written, and the wall time then: the TPM clock
+    /// persists across reboots, so the time it has counted since is a lower bound on the time
+    /// that has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) clock_mark: Option<ClockMark>,
+    /// The version of this state: the TPM NV counter value it was written for, or (without a
+    /// counter) a generation raised at every write. Requests carry it (see `StateMark`).
     #[serde(default)]
-    pub(crate) tpm_clock: Option<ClockMark>,
+    pub(crate) n: u64,
+    /// Written by hwpass before 0.6 (the TPM clock within one reset epoch); read, not used.
+    #[serde(default, skip_serializing)]
+    #[serde(rename = "tpm_clock")]
+    pub(crate) _tpm_clock: Option<serde_json::Value>,
     /// Sequence number of the installed deny list (0: none yet).
     #[serde(default)]
     pub(crate) denylist_seq: u64,
@@ -58,12 +68,41 @@ pub(crate) struct DesktopState {
     /// Revoked device key thumbprints, from the deny list.
     #[serde(default)]
     pub(crate) revoked_devices: Vec<String>,
+    /// The issuing service `refresh --server` last used, for a bare `refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server: Option<String>,
+    /// The CA file it was given with `--ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+impl DesktopState {
+    /// A fresh state for an enrolment at `now`.
+    pub(crate) fn new(trust: serde_json::Value, iss: String, aud: String, now: i64) -> Self {
+        Self {
+            v: 1,
+            trust,
+            iss,
+            aud,
+            pass: None,
+            high_water: now,
+            clock_mark: None,
+            n: 0,
+            _tpm_clock: None,
+            denylist_seq: 0,
+            revoked_passes: Vec::new(),
+            revoked_devices: Vec::new(),
+            server: None,
+            ca: None,
+        }
+    }
+}
+
+/// The TPM clock (milliseconds the TPM has been powered, kept across reboots) at a wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClockMark {
-    pub(crate) tpm: TpmClock,
+    pub(crate) clock: u64,
     pub(crate) wall: i64,
 }
 

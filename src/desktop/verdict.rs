@@ -16,8 +16,11 @@ pub struct EnrollReport {
     pub kind: BindingKind,
     /// The device key thumbprint.
     pub jkt: String,
-    /// Set when `auto` fell back to software: say so to the person.
-    pub notice: Option<String>,
+    /// Whether an older copy of the sealed state is refused (a TPM NV counter versions it).
+    pub rollback_protected: bool,
+    /// What the person must know: `auto` fell back to a weaker key, or the TPM could not give
+    /// rollback protection.
+    pub warnings: Vec<String>,
 }
 
 /// What `refresh` did.
@@ -52,6 +55,11 @@ pub struct Verdict {
     /// binary) fill it in from their own advice for `reason`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Valid, but less than [`renew_soon`]'s margin is left: renew before going offline.
+    pub renew: bool,
+    /// What to do about it, when `renew` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Pass subject.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -83,7 +91,8 @@ pub struct Verdict {
 
 impl Verdict {
     pub(crate) fn valid(c: &PassClaims, now: i64) -> Self {
-        let remaining = c.exp - now;
+        let remaining = c.exp.saturating_sub(now);
+        let renew = renew_soon(c, now);
         Self {
             status: "valid",
             exit_code: exit::VALID,
@@ -94,6 +103,14 @@ impl Verdict {
                 format_duration(remaining.max(0))
             ),
             hint: None,
+            renew,
+            warning: renew.then(|| {
+                format!(
+                    "renew before you go offline: this pass expires in {} ({}); `hwpass request` and install the new pass while you can reach your admin",
+                    format_duration(remaining.max(0)),
+                    format_time(c.exp)
+                )
+            }),
             subject: Some(c.sub.clone()),
             issuer: Some(c.iss.clone()),
             expires_at: Some(c.exp),
@@ -123,6 +140,8 @@ impl Verdict {
             exit_code,
             message: e.to_string(),
             hint: None,
+            renew: false,
+            warning: None,
             subject: None,
             issuer: None,
             expires_at: None,
@@ -141,6 +160,14 @@ impl Verdict {
     }
 }
 
+/// Whether a pass valid at `now` should be renewed before going offline: less than the larger
+/// of 24 hours and a fifth of its lifetime is left.
+pub fn renew_soon(c: &PassClaims, now: i64) -> bool {
+    let lifetime = c.exp.saturating_sub(c.nbf);
+    let margin = (24 * 3600).max(lifetime / 5);
+    c.exp.saturating_sub(now) < margin
+}
+
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -148,20 +175,58 @@ pub struct StatusReport {
     pub state_dir: PathBuf,
     /// Binding kind.
     pub binding: BindingKind,
+    /// The device backend (`tpm`, `software`).
+    pub backend: String,
     /// Device key thumbprint.
     pub device_key: String,
     /// Enrolment time, Unix seconds.
     pub enrolled_at: i64,
-    /// Expected issuer.
-    pub issuer: String,
+    /// Expected issuer (unknown while the device cannot open the state).
+    pub issuer: Option<String>,
     /// Expected audience.
-    pub audience: String,
+    pub audience: Option<String>,
     /// Trusted issuer key ids.
     pub trusted_keys: Vec<String>,
     /// Sequence number of the installed deny list (0: none).
-    pub denylist_seq: u64,
+    pub denylist_seq: Option<u64>,
+    /// Whether an older copy of the sealed state is refused (a TPM NV counter).
+    pub rollback_protected: Option<bool>,
+    /// The issuing service a bare `hwpass refresh` uses.
+    pub server: Option<String>,
     /// The installed pass, decoded without a proof of possession (run `check` for that).
     pub pass: Option<PassSummary>,
+    /// Why the sealed state could not be read: the device is unreachable right now.
+    pub device_error: Option<String>,
+}
+
+/// A pass's state now, as `status` tells it (without proving possession).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PassState {
+    /// Within its validity and not revoked.
+    Valid,
+    /// Past its expiry.
+    Expired,
+    /// Before its start.
+    NotYetValid,
+    /// On the installed deny list.
+    Revoked,
+    /// The computer's clock is behind what this desktop has seen.
+    ClockBehind,
+}
+
+impl PassState {
+    /// As a person reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not yet valid",
+            Self::Revoked => "revoked",
+            Self::ClockBehind => "cannot tell: the clock is behind what this desktop has seen",
+        }
+    }
 }
 
 /// The installed pass as `status` shows it.
@@ -175,6 +240,8 @@ pub struct PassSummary {
     pub expires: String,
     /// Pass id.
     pub jti: String,
+    /// Its state now.
+    pub state: PassState,
     /// The pass itself (bound to this device, so useless elsewhere).
     pub token: String,
 }

@@ -170,6 +170,7 @@ mod tests {
             ttl,
             dev: None,
             att: None,
+            stm: None,
         }
     }
 

@@ -117,6 +117,8 @@ pub fn approve(
             att,
         },
         dev: req.claims.dev,
+        // Echoed so the desktop knows this pass answers its current state.
+        stm: req.claims.stm,
     };
     Ok(Approved { claims, deliver_to })
 }

@@ -110,6 +110,7 @@ fn forged_request(key: &dyn hwpass::Signer, att: Option<hwpass::EvidenceClaims>)
         ttl: None,
         dev: None,
         att,
+        stm: None,
     };
     hwpass::sign_request(&claims, key).unwrap()
 }

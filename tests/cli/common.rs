@@ -289,6 +289,13 @@ impl Desktop {
         serde_json::from_value(record["tpm"].clone()).unwrap()
     }
 
+    /// Another state directory (and machine identity) on the same TPM as `other`.
+    pub fn clone_with_tcti(&self, other: &Desktop) -> Desktop {
+        let mut d = Desktop::new();
+        d.tcti = other.tcti.clone();
+        d
+    }
+
     /// A desktop enrolled with the TPM backend on `tpm`.
     pub fn with_tpm(trust: &Path, tpm: &Swtpm) -> Self {
         let mut d = Self::new();

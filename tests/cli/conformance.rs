@@ -57,7 +57,7 @@ fn conformance(backend: &dyn Backend) {
         .unwrap_or_else(|e| panic!("{name}: probe: {e}"));
 
     // Create: a P-256 key that signs low-S ES256 and proves possession of itself.
-    let (device, record) = backend
+    let hwpass::desktop::Created { device, record, .. } = backend
         .create(&rig.opts)
         .unwrap_or_else(|e| panic!("{name}: create: {e}"));
     let jwk = Jwk::new(*device.key().verifying_key());

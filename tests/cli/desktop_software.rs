@@ -264,10 +264,10 @@ fn enroll_refuses_to_overwrite_and_bad_trust_bundles() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(!fresh.state.join("device.json").exists());
     // A TPM-less build (or machine) says so when the TPM is demanded, and auto falls back
-    // with a visible notice.
+    // with a visible warning.
     let auto = fresh.run(&["enroll", "--trust", t], None, NOW).ok();
     assert!(
-        auto.stderr.contains("notice:") && auto.stderr.contains("software"),
+        auto.stderr.contains("warning:") && auto.stderr.contains("software"),
         "{auto:?}"
     );
 }

@@ -58,28 +58,93 @@ fn full_flow_with_the_tpm_backend_leaves_no_handles() {
     assert_eq!(moved.check(NOW + 120).0, 0);
 }
 
-#[test]
-fn a_check_issues_seven_tpm_commands() {
-    let (_tpm, issuer, _trust, desk) = tpm_desktop();
-    flow(&issuer, &desk);
-    let mut cmd = desk.cmd(NOW + 60);
-    cmd.env("TSS2_LOG", "tcti+debug").arg("check");
-    let r = run(cmd, None);
-    assert_eq!(r.code, 0, "{r:?}");
-    let codes: Vec<&str> = r
+/// The TPM commands (TPM_CC codes) a desktop command sends, read from tpm2-tss's TCTI log.
+fn tpm_commands(
+    desk: &Desktop,
+    args: &[&str],
+    stdin: Option<&str>,
+    now: i64,
+) -> (Run, Vec<String>) {
+    let mut cmd = desk.cmd(now);
+    cmd.env("TSS2_LOG", "tcti+debug").args(args);
+    let r = run(cmd, stdin);
+    let codes = r
         .stderr
         .lines()
         .filter(|l| l.contains("Sending command"))
         .filter_map(|l| l.split("TPM_CC ").nth(1)?.split(' ').next())
+        .map(str::to_owned)
         .collect();
-    // ReadPublic(SRK), Load, Unseal, FlushContext, Load, Certify (the key certifies itself over
-    // the challenge: proof of possession and the signed TPM clock), FlushContext.
+    (r, codes)
+}
+
+/// NV writes among TPM commands: NV_DefineSpace, NV_Write, NV_Increment.
+fn nv_writes(codes: &[String]) -> usize {
+    codes
+        .iter()
+        .filter(|c| matches!(c.as_str(), "0x12a" | "0x137" | "0x134"))
+        .count()
+}
+
+#[test]
+fn a_check_issues_eight_tpm_commands_and_nv_writes_are_budgeted() {
+    let (_tpm, issuer, trust, desk) = tpm_desktop();
+    let (r, codes) = tpm_commands(&desk, &["request", "--subject", "bob@corp"], None, NOW);
+    assert_eq!(nv_writes(&codes), 0, "request: {codes:?}");
+    let pass = issuer
+        .sign(&r.line(), NOW, &["--valid-for", "2d"])
+        .ok()
+        .line();
+    let (r, codes) = tpm_commands(&desk, &["install", "-"], Some(&pass), NOW);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(nv_writes(&codes), 1, "install: {codes:?}");
+
+    // An ordinary check: NV_ReadPublic + NV_Read (the state key), NV_ReadPublic + NV_Read (the
+    // counter), ReadPublic (SRK), Load, Certify (the key certifies itself over the challenge:
+    // proof of possession and the signed TPM clock), FlushContext. No NV write.
+    let (r, codes) = tpm_commands(&desk, &["check"], None, NOW + 60);
+    assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         codes,
-        ["0x173", "0x157", "0x15e", "0x165", "0x157", "0x148", "0x165"],
+        ["0x169", "0x14e", "0x169", "0x14e", "0x173", "0x157", "0x148", "0x165"],
         "{}",
         r.stderr
     );
+    // The time mark is written at most hourly: one NV write after an hour, none right after.
+    let (_, codes) = tpm_commands(&desk, &["check"], None, NOW + 3600);
+    assert_eq!(nv_writes(&codes), 1, "hourly mark: {codes:?}");
+    let (_, codes) = tpm_commands(&desk, &["check"], None, NOW + 3700);
+    assert_eq!(nv_writes(&codes), 0, "{codes:?}");
+    // The first check past expiry records it (one write); later ones do not.
+    let (r, codes) = tpm_commands(&desk, &["check"], None, NOW + 3 * 86400);
+    assert_eq!((r.code, nv_writes(&codes)), (5, 1), "{r:?}");
+    let (r, codes) = tpm_commands(&desk, &["check"], None, NOW + 4 * 86400);
+    assert_eq!((r.code, nv_writes(&codes)), (5, 0), "{r:?}");
+    // A deny list that changes something: one write; the same list again: none.
+    let list = issuer.denylist("list.jwt", NOW);
+    let f = list.to_str().unwrap();
+    let (r, codes) = tpm_commands(&desk, &["refresh", "--file", f], None, NOW + 4 * 86400);
+    assert_eq!((r.code, nv_writes(&codes)), (0, 1), "{r:?}");
+    let (r, codes) = tpm_commands(&desk, &["refresh", "--file", f], None, NOW + 4 * 86400);
+    assert_eq!((r.code, nv_writes(&codes)), (0, 0), "{r:?}");
+    // Enrolment: two NV_DefineSpace, the state key's NV_Write, the counter's first increment
+    // and the first state's.
+    let again = Desktop::new();
+    let mut t = again.clone_with_tcti(&desk);
+    t.state = again.state.clone();
+    let (r, codes) = tpm_commands(
+        &t,
+        &[
+            "enroll",
+            "--backend",
+            "tpm",
+            "--trust",
+            trust.to_str().unwrap(),
+        ],
+        None,
+        NOW,
+    );
+    assert_eq!((r.code, nv_writes(&codes)), (0, 5), "{r:?}");
 }
 
 #[test]
@@ -188,9 +253,9 @@ fn key_attributes_read_back_from_the_tpm() {
 fn tpm_that_stops_answering_gives_a_clear_error() {
     let (mut tpm, issuer, _trust, desk) = tpm_desktop();
     flow(&issuer, &desk);
-    // Mid-check: the connection is cut after 3 of the 7 commands (during the state unseal)
-    // and after 5 (during the signature).
-    for after in [3, 5] {
+    // Mid-check: the connection is cut after 3 of the 8 commands (during the NV reads), then
+    // twice after 6 (the device key loaded, the certification not yet made).
+    for after in [3, 6, 6] {
         let proxy = CuttingProxy::start(tpm.port, after);
         let r = desk.run(&["--tcti", &proxy.tcti(), "check", "--json"], None, NOW);
         let v = r.json();
@@ -243,17 +308,39 @@ fn auto_uses_the_tpm_when_one_answers_and_software_otherwise() {
         .ok();
     assert_eq!(r.json()["kind"], "tpm");
 
-    let without = Desktop::new();
+    // A TPM named explicitly (--tcti, or HWPASS_TCTI) that does not answer is an error even
+    // with `auto`: never a silent fallback to the weaker key.
     let closed = format!("swtpm:host=127.0.0.1,port={}", closed_port());
+    for explicit in ["--tcti", "HWPASS_TCTI"] {
+        let mut named = Desktop::new();
+        let r = if explicit == "--tcti" {
+            named.run(&["--tcti", &closed, "enroll", "--trust", t], None, NOW)
+        } else {
+            named.tcti = Some(closed.clone());
+            named.run(&["enroll", "--trust", t], None, NOW)
+        };
+        assert_eq!(r.code, 1, "{explicit}: {r:?}");
+        assert!(
+            r.stderr
+                .contains("no TPM simulator is listening at 127.0.0.1:")
+                && r.stderr.contains("start the TPM simulator"),
+            "{explicit}: {r:?}"
+        );
+        assert!(!named.state.join("device.json").exists(), "{explicit}");
+    }
+    // Without a TPM named, `auto` falls back to a software key with a visible warning that
+    // says what it costs.
+    let without = Desktop::new();
     let r = without
-        .run(
-            &["--tcti", &closed, "enroll", "--trust", t, "--json"],
-            None,
-            NOW,
-        )
+        .run(&["enroll", "--trust", t, "--json"], None, NOW)
         .ok();
     assert_eq!(r.json()["kind"], "software");
-    assert!(r.stderr.contains("notice: no TPM answered"), "{r:?}");
+    assert!(
+        r.stderr.contains("warning: no TPM answered")
+            && r.stderr
+                .contains("an issuer may refuse software-bound passes"),
+        "{r:?}"
+    );
     // Asking for the TPM explicitly when none answers is an error, not a silent fallback.
     let strict = Desktop::new();
     let r = strict.run(
@@ -270,7 +357,7 @@ fn auto_uses_the_tpm_when_one_answers_and_software_otherwise() {
         NOW,
     );
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("no TPM answers"), "{r:?}");
+    assert!(r.stderr.contains("no TPM simulator is listening"), "{r:?}");
     assert!(!strict.state.join("device.json").exists());
 }
 
@@ -319,11 +406,11 @@ fn damaged_tpm_blobs_are_refused_with_exit_6() {
     let path = desk.state.join("device.json");
     let good = std::fs::read_to_string(&path).unwrap();
     let mut record: serde_json::Value = serde_json::from_str(&good).unwrap();
-    // Flip one byte inside the encrypted part of the sealed-key blob.
-    let mut blob = b64url_decode(record["tpm"]["seal_private"].as_str().unwrap()).unwrap();
+    // Flip one byte inside the encrypted part of the device key's blob.
+    let mut blob = b64url_decode(record["tpm"]["key_private"].as_str().unwrap()).unwrap();
     let at = blob.len() - 5;
     blob[at] ^= 0x01;
-    record["tpm"]["seal_private"] = hwpass::b64url(&blob).into();
+    record["tpm"]["key_private"] = hwpass::b64url(&blob).into();
     std::fs::write(&path, record.to_string()).unwrap();
     let (code, v) = desk.check(NOW);
     assert_eq!(code, 6, "{v}");
@@ -404,7 +491,7 @@ fn tpm_clock_catches_a_wall_clock_turned_back() {
 }
 
 #[test]
-fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
+fn an_older_sealed_state_is_refused_and_an_expiry_seen_stays_seen_across_reboots() {
     let (tpm, issuer, _trust, desk) = tpm_desktop();
     let pass = issuer
         .sign(&desk.request("bob@corp", &[]), NOW, &["--valid-for", "1d"])
@@ -416,11 +503,25 @@ fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
 
     run_tpm_for(&tpm, 2 * 86400);
     assert_eq!(desk.check(NOW + 2 * 86400).0, 5, "expired");
-    // Put back the copy from the day it was valid and turn the wall clock back to that day.
+    let newest = std::fs::read(desk.state.join("state.sealed")).unwrap();
+    // Put back the copy from the day it was valid: refused whatever the clock says, because
+    // the TPM's NV counter has moved past the version that copy carries.
     std::fs::write(desk.state.join("state.sealed"), &old).unwrap();
-    let (code, v) = desk.check(NOW + 3600);
-    assert_eq!(code, 7, "{v}");
-    // A TPM reset (reboot) starts a new epoch: no false alarm with an honest clock.
+    for now in [NOW + 3600, NOW + 2 * 86400 + 60] {
+        let (code, v) = desk.check(now);
+        assert_eq!(code, 7, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("an older copy of state.sealed was put back"),
+            "{v}"
+        );
+        assert!(v["hint"].as_str().unwrap().contains("newest copy"), "{v}");
+    }
+    // The newest copy back, and a reboot (TPM restart, state kept): with an honest clock the
+    // pass is still expired, and turning the clock back does not revive it.
+    std::fs::write(desk.state.join("state.sealed"), &newest).unwrap();
     let mut tpm = tpm;
     tpm.restart();
     let mut after = Desktop::new();
@@ -431,6 +532,10 @@ fn restoring_an_old_sealed_state_does_not_reopen_an_expired_pass() {
         5,
         "still expired, not a rollback"
     );
+    for back in [NOW + 3600, NOW + 2 * 86400 - 20 * 60] {
+        let (code, v) = after.check(back);
+        assert_eq!(code, 7, "clock turned back to {back}: {v}");
+    }
 }
 
 #[test]

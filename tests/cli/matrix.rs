@@ -189,7 +189,7 @@ fn pass_verification_matrix() {
             "a request as a pass",
             request,
             4,
-            "token type \"hwpass-req+jwt\" where \"hwpass+jwt\" was expected",
+            "this is a pass request, not an access pass",
         ),
         case(
             "unknown kid",

@@ -75,7 +75,7 @@ pub enum Cmd {
     },
     /// Install a newer signed deny list and trust bundle from the issuing service, or from a
     /// file brought over by hand (`hwpass-issuer denylist`).
-    #[command(group = clap::ArgGroup::new("source").required(true).args(["server", "file"]))]
+    #[command(group = clap::ArgGroup::new("source").args(["server", "file"]))]
     Refresh {
         /// The issuing service, e.g. https://passes.corp.example (GET /v1/denylist).
         #[arg(long)]

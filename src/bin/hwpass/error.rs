@@ -2,6 +2,7 @@
 //! reports facts ([`DesktopError`], [`Reason`]); the advice lives here.
 
 use hwpass::desktop::{DesktopError, Reason, Verdict};
+use hwpass::DocKind;
 
 /// What the person should do next.
 pub fn hint(reason: Reason) -> &'static str {
@@ -18,11 +19,31 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::Fetch => "check the server address and your network, or bring the list over by file (`hwpass-issuer denylist`, then `hwpass refresh --file`)",
         Reason::KeyUnusable => "enrol this desktop again (`hwpass enroll --force`) and request a new pass",
         Reason::Foreign => "this state belongs to another machine or was damaged: enrol again (`hwpass enroll --force`) and request a new pass",
-        Reason::Rollback => "set the computer's clock to the correct time and check again",
+        Reason::Rollback => "if the clock is right now, it was ahead before: request a new pass (`hwpass request`) and install it, which resets this desktop's time; otherwise set the clock to the correct time",
         Reason::Damaged => "restore the file from a backup, or enrol again (`hwpass enroll --force`)",
         Reason::DeviceUnavailable => "check that the TPM is reachable (--tcti, HWPASS_TCTI) and try again",
+        Reason::DeviceMissing => "this computer shows no TPM: enable it in the firmware (UEFI) settings, or load its driver (modprobe tpm_crb or tpm_tis); or name another with --tcti",
+        Reason::DevicePermission => "add your account to the tss group (`sudo usermod -aG tss $USER`, then log in again); the udev rule shipped with tpm2-tss (tpm-udev) gives /dev/tpmrm0 to group tss",
+        Reason::DeviceNotListening => "start the TPM simulator (swtpm socket --tpm2 …) or fix the address in --tcti / HWPASS_TCTI",
+        Reason::DeviceLockout => "the TPM is in dictionary-attack lockout: wait for it to end (hwpass's own keys are exempt, but the TPM refuses some commands meanwhile)",
+        Reason::DeviceFailure => "the TPM is in failure mode: restart the computer; if that does not help, update the TPM firmware",
+        Reason::Transit => "the text was damaged on its way here (cut short or altered in transit): paste it again, whole, or ask for it to be sent again",
+        Reason::StateRolledBack => "put back the newest copy of the state directory (the one this TPM wrote last), or enrol again (`hwpass enroll --force`) and request a new pass",
+        Reason::WrongDocument(found) => wrong_document(found),
         Reason::Input => "fix the problem above and try again",
         _ => "see `hwpass --help`",
+    }
+}
+
+/// What to do with a document given in the wrong place.
+fn wrong_document(found: DocKind) -> &'static str {
+    match found {
+        DocKind::Request => "this is the request you send: give it to your admin (or their issuing page), and install the pass you get back",
+        DocKind::Pass | DocKind::Delivery => "install a pass with `hwpass install`",
+        DocKind::DenyList => "install a deny list with `hwpass refresh --file`",
+        DocKind::TrustBundle => "enrol with a trust bundle (`hwpass enroll --trust FILE`); `hwpass refresh` wants the deny list (`hwpass-issuer denylist`, or --server)",
+        DocKind::IssuerConfig => "that is the issuer's own config: ask your admin for the trust bundle (`hwpass-issuer jwks > issuer.jwks`)",
+        _ => "check what you pasted: hwpass documents are passes, requests, deny lists and trust bundles",
     }
 }
 

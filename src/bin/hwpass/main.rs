@@ -73,6 +73,35 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// Reads a document the person gave: `-` (or nothing) for standard input, the path of an
+/// existing file, or the text itself. At most `limit` bytes.
+fn read_document(arg: Option<&str>, limit: usize, what: &str) -> Result<String, DesktopError> {
+    let arg = match arg {
+        None | Some("-") => return util::read_stdin(limit).map_err(DesktopError::Input),
+        Some(a) => a,
+    };
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        use std::io::Read as _;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit as u64).read_to_string(&mut text))
+            .map_err(|e| DesktopError::Input(format!("cannot read {what} from {arg}: {e}")))?;
+        return Ok(text);
+    }
+    // No such file: a path-looking argument is a typo, not a token.
+    if arg.contains('/')
+        || [".txt", ".jwt", ".jwks", ".json", ".pass"]
+            .iter()
+            .any(|x| arg.ends_with(x))
+    {
+        return Err(DesktopError::Input(format!(
+            "there is no file {arg}; give the {what} itself (quoted), a file that holds it, or - to paste it on standard input"
+        )));
+    }
+    Ok(arg.to_string())
+}
+
 fn run(cli: Cli) -> i32 {
     let dir = state_dir(&cli.state_dir);
     let opts = DeviceOptions {
@@ -80,13 +109,14 @@ fn run(cli: Cli) -> i32 {
         machine_id_file: std::env::var_os(desktop::MACHINE_ID_ENV).map(PathBuf::from),
     };
     let now = match &cli.cmd {
-        Cmd::Inspect { .. } | Cmd::Status { .. } => Ok(0),
+        Cmd::Inspect { .. } => Ok(0),
         _ => now(),
     };
     let now = match now {
         Ok(n) => n,
         Err(code) => return code,
     };
+    let doc_limit = hwpass::MAX_DENYLIST_LEN * 2;
     match cli.cmd {
         Cmd::Enroll {
             backend,
@@ -94,14 +124,9 @@ fn run(cli: Cli) -> i32 {
             force,
             json,
         } => {
-            let text = match std::fs::read_to_string(&trust) {
+            let text = match read_document(trust.to_str(), doc_limit, "trust bundle") {
                 Ok(t) => t,
-                Err(e) => {
-                    return report(&DesktopError::Input(format!(
-                        "cannot read the trust bundle {}: {e}",
-                        trust.display()
-                    )))
-                }
+                Err(e) => return report(&e),
             };
             let choice = match backend.as_str() {
                 "auto" => BackendChoice::Auto,
@@ -109,8 +134,8 @@ fn run(cli: Cli) -> i32 {
             };
             match desktop::enroll(&dir, &text, choice, force, &opts, now) {
                 Ok(r) => {
-                    if let Some(n) = &r.notice {
-                        eprintln!("hwpass: notice: {n}");
+                    for w in &r.warnings {
+                        eprintln!("hwpass: warning: {w}");
                     }
                     if json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -145,14 +170,15 @@ fn run(cli: Cli) -> i32 {
             }
         }
         Cmd::Install { pass, json } => {
-            let pass = match util::read_token_arg(pass.as_deref()) {
-                Ok(p) => p,
-                Err(m) => return report(&DesktopError::Input(m)),
-            };
-            match desktop::install(&dir, &opts, &pass, now) {
+            let result = read_document(pass.as_deref(), doc_limit, "pass")
+                .and_then(|text| desktop::install(&dir, &opts, &text, now));
+            match result {
                 Ok(v) => {
                     if !json {
                         println!("installed: {}", v.message);
+                        if let Some(w) = &v.warning {
+                            eprintln!("hwpass: warning: {w}");
+                        }
                         return 0;
                     }
                     print_verdict(v, true)
@@ -173,16 +199,26 @@ fn run(cli: Cli) -> i32 {
             ca,
             json,
         } => {
+            // A bare `refresh` uses the server (and CA) the last `--server` refresh used.
+            let (server, ca) = match (server, &file) {
+                (Some(s), _) => (Some(s), ca),
+                (None, Some(_)) => (None, None),
+                (None, None) => match desktop::remembered_server(&dir, &opts) {
+                    Ok(Some((s, remembered_ca))) => (Some(s), ca.or(remembered_ca)),
+                    Ok(None) => {
+                        return report(&DesktopError::Input(
+                            "no server to refresh from yet: give --server URL once (it is remembered) or --file FILE".into(),
+                        ))
+                    }
+                    Err(e) => return report(&e),
+                },
+            };
             let text = match (&server, &file) {
                 (Some(url), _) => desktop::fetch_denylist(url, ca.as_deref()),
-                (None, Some(f)) if f == "-" => {
-                    util::read_stdin(hwpass::MAX_DENYLIST_LEN + 2).map_err(DesktopError::Input)
-                }
-                (None, Some(f)) => std::fs::read_to_string(f)
-                    .map_err(|e| DesktopError::Input(format!("cannot read {f}: {e}"))),
-                (None, None) => Err(DesktopError::Input("give --server or --file".into())),
+                (None, f) => read_document(f.as_deref(), doc_limit, "deny list"),
             };
-            match text.and_then(|t| desktop::refresh(&dir, &opts, &t, now)) {
+            let remember = server.as_deref().map(|s| (s, ca.as_deref()));
+            match text.and_then(|t| desktop::refresh(&dir, &opts, &t, remember, now)) {
                 Ok(r) => {
                     if json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -206,30 +242,12 @@ fn run(cli: Cli) -> i32 {
                 Err(e) => report(&e),
             }
         }
-        Cmd::Status { json } => match desktop::status(&dir, &opts) {
+        Cmd::Status { json } => match desktop::status(&dir, &opts, now) {
             Ok(s) => {
                 if json {
                     println!("{}", serde_json::to_string(&s).unwrap_or_default());
                 } else {
-                    println!("state directory  {}", s.state_dir.display());
-                    println!("device key       {} ({})", s.device_key, s.binding.as_str());
-                    println!("enrolled         {}", format_time(s.enrolled_at));
-                    println!("issuer           {} (audience {})", s.issuer, s.audience);
-                    println!("trusted keys     {}", s.trusted_keys.join(", "));
-                    match s.denylist_seq {
-                        0 => println!("deny list        none yet (`hwpass refresh`)"),
-                        n => println!("deny list        #{n}"),
-                    }
-                    match &s.pass {
-                        Some(p) => println!(
-                            "pass             for {} until {} (jti {})",
-                            p.subject, p.expires, p.jti
-                        ),
-                        None => println!("pass             none installed"),
-                    }
-                    println!(
-                        "run `hwpass check` to verify the pass and prove possession of the key"
-                    );
+                    print_status(&s);
                 }
                 0
             }
@@ -239,11 +257,68 @@ fn run(cli: Cli) -> i32 {
     }
 }
 
+fn print_status(s: &desktop::StatusReport) {
+    println!("state directory  {}", s.state_dir.display());
+    println!(
+        "device key       {} ({}, {} backend)",
+        s.device_key,
+        s.binding.as_str(),
+        s.backend
+    );
+    println!("enrolled         {}", format_time(s.enrolled_at));
+    if let Some(e) = &s.device_error {
+        println!("device           unreachable: {e}");
+        println!("                 the pass and the issuer's lists are sealed to the device; run `hwpass status` again once it answers");
+        return;
+    }
+    if let (Some(iss), Some(aud)) = (&s.issuer, &s.audience) {
+        println!("issuer           {iss} (audience {aud})");
+    }
+    println!("trusted keys     {}", s.trusted_keys.join(", "));
+    match s.denylist_seq {
+        Some(0) | None => println!("deny list        none yet (`hwpass refresh`)"),
+        Some(n) => println!("deny list        #{n}"),
+    }
+    if let Some(server) = &s.server {
+        println!("refresh server   {server}");
+    }
+    match s.rollback_protected {
+        Some(true) => println!("rollback         an older copy of the sealed state is refused (TPM NV counter)"),
+        Some(false) => println!("rollback         not detected for the sealed state (no device counter; README \"Desktop guarantees\")"),
+        None => {}
+    }
+    match &s.pass {
+        Some(p) => println!(
+            "pass             {} — for {} until {} (jti {})",
+            p.state.as_str(),
+            p.subject,
+            p.expires,
+            p.jti
+        ),
+        None => println!("pass             none installed"),
+    }
+    println!("run `hwpass check` to verify the pass and prove possession of the key");
+}
+
 fn inspect(arg: Option<&str>, json: bool) -> i32 {
-    let text = match util::read_token_arg(arg) {
-        Ok(t) => t,
-        Err(m) => return report(&DesktopError::Input(m)),
+    let text = match read_document(arg, hwpass::MAX_DENYLIST_LEN * 2, "token") {
+        Ok(t) => hwpass::clean_paste(&t),
+        Err(e) => return report(&e),
     };
+    if let Some(delivery) = hwpass::Delivery::parse(&text) {
+        return inspect_delivery(&text, delivery, json);
+    }
+    let kind = hwpass::identify(&text);
+    if matches!(
+        kind,
+        hwpass::DocKind::TrustBundle | hwpass::DocKind::IssuerConfig
+    ) {
+        println!(
+            "{} — not a token; inspect decodes passes, requests, deny lists and sealed passes",
+            kind.describe()
+        );
+        return 0;
+    }
     let d = match hwpass::decode_limited(&text, hwpass::MAX_DENYLIST_LEN) {
         Ok(d) => d,
         Err(e) => return report(&DesktopError::Token(e)),
@@ -285,5 +360,39 @@ fn inspect(arg: Option<&str>, json: bool) -> i32 {
     if let Some(ttl) = payload.get("ttl").and_then(|v| v.as_i64()) {
         println!("requested lifetime: {}", format_duration(ttl));
     }
+    0
+}
+
+/// A pass sealed to a TPM: its parts can be shown; the pass inside only the TPM can open.
+fn inspect_delivery(
+    text: &str,
+    delivery: Result<hwpass::Delivery, hwpass::DeliveryError>,
+    json: bool,
+) -> i32 {
+    let d = match delivery {
+        Ok(d) => d,
+        Err(e) => return report(&DesktopError::DeliveryDamaged(e)),
+    };
+    if json {
+        let out = serde_json::json!({
+            "kind": "sealed pass",
+            "credential_bytes": d.id_object.len(),
+            "encrypted_seed_bytes": d.encrypted_secret.len(),
+            "ciphertext_bytes": d.ciphertext_len(),
+            "signature_verified": false,
+        });
+        println!("{out}");
+        return 0;
+    }
+    println!(
+        "a pass sealed to a TPM ({} bytes): only the TPM that made the request can open it (TPM2_ActivateCredential); install it there with `hwpass install`",
+        text.len()
+    );
+    println!(
+        "credential {} bytes, encrypted seed {} bytes, sealed pass {} bytes",
+        d.id_object.len(),
+        d.encrypted_secret.len(),
+        d.ciphertext_len()
+    );
     0
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{Backend, Device, DeviceOptions};
+use super::{Backend, Created, Device, DeviceOptions};
 use crate::core::b64::{b64url, b64url_decode};
 use crate::core::claims::BindingKind;
 use crate::core::jwk::Jwk;
@@ -235,13 +235,14 @@ impl Backend for SoftwareBackend {
         Ok(())
     }
 
-    fn create(
-        &self,
-        opts: &DeviceOptions,
-    ) -> Result<(Box<dyn Device>, serde_json::Value), DesktopError> {
+    fn create(&self, opts: &DeviceOptions) -> Result<Created, DesktopError> {
         let (device, file) = SoftwareDevice::create(opts.machine_id_file.as_deref())?;
         let record = serde_json::to_value(file).map_err(|e| DesktopError::Input(e.to_string()))?;
-        Ok((Box::new(device), record))
+        Ok(Created {
+            device: Box::new(device),
+            record,
+            warning: None,
+        })
     }
 
     fn open(
@@ -279,7 +280,7 @@ mod tests {
             tcti: None,
             machine_id_file: Some(here.clone()),
         };
-        let (device, record) = SoftwareBackend.create(&opts).unwrap();
+        let Created { device, record, .. } = SoftwareBackend.create(&opts).unwrap();
         let jwk = Jwk::new(*device.key().verifying_key());
         let sealed = device.seal(b"state", "jkt").unwrap();
 

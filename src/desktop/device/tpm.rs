@@ -21,12 +21,14 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tss_esapi::abstraction::{ek, nv};
-use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType, Tss2ResponseCodeKind};
+use tss_esapi::constants::{
+    CapabilityType, NvIndexType, PropertyTag, SessionType, Tss2ResponseCodeKind,
+};
 use tss_esapi::handles::{
-    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle,
-    TpmHandle,
+    AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle,
+    SessionHandle, TpmHandle,
 };
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm,
@@ -37,10 +39,10 @@ use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision}
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::KeyedHashScheme;
 use tss_esapi::structures::{
-    CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, HashScheme,
-    IdObject, Private, Public, PublicBuilder, PublicEccParametersBuilder,
-    PublicKeyedHashParameters, SensitiveData, Signature as TpmSignature, SignatureScheme,
-    SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, CapabilityData, Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret,
+    HashScheme, IdObject, MaxNvBuffer, NvPublic, NvPublicBuilder, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
+    Signature as TpmSignature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
@@ -48,7 +50,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use super::{Backend, Device, DeviceOptions, Evidence};
+use super::{Backend, Created, Device, DeviceOptions, Evidence};
 use crate::core::b64::{b64url, b64url_decode};
 use crate::core::claims::BindingKind;
 use crate::core::jwk::Jwk;
@@ -92,6 +94,27 @@ pub enum TpmError {
         /// The cause.
         detail: String,
     },
+    /// The TPM device node does not exist.
+    #[error("there is no TPM device at {path}")]
+    DeviceMissing {
+        /// The device node.
+        path: String,
+    },
+    /// The TPM device node exists, but this account may not open it.
+    #[error("this account may not use the TPM at {path} (permission denied)")]
+    PermissionDenied {
+        /// The device node.
+        path: String,
+    },
+    /// Nothing listens at a simulator's (or remote TPM's) address.
+    #[error("no TPM simulator is listening at {addr}")]
+    NotListening {
+        /// host:port.
+        addr: String,
+    },
+    /// The TPM reports an internal failure and accepts only a few commands.
+    #[error("the TPM is in failure mode")]
+    FailureMode,
     /// The TPM stopped answering in the middle of an operation.
     #[error("the TPM stopped answering while trying to {doing}")]
     Stopped {
@@ -140,6 +163,11 @@ impl TpmError {
         match self {
             Self::Foreign | Self::Damaged(_) => FaultKind::Foreign,
             Self::KeyGone => FaultKind::KeyGone,
+            Self::DeviceMissing { .. } => FaultKind::Missing,
+            Self::PermissionDenied { .. } => FaultKind::Permission,
+            Self::NotListening { .. } => FaultKind::NotListening,
+            Self::Lockout { .. } => FaultKind::Lockout,
+            Self::FailureMode => FaultKind::Failure,
             _ => FaultKind::Unavailable,
         }
     }
@@ -171,15 +199,40 @@ pub struct TpmKeyFile {
     pub key_public: String,
     /// Device key TPM2B_PRIVATE contents, base64url.
     pub key_private: String,
-    /// Sealed state key TPMT_PUBLIC, base64url.
-    pub seal_public: String,
+    /// Sealed state key TPMT_PUBLIC, base64url (enrolments whose state key is sealed in an
+    /// object rather than held in an NV index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_public: Option<String>,
     /// Sealed state key TPM2B_PRIVATE contents, base64url.
-    pub seal_private: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_private: Option<String>,
+    /// The TPM's NV storage for this enrolment, when enrolment could define it: the state key
+    /// and the monotonic counter that versions the sealed state (rollback resistance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nv: Option<NvRecord>,
     /// Attestation key TPMT_PUBLIC, base64url.
     pub ak_public: String,
     /// Attestation key TPM2B_PRIVATE contents, base64url.
     pub ak_private: String,
 }
+
+/// Two NV indices in the owner range and their shared auth value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvRecord {
+    /// The index holding the 32-byte state key (ordinary, authRead, authWrite, noDA).
+    pub key_index: u32,
+    /// The NV counter (monotonic, authRead, authWrite, noDA) the sealed state carries.
+    pub counter_index: u32,
+    /// Both indices' auth value, base64url of 32 random bytes: other local accounts in the
+    /// `tss` group can neither read the state key nor advance the counter without it.
+    pub auth: String,
+}
+
+/// The owner range of NV indices (TCG "Registry of Reserved TPM 2.0 Handles").
+const NV_OWNER_FIRST: u32 = 0x0180_0000;
+/// Its last index.
+const NV_OWNER_LAST: u32 = 0x01BF_FFFF;
 
 /// The TPM2_Create results for the device key, to read its attributes back in tests.
 pub fn key_blobs(file: &TpmKeyFile) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
@@ -206,6 +259,7 @@ fn classify(e: tss_esapi::Error, doing: &'static str) -> TpmError {
     }
     let kind = if layer == 0 { rc.kind() } else { None };
     match kind {
+        Some(Tss2ResponseCodeKind::Failure) => TpmError::FailureMode,
         Some(Tss2ResponseCodeKind::Lockout) => TpmError::Lockout { wait_secs: None },
         Some(Tss2ResponseCodeKind::ObjectMemory) => TpmError::NoSlots,
         Some(Tss2ResponseCodeKind::Integrity | Tss2ResponseCodeKind::Binding) => TpmError::Foreign,
@@ -348,6 +402,9 @@ impl Parent {
 struct Inner {
     ctx: Context,
     parent: Option<Parent>,
+    /// NV handles resolved in this process (one NV_ReadPublic each), with their auth set.
+    nv_key: Option<NvIndexHandle>,
+    nv_counter: Option<NvIndexHandle>,
 }
 
 /// A device key (and state key) in a TPM.
@@ -364,14 +421,60 @@ impl std::fmt::Debug for TpmDevice {
     }
 }
 
+/// Why nothing answers at `tcti`, when the operating system can tell: a missing device node,
+/// a permission, a closed port.
+fn diagnose(tcti: &str) -> Option<TpmError> {
+    let (kind, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
+    match kind {
+        "device" => {
+            let path = if conf.is_empty() { "/dev/tpm0" } else { conf };
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(TpmError::DeviceMissing { path: path.into() })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    Some(TpmError::PermissionDenied { path: path.into() })
+                }
+                _ => None,
+            }
+        }
+        "swtpm" | "mssim" => {
+            let field = |name: &str| {
+                conf.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            let host = field("host").unwrap_or_else(|| "localhost".into());
+            let port: u16 = field("port").and_then(|p| p.parse().ok()).unwrap_or(2321);
+            let addr = format!("{host}:{port}");
+            let refused = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
+                        .is_err()
+                })
+                .unwrap_or(true);
+            refused.then_some(TpmError::NotListening { addr })
+        }
+        _ => None,
+    }
+}
+
 fn connect(tcti: &str) -> Result<Context, TpmError> {
     let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::Unreachable {
         tcti: tcti.into(),
         detail: format!("not a valid TCTI ({e}); use device:/dev/tpmrm0 or swtpm:host=…,port=…"),
     })?;
-    let mut ctx = Context::new(conf).map_err(|e| TpmError::Unreachable {
-        tcti: tcti.into(),
-        detail: e.to_string(),
+    let mut ctx = Context::new(conf).map_err(|e| {
+        diagnose(tcti).unwrap_or_else(|| TpmError::Unreachable {
+            tcti: tcti.into(),
+            detail: e.to_string(),
+        })
     })?;
     // Context::new does not talk to the TPM; the first command tells whether one answers.
     ctx.set_sessions((Some(AuthSession::Password), None, None));
@@ -390,10 +493,10 @@ pub fn probe(tcti: &str) -> Result<(), TpmError> {
     })
     .map(|_| ())
     .map_err(|e| match classify(e, "answer") {
-        TpmError::Stopped { .. } => TpmError::Unreachable {
+        TpmError::Stopped { .. } => diagnose(tcti).unwrap_or_else(|| TpmError::Unreachable {
             tcti: tcti.into(),
             detail: "no answer".into(),
-        },
+        }),
         other => other,
     })
 }
@@ -472,6 +575,206 @@ fn load_blob(
         .map_err(|e| classify(e, "load the key"))
 }
 
+// ---------------------------------------------------------------------------------------------
+// NV storage: the state key and the counter (TPM 2.0 Part 3 §31)
+
+fn nv_auth(record: &NvRecord) -> Result<Auth, TpmError> {
+    let bytes = b64url_decode(&record.auth).ok_or(TpmError::Damaged("NV auth encoding"))?;
+    Auth::try_from(bytes).map_err(|_| TpmError::Damaged("NV auth length"))
+}
+
+/// The NV indices defined now, in the owner range (GetCapability, paged).
+fn nv_defined(ctx: &mut Context) -> Result<Vec<u32>, TpmError> {
+    let mut out = Vec::new();
+    let mut next = NV_OWNER_FIRST;
+    loop {
+        let (data, more) = ctx
+            .execute_without_session(|c| c.get_capability(CapabilityType::Handles, next, 254))
+            .map_err(|e| classify(e, "list NV indices"))?;
+        let CapabilityData::Handles(list) = data else {
+            break;
+        };
+        let mut last = None;
+        for h in list.into_inner() {
+            if let TpmHandle::NvIndex(nv) = h {
+                let v = u32::from(nv);
+                out.push(v);
+                last = Some(v);
+            }
+        }
+        match (more, last) {
+            (true, Some(l)) if l < NV_OWNER_LAST => next = l + 1,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Two free owner-range indices, starting at a random place in the range (so two programs
+/// following the same convention rarely collide).
+fn nv_pick_free(ctx: &mut Context) -> Result<(u32, u32), TpmError> {
+    let used = nv_defined(ctx)?;
+    let mut r = [0u8; 2];
+    getrandom::getrandom(&mut r).map_err(|_| TpmError::Damaged("no randomness"))?;
+    let span = NV_OWNER_LAST - NV_OWNER_FIRST + 1;
+    let start = u32::from(u16::from_be_bytes(r)) * 16 % span;
+    let mut free = (0..span)
+        .map(|i| NV_OWNER_FIRST + (start + i) % span)
+        .filter(|i| !used.contains(i));
+    match (free.next(), free.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(TpmError::Device {
+            doing: "find free NV indices",
+            rc: None,
+            detail: "the owner NV range is full".into(),
+        }),
+    }
+}
+
+fn nv_public(index: u32, counter: bool) -> Result<NvPublic, tss_esapi::Error> {
+    let attributes = NvIndexAttributesBuilder::new()
+        .with_nv_index_type(if counter {
+            NvIndexType::Counter
+        } else {
+            NvIndexType::Ordinary
+        })
+        .with_auth_read(true)
+        .with_auth_write(true)
+        .with_no_da(true)
+        .build()?;
+    NvPublicBuilder::new()
+        .with_nv_index(NvIndexTpmHandle::new(index)?)
+        .with_index_name_algorithm(HashingAlgorithm::Sha256)
+        .with_index_attributes(attributes)
+        .with_data_area_size(if counter { 8 } else { 32 })
+        .build()
+}
+
+/// Whether a failure means the owner hierarchy has an auth value hwpass does not know.
+fn is_owner_auth_failure(e: &tss_esapi::Error) -> bool {
+    matches!(e, tss_esapi::Error::Tss2Error(rc)
+        if matches!(rc.kind(), Some(Tss2ResponseCodeKind::BadAuth | Tss2ResponseCodeKind::AuthFail)))
+}
+
+/// Defines the state-key index and the counter, writes the key, and advances the counter
+/// once (a fresh counter cannot be read before its first increment). `Ok(None)` when the
+/// owner hierarchy refuses (it has a password): the caller seals the key in an object instead.
+fn nv_setup(
+    ctx: &mut Context,
+    state_key: &[u8; 32],
+) -> Result<Option<(NvRecord, NvIndexHandle, NvIndexHandle)>, TpmError> {
+    let (key_index, counter_index) = nv_pick_free(ctx)?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    getrandom::getrandom(&mut secret[..]).map_err(|_| TpmError::Damaged("no randomness"))?;
+    let record = NvRecord {
+        key_index,
+        counter_index,
+        auth: b64url(&secret[..]),
+    };
+    let Some(key) = nv_define(ctx, key_index, false, nv_auth(&record)?)? else {
+        return Ok(None);
+    };
+    let counter = match nv_define(ctx, counter_index, true, nv_auth(&record)?) {
+        Ok(Some(h)) => h,
+        other => {
+            nv_remove(ctx, key_index);
+            return other.map(|_| None);
+        }
+    };
+    let written = (|| {
+        let data = MaxNvBuffer::try_from(state_key.to_vec())
+            .map_err(|e| classify(e, "write the state key"))?;
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.nv_write(NvAuth::NvIndex(key), key, data, 0)
+        })
+        .map_err(|e| classify(e, "write the state key"))?;
+        nv_increment(ctx, counter)
+    })();
+    if let Err(e) = written {
+        nv_remove(ctx, key_index);
+        nv_remove(ctx, counter_index);
+        return Err(e);
+    }
+    Ok(Some((record, key, counter)))
+}
+
+/// NV_DefineSpace under the owner hierarchy (empty owner auth, as Linux leaves it); `None`
+/// when the owner hierarchy has a password hwpass does not know.
+fn nv_define(
+    ctx: &mut Context,
+    index: u32,
+    counter: bool,
+    auth: Auth,
+) -> Result<Option<NvIndexHandle>, TpmError> {
+    let public = nv_public(index, counter).map_err(|e| classify(e, "describe an NV index"))?;
+    match ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.nv_define_space(Provision::Owner, Some(auth), public)
+    }) {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if is_owner_auth_failure(&e) => Ok(None),
+        Err(e) => Err(classify(e, "define an NV index")),
+    }
+}
+
+/// An ESYS handle for an index hwpass defined (one NV_ReadPublic), with its auth set.
+fn nv_open(ctx: &mut Context, index: u32, record: &NvRecord) -> Result<NvIndexHandle, TpmError> {
+    let tpm_handle = NvIndexTpmHandle::new(index).map_err(|_| TpmError::Damaged("NV index"))?;
+    let h = ctx
+        .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)))
+        .map_err(|e| match &e {
+            // The index is gone: the TPM was cleared, or someone removed it.
+            tss_esapi::Error::Tss2Error(rc)
+                if matches!(rc.kind(), Some(Tss2ResponseCodeKind::Handle)) =>
+            {
+                TpmError::KeyGone
+            }
+            _ => classify(e, "find the NV index"),
+        })?;
+    let h = NvIndexHandle::from(h);
+    ctx.tr_set_auth(h.into(), nv_auth(record)?)
+        .map_err(|e| classify(e, "authorise the NV index"))?;
+    Ok(h)
+}
+
+fn nv_read(ctx: &mut Context, h: NvIndexHandle, size: u16) -> Result<Vec<u8>, TpmError> {
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.nv_read(NvAuth::NvIndex(h), h, size, 0)
+    })
+    .map(|b| b.value().to_vec())
+    .map_err(|e| classify(e, "read NV storage"))
+}
+
+fn nv_counter_value(ctx: &mut Context, h: NvIndexHandle) -> Result<u64, TpmError> {
+    let bytes: [u8; 8] = nv_read(ctx, h, 8)?
+        .try_into()
+        .map_err(|_| TpmError::Damaged("NV counter size"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// TPM2_NV_Increment: one NV write.
+fn nv_increment(ctx: &mut Context, h: NvIndexHandle) -> Result<(), TpmError> {
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.nv_increment(NvAuth::NvIndex(h), h)
+    })
+    .map_err(|e| classify(e, "advance the NV counter"))
+}
+
+/// Removes an index hwpass defined; failures are ignored (it may be gone already, or the
+/// owner hierarchy may have a password: then the index stays until the TPM is cleared).
+fn nv_remove(ctx: &mut Context, index: u32) {
+    let Ok(tpm_handle) = NvIndexTpmHandle::new(index) else {
+        return;
+    };
+    let Ok(h) =
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)))
+    else {
+        return;
+    };
+    let _ = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.nv_undefine_space(Provision::Owner, NvIndexHandle::from(h))
+    });
+}
+
 fn flush(ctx: &mut Context, handle: KeyHandle) {
     // A failed flush leaves nothing we can do; the handle dies with the TPM's next reset.
     let _ = ctx.flush_context(ObjectHandle::from(handle));
@@ -513,22 +816,34 @@ impl TpmDevice {
         let key = ctx
             .create(parent.handle(), key_template, None, None, None, None)
             .map_err(|e| classify(e, "create the device key"))?;
-        let seal_data =
-            SensitiveData::try_from(state_key.to_vec()).map_err(|e| classify(e, "seal"))?;
-        let seal_template = seal_template().map_err(|e| classify(e, "build the seal template"))?;
-        let seal = ctx
-            .create(
-                parent.handle(),
-                seal_template,
-                None,
-                Some(seal_data),
-                None,
-                None,
-            )
-            .map_err(|e| classify(e, "seal the state key"))?;
         let verifying = verifying_key_of(&key.out_public)?;
         let (key_public, key_private) = make_blob(&key.out_public, &key.out_private)?;
-        let (seal_public, seal_private) = make_blob(&seal.out_public, &seal.out_private)?;
+        // The state key in NV storage beside a monotonic counter when the owner hierarchy lets
+        // us define them; otherwise sealed in an object under the SRK, without rollback
+        // resistance (the enrolment says so).
+        let (nv, seal_public, seal_private, nv_handles) = match nv_setup(&mut ctx, &state_key)? {
+            Some((record, key_h, counter_h)) => {
+                (Some(record), None, None, Some((key_h, counter_h)))
+            }
+            None => {
+                let seal_data =
+                    SensitiveData::try_from(state_key.to_vec()).map_err(|e| classify(e, "seal"))?;
+                let seal_template =
+                    seal_template().map_err(|e| classify(e, "build the seal template"))?;
+                let seal = ctx
+                    .create(
+                        parent.handle(),
+                        seal_template,
+                        None,
+                        Some(seal_data),
+                        None,
+                        None,
+                    )
+                    .map_err(|e| classify(e, "seal the state key"))?;
+                let (p, s) = make_blob(&seal.out_public, &seal.out_private)?;
+                (None, Some(p), Some(s), None)
+            }
+        };
         let ak_template = ak_template().map_err(|e| classify(e, "build the AK template"))?;
         let ak = ctx
             .create(parent.handle(), ak_template, None, None, None, None)
@@ -542,6 +857,7 @@ impl TpmDevice {
             key_private,
             seal_public,
             seal_private,
+            nv,
             ak_public,
             ak_private,
         };
@@ -549,6 +865,8 @@ impl TpmDevice {
             inner: RefCell::new(Inner {
                 ctx,
                 parent: Some(parent),
+                nv_key: nv_handles.map(|(k, _)| k),
+                nv_counter: nv_handles.map(|(_, c)| c),
             }),
             file,
             verifying,
@@ -565,7 +883,12 @@ impl TpmDevice {
         let tcti = tcti.map(str::to_owned).unwrap_or_else(|| file.tcti.clone());
         let ctx = connect(&tcti)?;
         Ok(Self {
-            inner: RefCell::new(Inner { ctx, parent: None }),
+            inner: RefCell::new(Inner {
+                ctx,
+                parent: None,
+                nv_key: None,
+                nv_counter: None,
+            }),
             file: file.clone(),
             verifying,
             state_key: RefCell::new(None),
@@ -617,13 +940,115 @@ impl TpmDevice {
         result
     }
 
-    /// Unseals the state key (once per process).
+    /// Reads (or unseals) the state key, once per process: NV_ReadPublic + NV_Read from NV
+    /// storage, or Load + Unseal + FlushContext of the sealed object.
     pub fn state_key(&self) -> Result<Zeroizing<[u8; 32]>, TpmError> {
         if let Some(k) = self.state_key.borrow().as_ref() {
             return Ok(k.clone());
         }
-        let key = self.with_parent(|ctx, parent| {
-            let h = load_blob(ctx, parent, &self.file.seal_public, &self.file.seal_private)?;
+        let key = match &self.file.nv {
+            Some(nv) => self.with_nv(|ctx, inner_key, _| {
+                let h = match inner_key {
+                    Some(h) => *h,
+                    None => {
+                        let h = nv_open(ctx, nv.key_index, nv)?;
+                        *inner_key = Some(h);
+                        h
+                    }
+                };
+                let bytes: [u8; 32] = nv_read(ctx, h, 32)?
+                    .try_into()
+                    .map_err(|_| TpmError::Damaged("state key length"))?;
+                Ok(Zeroizing::new(bytes))
+            })?,
+            None => self.unseal_state_key()?,
+        };
+        *self.state_key.borrow_mut() = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The monotonic counter's value, if this enrolment has one (NV_ReadPublic once per
+    /// process, then NV_Read).
+    pub fn counter(&self) -> Result<Option<u64>, TpmError> {
+        let Some(nv) = &self.file.nv else {
+            return Ok(None);
+        };
+        self.with_nv(|ctx, _, counter| {
+            let h = Self::counter_handle(ctx, counter, nv)?;
+            nv_counter_value(ctx, h).map(Some)
+        })
+    }
+
+    /// Advances the counter by one (one NV write) and returns the new value.
+    pub fn advance(&self) -> Result<u64, TpmError> {
+        let nv = self
+            .file
+            .nv
+            .as_ref()
+            .ok_or(TpmError::Damaged("this enrolment has no NV counter"))?;
+        self.with_nv(|ctx, _, counter| {
+            let h = Self::counter_handle(ctx, counter, nv)?;
+            nv_increment(ctx, h)?;
+            nv_counter_value(ctx, h)
+        })
+    }
+
+    fn counter_handle(
+        ctx: &mut Context,
+        cached: &mut Option<NvIndexHandle>,
+        nv: &NvRecord,
+    ) -> Result<NvIndexHandle, TpmError> {
+        Ok(match cached {
+            Some(h) => *h,
+            None => {
+                let h = nv_open(ctx, nv.counter_index, nv)?;
+                *cached = Some(h);
+                h
+            }
+        })
+    }
+
+    /// Runs `f` with the context and the cached NV handles (no SRK needed for NV).
+    fn with_nv<T>(
+        &self,
+        f: impl FnOnce(
+            &mut Context,
+            &mut Option<NvIndexHandle>,
+            &mut Option<NvIndexHandle>,
+        ) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let mut inner = self.inner.borrow_mut();
+        let Inner {
+            ctx,
+            nv_key,
+            nv_counter,
+            ..
+        } = &mut *inner;
+        f(ctx, nv_key, nv_counter)
+    }
+
+    /// Removes the NV storage of an enrolment being replaced (`enroll --force`); best effort.
+    pub fn retire(file: &TpmKeyFile, tcti: Option<&str>) {
+        let Some(nv) = &file.nv else {
+            return;
+        };
+        let tcti = tcti.map(str::to_owned).unwrap_or_else(|| file.tcti.clone());
+        if let Ok(mut ctx) = connect(&tcti) {
+            nv_remove(&mut ctx, nv.key_index);
+            nv_remove(&mut ctx, nv.counter_index);
+        }
+    }
+
+    fn unseal_state_key(&self) -> Result<Zeroizing<[u8; 32]>, TpmError> {
+        let (Some(seal_public), Some(seal_private)) =
+            (&self.file.seal_public, &self.file.seal_private)
+        else {
+            return Err(TpmError::Damaged(
+                "the state key is neither in NV nor sealed",
+            ));
+        };
+        self.with_parent(|ctx, parent| {
+            let h = load_blob(ctx, parent, seal_public, seal_private)?;
             let result = ctx
                 .unseal(h.into())
                 .map_err(|e| classify(e, "unseal the state key"));
@@ -634,9 +1059,7 @@ impl TpmDevice {
                 .try_into()
                 .map_err(|_| TpmError::Damaged("sealed key length"))?;
             Ok(Zeroizing::new(bytes))
-        })?;
-        *self.state_key.borrow_mut() = Some(key.clone());
-        Ok(key)
+        })
     }
 
     fn sign_digest(&self, digest: &[u8]) -> Result<Signature, TpmError> {
@@ -925,6 +1348,12 @@ impl Device for TpmDevice {
         let key = self.state_key()?;
         state::open_sealed(sealed, &key, jkt)
     }
+    fn counter(&self) -> Result<Option<u64>, DesktopError> {
+        Ok(TpmDevice::counter(self)?)
+    }
+    fn advance(&self) -> Result<u64, DesktopError> {
+        Ok(TpmDevice::advance(self)?)
+    }
     fn evidence(&self, qualifying_data: &[u8]) -> Result<Option<Evidence>, DesktopError> {
         Ok(Some(TpmDevice::evidence(self, qualifying_data)?))
     }
@@ -948,7 +1377,9 @@ impl Device for TpmDevice {
         secret: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, DesktopError> {
         TpmDevice::activate(self, id_object, secret).map_err(|e| match e {
-            TpmError::Device { .. } | TpmError::Foreign => DesktopError::Foreign(
+            // Another TPM cannot decrypt the seed: swtpm answers TPM_RC_FAILURE, others an
+            // integrity or value error.
+            TpmError::Device { .. } | TpmError::Foreign | TpmError::FailureMode => DesktopError::Foreign(
                 "this delivery was sealed to another machine's TPM (or another enrolment); request a pass from this desktop".into(),
             ),
             other => other.into(),
@@ -973,14 +1404,30 @@ impl Backend for TpmBackend {
         Ok(probe(&resolve_tcti(opts.tcti.as_deref()))?)
     }
 
-    fn create(
-        &self,
-        opts: &DeviceOptions,
-    ) -> Result<(Box<dyn Device>, serde_json::Value), DesktopError> {
+    fn explicitly_requested(&self, opts: &DeviceOptions) -> bool {
+        requested_tcti(opts.tcti.as_deref()).is_some()
+    }
+
+    fn create(&self, opts: &DeviceOptions) -> Result<Created, DesktopError> {
         let device = TpmDevice::create(&resolve_tcti(opts.tcti.as_deref()))?;
         let record =
             serde_json::to_value(device.file()).map_err(|e| DesktopError::Input(e.to_string()))?;
-        Ok((Box::new(device), record))
+        let warning = device.file().nv.is_none().then(|| {
+            "the TPM's owner hierarchy has a password, so hwpass could not create its NV counter: \
+             the sealed state is not protected against being replaced by an older copy"
+                .to_string()
+        });
+        Ok(Created {
+            device: Box::new(device),
+            record,
+            warning,
+        })
+    }
+
+    fn retire(&self, record: &serde_json::Value, opts: &DeviceOptions) {
+        if let Ok(file) = TpmKeyFile::deserialize(record) {
+            TpmDevice::retire(&file, requested_tcti(opts.tcti.as_deref()).as_deref());
+        }
     }
 
     fn open(
