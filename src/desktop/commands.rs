@@ -357,7 +357,23 @@ fn check_inner(dir: &Path, opts: &DeviceOptions, now: i64) -> Result<Verdict, De
 /// yet valid, or a clock behind what was seen), without proving possession (`check` does).
 /// Works without the device: then it says what it cannot tell.
 pub fn status(dir: &Path, opts: &DeviceOptions, now: i64) -> Result<StatusReport, DesktopError> {
-    let e = Enrolment::open(dir, opts)?;
+    let e = match Enrolment::open(dir, opts) {
+        Ok(e) => e,
+        // The device cannot be reached right now: show what the record says.
+        Err(DesktopError::Device(f)) if f.kind.is_now() => {
+            let (record, jwk) = Enrolment::read_record(dir)?;
+            let backend = device::backend(&record.backend)?;
+            return Ok(StatusReport {
+                binding: backend.kind(),
+                backend: record.backend.clone(),
+                device_key: jwk.thumbprint(),
+                enrolled_at: record.created,
+                device_error: Some(f.to_string()),
+                ..StatusReport::empty(dir)
+            });
+        }
+        Err(other) => return Err(other),
+    };
     let mut report = StatusReport {
         state_dir: dir.into(),
         binding: e.kind,

@@ -45,7 +45,8 @@ impl Enrolment {
         }
     }
 
-    pub(crate) fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
+    /// Reads `device.json`: the record and the enrolled public key.
+    pub(crate) fn read_record(dir: &Path) -> Result<(DeviceRecord, Jwk), DesktopError> {
         let path = dir.join(DEVICE_FILE);
         if !path.exists() {
             return Err(DesktopError::NotEnrolled { record: path });
@@ -58,6 +59,16 @@ impl Enrolment {
         let record: DeviceRecord =
             serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         let jwk = Jwk::from_json(&record.jwk).map_err(|e| damaged(e.to_string()))?;
+        Ok((record, jwk))
+    }
+
+    pub(crate) fn open(dir: &Path, opts: &DeviceOptions) -> Result<Self, DesktopError> {
+        let path = dir.join(DEVICE_FILE);
+        let damaged = |detail: String| DesktopError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        let (record, jwk) = Self::read_record(dir)?;
         let backend = device::backend(&record.backend)?;
         let device = backend.open(record.record().map_err(damaged)?, &jwk, opts)?;
         Ok(Self {

@@ -199,6 +199,27 @@ pub struct StatusReport {
     pub device_error: Option<String>,
 }
 
+impl StatusReport {
+    /// A report that knows nothing yet but where the state lives.
+    pub(crate) fn empty(dir: &std::path::Path) -> Self {
+        Self {
+            state_dir: dir.into(),
+            binding: BindingKind::Software,
+            backend: String::new(),
+            device_key: String::new(),
+            enrolled_at: 0,
+            issuer: None,
+            audience: None,
+            trusted_keys: Vec::new(),
+            denylist_seq: None,
+            rollback_protected: None,
+            server: None,
+            pass: None,
+            device_error: None,
+        }
+    }
+}
+
 /// A pass's state now, as `status` tells it (without proving possession).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

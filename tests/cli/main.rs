@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod desktop_software;
 mod desktop_tpm;
+mod desktop_trust;
 mod durability;
 mod interop;
 mod issuer;

@@ -61,7 +61,8 @@ pub enum Cmd {
     },
     /// Verify a pass and store it sealed to this device.
     Install {
-        /// The pass, or - (the default) to read it from stdin.
+        /// The pass (pasted as it came: wrapped, quoted or mail-quoted is fine), a file holding
+        /// it, or - (the default) to read it from stdin.
         pass: Option<String>,
         /// Print the verdict as JSON.
         #[arg(long)]
@@ -77,7 +78,8 @@ pub enum Cmd {
     /// file brought over by hand (`hwpass-issuer denylist`).
     #[command(group = clap::ArgGroup::new("source").args(["server", "file"]))]
     Refresh {
-        /// The issuing service, e.g. https://passes.corp.example (GET /v1/denylist).
+        /// The issuing service, e.g. https://passes.corp.example (GET /v1/denylist); remembered,
+        /// so a later bare `hwpass refresh` uses it again.
         #[arg(long)]
         server: Option<String>,
         /// A deny list file, or - for stdin.
@@ -98,7 +100,8 @@ pub enum Cmd {
     },
     /// Decode and explain any hwpass token without trusting it.
     Inspect {
-        /// The token, or - to read it from stdin.
+        /// The token (a pass, request, deny list or sealed pass; a file holding it), or - to
+        /// read it from stdin.
         token: Option<String>,
         /// Print as JSON.
         #[arg(long)]

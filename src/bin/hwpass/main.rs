@@ -57,6 +57,9 @@ fn print_verdict(v: Verdict, json: bool) -> i32 {
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else if v.is_valid() {
         println!("{}", v.message);
+        if let Some(w) = &v.warning {
+            eprintln!("hwpass: warning: {w}");
+        }
     } else {
         eprintln!("hwpass: {}: {}", v.status, v.message);
         if let Some(h) = &v.hint {
