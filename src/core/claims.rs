@@ -56,7 +56,8 @@ fn forbidden(c: char) -> Option<&'static str> {
     }
 }
 
-/// Checks a text claim: not empty, at most `max` characters, nothing [`forbidden`].
+/// Checks a text claim: not empty, at most `max` characters, no control, line-separator,
+/// bidirectional-control or invisible character.
 pub fn check_text(value: &str, max: usize) -> Result<(), TextProblem> {
     if value.trim().is_empty() {
         return Err(TextProblem::Empty);
