@@ -442,6 +442,15 @@ fn tpm_cleared_after_enrolment_says_enrol_again() {
         "{v}"
     );
     // Enrolling again on the cleared TPM works, with a new key.
+    let nv = || {
+        tpm.tool(&["tpm2_getcap", "handles-nv-index"])
+            .ok()
+            .stdout
+            .lines()
+            .filter(|l| l.contains("0x18"))
+            .count()
+    };
+    assert_eq!(nv(), 0, "the clear removed the enrolment's NV indices");
     let t = trust.to_str().unwrap();
     desk.run(
         &["enroll", "--backend", "tpm", "--trust", t, "--force"],
@@ -455,6 +464,15 @@ fn tpm_cleared_after_enrolment_says_enrol_again() {
         .line();
     desk.install(&pass, NOW).ok();
     assert_eq!(desk.check(NOW).0, 0);
+    assert_eq!(nv(), 2, "the state key and the counter");
+    // Enrolling again with --force gives the old enrolment's NV indices back.
+    desk.run(
+        &["enroll", "--backend", "tpm", "--trust", t, "--force"],
+        None,
+        NOW,
+    )
+    .ok();
+    assert_eq!(nv(), 2, "no NV index left behind by --force");
 }
 
 /// Moves the TPM's clock forward, as if the machine had been running that long.
