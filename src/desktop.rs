@@ -13,6 +13,7 @@ mod device;
 mod enrolment;
 mod error;
 mod fetch;
+mod platform;
 mod state;
 mod verdict;
 
@@ -27,6 +28,7 @@ pub use device::{
 };
 pub use error::{exit, DesktopError, DeviceFault, FaultKind, Reason};
 pub use fetch::denylist as fetch_denylist;
+pub use platform::{default_state_dir, host_name};
 pub use state::{DEVICE_FILE, STATE_FILE};
 pub use verdict::{
     renew_soon, EnrollReport, PassState, PassSummary, RefreshReport, StatusReport, Verdict,

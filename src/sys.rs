@@ -5,7 +5,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,11 +26,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         hex::encode(rnd)
     ));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = private_new_file(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -43,18 +38,44 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
-/// fsyncs a directory so a rename or a new file in it survives a crash.
+/// fsyncs a directory so a rename or a new file in it survives a crash (Unix; other platforms
+/// make a rename durable without it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    #[cfg(all(unix, not(hwpass_emulate_non_unix)))]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(all(unix, not(hwpass_emulate_non_unix))))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
-/// Creates a directory (and parents) with mode 0700 if it does not exist.
+/// Creates a new file readable and writable by its owner only (mode 0600 on Unix; elsewhere
+/// the platform's default for a file in the user's profile).
+fn private_new_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(all(unix, not(hwpass_emulate_non_unix)))]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Creates a directory (and parents) with mode 0700 if it does not exist (on Unix; elsewhere the
+/// platform's default, which for the per-user data directory is private to the user).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(all(unix, not(hwpass_emulate_non_unix)))]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Environment variable that injects the current time (Unix seconds) for tests and demos.
@@ -99,7 +120,7 @@ pub fn read_stdin(limit: usize) -> Result<String, String> {
     Ok(buf.trim().to_string())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 

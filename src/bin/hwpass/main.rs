@@ -28,14 +28,9 @@ fn main() -> ExitCode {
 }
 
 fn state_dir(cli: &Option<PathBuf>) -> PathBuf {
-    if let Some(d) = cli {
-        return d.clone();
-    }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("hwpass");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
-    PathBuf::from(home).join(".local/share/hwpass")
+    cli.clone()
+        .or_else(desktop::default_state_dir)
+        .unwrap_or_else(|| PathBuf::from(".hwpass"))
 }
 
 fn now() -> Result<i64, i32> {
@@ -67,13 +62,6 @@ fn print_verdict(v: Verdict, json: bool) -> i32 {
         }
     }
     v.exit_code
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
 }
 
 /// Reads a document the person gave: `-` (or nothing) for standard input, the path of an
@@ -163,7 +151,7 @@ fn run(cli: Cli) -> i32 {
             valid_for,
             device_name,
         } => {
-            let dev = device_name.or_else(hostname);
+            let dev = device_name.or_else(desktop::host_name);
             match desktop::request(&dir, &opts, &subject, valid_for, dev, now) {
                 Ok(r) => {
                     println!("{r}");

@@ -13,7 +13,7 @@
 //! these weaknesses; passes record the binding as `software` so issuers can treat them as
 //! weaker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -85,27 +85,31 @@ pub struct SoftwareDevice {
     state_key: Zeroizing<[u8; 32]>,
 }
 
-/// Reads the machine secret: `machine_id` if given, else `/etc/machine-id`, else the D-Bus copy.
+/// Reads the machine secret: the file `machine_id` if given (tests model "another machine"
+/// with it), else the platform's machine identity through the `machine-uid` crate (Linux: the
+/// systemd/D-Bus machine id; Windows: `MachineGuid`; macOS: the platform UUID).
 fn machine_secret(machine_id: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, SoftwareError> {
-    let paths: Vec<PathBuf> = match machine_id {
-        Some(p) => vec![p.to_owned()],
-        None => vec!["/etc/machine-id".into(), "/var/lib/dbus/machine-id".into()],
+    let (source, id) = match machine_id {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| e.to_string()),
+        ),
+        None => (
+            "this machine's identity".to_string(),
+            machine_uid::get().map_err(|e| e.to_string()),
+        ),
     };
-    let mut last = String::new();
-    for p in &paths {
-        match std::fs::read_to_string(p) {
-            Ok(s) if !s.trim().is_empty() => {
-                return Ok(Zeroizing::new(s.trim().as_bytes().to_vec()))
-            }
-            Ok(_) => last = format!("{} is empty", p.display()),
-            Err(e) => last = format!("{}: {e}", p.display()),
-        }
+    match id {
+        Ok(s) if !s.trim().is_empty() => Ok(Zeroizing::new(s.trim().as_bytes().to_vec())),
+        Ok(_) => Err(SoftwareError::MachineId {
+            path: source,
+            reason: "it is empty".into(),
+        }),
+        Err(reason) => Err(SoftwareError::MachineId {
+            path: source,
+            reason,
+        }),
     }
-    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    Err(SoftwareError::MachineId {
-        path: names.join(" or "),
-        reason: format!("{last}; run systemd-machine-id-setup"),
-    })
 }
 
 fn derive(salt: &[u8], machine_id: Option<&Path>) -> Result<(Key32, Key32), SoftwareError> {
@@ -265,7 +269,7 @@ impl Backend for SoftwareBackend {
 mod tests {
     use super::*;
 
-    fn machine_id(dir: &Path, name: &str, id: &str) -> PathBuf {
+    fn machine_id(dir: &Path, name: &str, id: &str) -> std::path::PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, id).unwrap();
         p
