@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attest;
+mod audit;
 mod common;
 mod conformance;
 mod desktop_software;

@@ -82,10 +82,14 @@ fn now() -> Result<i64, Failure> {
 /// Whether `c` must not reach a terminal as it is: what core's text check forbids in `sub` and
 /// `dev` (control, bidirectional and invisible characters).
 fn unprintable(c: char) -> bool {
-    let mut buf = [0u8; 4];
+    // After a visible character, so that whitespace controls (CR, LF, NEL) are not taken for
+    // an empty text.
+    let mut buf = [0u8; 5];
+    buf[0] = b'x';
+    let len = 1 + c.encode_utf8(&mut buf[1..]).len();
     matches!(
-        check_text(c.encode_utf8(&mut buf), 1),
-        Err(TextProblem::Forbidden { .. })
+        std::str::from_utf8(&buf[..len]).map(|s| check_text(s, 2)),
+        Ok(Err(TextProblem::Forbidden { .. }))
     )
 }
 
@@ -99,7 +103,7 @@ fn shown(text: &str) -> Cow<'_, str> {
         text.chars()
             .map(|c| {
                 if unprintable(c) {
-                    format!("\\u{{{:04x}}}", u32::from(c))
+                    format!("\\u{{{:x}}}", u32::from(c))
                 } else {
                     c.to_string()
                 }

@@ -21,9 +21,10 @@ type Reply = oneshot::Sender<Result<(), Arc<AuditError>>>;
 
 /// One thread appends audit records: whatever arrived while the last append ran goes into the
 /// next, so concurrent issuances share fsyncs and checkpoint signatures without any of them
-/// returning early. Every append first checks the log's end against its last checkpoint: a log
-/// that cannot be appended or does not verify fails each issuance waiting on it (503), and the
-/// next group tries again.
+/// returning early. It verifies the whole log when it starts, and every append checks the
+/// log's end against its last checkpoint: a log that cannot be appended or does not verify
+/// fails each issuance waiting on it (503); after a failure the whole log is verified again
+/// before the next append, so a repaired log is taken up without a restart.
 pub(super) struct Committer {
     tx: std::sync::mpsc::Sender<(AuditRecord, Reply)>,
 }
@@ -37,6 +38,13 @@ impl Committer {
         std::thread::spawn(move || {
             let signer: &(dyn Signer + Sync) = &*key;
             let notary = Notary::new(&trust, signer);
+            let mut healthy = match log.verify(&trust, &[]) {
+                Ok(_) => true,
+                Err(e) => {
+                    error!(error = %e, "the audit log does not verify: signing answers 503 until it does (see `hwpass-issuer audit verify`)");
+                    false
+                }
+            };
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
@@ -48,12 +56,16 @@ impl Committer {
                 let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
                 let mut entries: Vec<AuditEntry> =
                     records.into_iter().map(AuditEntry::Issued).collect();
-                let result = log
-                    .append(&mut entries, &notary)
-                    .map(|_| ())
+                let checked = match healthy {
+                    true => Ok(()),
+                    false => log.verify(&trust, &[]).map(|_| ()),
+                };
+                let result = checked
+                    .and_then(|()| log.append(&mut entries, &notary).map(|_| ()))
                     .map_err(Arc::new);
+                healthy = result.is_ok();
                 if let Err(e) = &result {
-                    error!(error = %e, records = entries.len(), "audit append failed: no pass of this group was issued");
+                    error!(error = %e, records = entries.len(), "audit log failed: no pass of this group was issued");
                 }
                 for reply in replies {
                     // A client that went away no longer waits; its record is durable anyway.
