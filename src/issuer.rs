@@ -49,5 +49,7 @@ pub mod internal {
     pub use super::credential::{make_credential, rsa_ek};
     pub use super::keys::pkcs11::{Hsm, Pkcs11Manager};
     pub use super::keys::pkcs11_uri::Pkcs11Uri;
+    #[cfg(fuzzing)]
+    pub use super::store::file::fuzz_audit_log;
     pub use super::store::file::{FileAuditLog, FileRegister};
 }

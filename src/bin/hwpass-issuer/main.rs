@@ -129,6 +129,12 @@ fn shown_json(json: String) -> String {
         .collect()
 }
 
+/// Standard base64, as checkpoints write root hashes.
+fn b64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// A key manager error as the person sees it.
 fn key_fail(e: issuer::KeyError) -> Failure {
     fail(e.into())
@@ -442,7 +448,7 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 Some(c) => println!(
                     "checkpoint: {} records, root {}, of {}, signed by a trusted issuer key for {}",
                     c.size,
-                    hex::encode(c.root),
+                    b64_std(&c.root),
                     format_time(c.time),
                     c.origin
                 ),
@@ -530,7 +536,7 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                     "{}: a checkpoint now covers all {} records (root {})",
                     log.describe(),
                     c.size,
-                    hex::encode(c.root)
+                    b64_std(&c.root)
                 ),
                 None => println!("{}: nothing to cover", log.describe()),
             }
