@@ -32,11 +32,14 @@ pub use keys::{
 pub use policy::{Policy, PolicyError};
 pub use serve::run as serve;
 pub use sign::{
-    approve, issue, publish_denylist, revoke_device, revoke_pass, sign_one, trust_bundle, Approved,
+    approve, audit_trust, issue, publish_denylist, revoke_device, revoke_pass, sign_one,
+    trust_bundle, Approved, MAX_DELIVERY_LEN,
 };
 pub use store::{
-    record_hash, AuditError, AuditRecord, AuditStore, ChainSummary, Register, RevocationError,
-    RevocationStore, Revoked, Target, GENESIS,
+    entry_hash, record_hash, verify_log, AuditEntry, AuditError, AuditRecord, AuditStore,
+    AuditTrust, ChainSummary, Checkpoint, CheckpointError, LogContents, Notary, NotaryError,
+    PendingAppend, RecordKind, Register, RevocationError, RevocationRecord, RevocationStore,
+    Revoked, RevokedKind, Target, Verified, GENESIS,
 };
 
 /// Items for this crate's own integration tests: not part of the API.
@@ -46,5 +49,7 @@ pub mod internal {
     pub use super::credential::{make_credential, rsa_ek};
     pub use super::keys::pkcs11::{Hsm, Pkcs11Manager};
     pub use super::keys::pkcs11_uri::Pkcs11Uri;
+    #[cfg(fuzzing)]
+    pub use super::store::file::fuzz_audit_log;
     pub use super::store::file::{FileAuditLog, FileRegister};
 }

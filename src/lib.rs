@@ -68,6 +68,6 @@ pub mod os {
 #[cfg(all(fuzzing, feature = "desktop", feature = "issuer"))]
 pub mod fuzz {
     pub use crate::desktop::internal::{check_state_content, open_sealed, seal};
-    pub use crate::issuer::internal::verify_evidence;
+    pub use crate::issuer::internal::{fuzz_audit_log, verify_evidence};
     pub use crate::issuer::AttestationPolicy;
 }

@@ -1,11 +1,15 @@
 //! `sign --batch`: many requests, one worker thread per key of the pool (each its own HSM
-//! session), audit records group-committed per chunk, passes handed out only once durable.
+//! session), audit records group-committed per chunk with a signed checkpoint, passes handed
+//! out only once durable. Every line gets its own result: a request that fails — even one that
+//! makes signing panic — fails alone.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::config::IssuerConfig;
 use super::error::IssuerError;
 use super::keys::pool::KeyPool;
 use super::sign::{approve, sign_one};
-use super::store::{AuditRecord, AuditStore};
+use super::store::{AuditEntry, AuditRecord, AuditStore, Notary};
 use crate::core::signer::Signer;
 
 /// How a batch is signed.
@@ -30,14 +34,17 @@ pub enum BatchItem {
 
 /// Signs a batch: requests are verified, approved and signed by one worker thread per key of
 /// the pool (each key its own PKCS#11 session); the audit records of each chunk of `chunk`
-/// requests are appended with one fsync. `emit` receives each chunk's results, in input
-/// order, only after that chunk's records are durable — the caller prints them then.
+/// requests are appended with one fsync and one checkpoint signed by `notary`. `emit`
+/// receives each chunk's results, in input order, only after that chunk's records are
+/// durable — the caller prints them then. When the audit log cannot be appended or does not
+/// verify, the batch stops there (fail closed): that chunk's passes are never emitted.
 pub fn issue_batch<K: Signer + Send + Sync>(
     cfg: &IssuerConfig,
     requests: &[String],
     opts: &BatchOptions,
     keys: &KeyPool<K>,
     log: &dyn AuditStore,
+    notary: &Notary<'_>,
     mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError> + Send,
 ) -> Result<(), IssuerError> {
     // Chunk k's audit append, fsync and printing run on their own thread while the workers
@@ -46,8 +53,12 @@ pub fn issue_batch<K: Signer + Send + Sync>(
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<AuditRecord>, Vec<BatchItem>)>(1);
         let writer = scope.spawn(move || -> Result<(), IssuerError> {
-            for (mut records, items) in rx {
-                log.append(&mut records)?;
+            for (records, items) in rx {
+                if !records.is_empty() {
+                    let mut entries: Vec<AuditEntry> =
+                        records.into_iter().map(AuditEntry::Issued).collect();
+                    log.append(&mut entries, notary)?;
+                }
                 emit(items)?;
             }
             Ok(())
@@ -83,8 +94,13 @@ fn sign_chunk<K: Signer + Send + Sync>(
                         (w..part.len())
                             .step_by(workers)
                             .map(|i| {
-                                let r = approve(cfg, &part[i], opts.lifetime, opts.now)
-                                    .and_then(|a| sign_one(&a, key, opts.now));
+                                // A panic while handling one request (a bug) fails that
+                                // request only; the worker goes on with the others.
+                                let r = catch_unwind(AssertUnwindSafe(|| {
+                                    approve(cfg, &part[i], opts.lifetime, opts.now)
+                                        .and_then(|a| sign_one(&a, key, opts.now))
+                                }))
+                                .unwrap_or_else(|panic| Err(panicked(&*panic)));
                                 (i, r)
                             })
                             .collect::<Vec<_>>()
@@ -93,8 +109,8 @@ fn sign_chunk<K: Signer + Send + Sync>(
             })
             .collect();
         for h in handles {
-            // Invariant: workers do not panic (every failure is a Result); if one did, its
-            // requests stay None and are reported as failed below.
+            // Invariant: each request's panic is caught above; if a worker still stopped (the
+            // key pool itself failed), its requests stay None and are reported as failed below.
             if let Ok(done) = h.join() {
                 for (i, r) in done {
                     results[i] = Some(r);
@@ -117,4 +133,121 @@ fn sign_chunk<K: Signer + Send + Sync>(
         }
     }
     (records, items)
+}
+
+/// The failure of a request whose handling panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> IssuerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into());
+    IssuerError::Internal(format!(
+        "signing this request failed unexpectedly (a bug in hwpass: {what}); the other requests are not affected"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use p256::ecdsa::{Signature, VerifyingKey};
+
+    use super::*;
+    use crate::core::b64::b64url_decode;
+    use crate::core::claims::{BindingKind, RequestClaims};
+    use crate::core::jws::sign_request;
+    use crate::core::signer::{MemoryKey, SignError};
+    use crate::issuer::store::file::FileAuditLog;
+    use crate::issuer::store::AuditTrust;
+
+    const NOW: i64 = 1_800_000_000;
+
+    /// An issuer key with a bug: it panics signing a pass for `crash@corp`.
+    #[derive(Debug)]
+    struct Fragile(MemoryKey);
+
+    impl Signer for Fragile {
+        fn verifying_key(&self) -> &VerifyingKey {
+            self.0.verifying_key()
+        }
+        fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignError> {
+            let payload = std::str::from_utf8(msg)
+                .ok()
+                .and_then(|m| m.split('.').nth(1))
+                .and_then(b64url_decode)
+                .unwrap_or_default();
+            if String::from_utf8_lossy(&payload).contains("crash@corp") {
+                panic!("the key device broke");
+            }
+            self.0.try_sign(msg)
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> IssuerConfig {
+        let path = dir.join("issuer.toml");
+        std::fs::write(
+            &path,
+            "issuer = \"test\"\naudience = \"app\"\naudit_log = \"audit.jsonl\"\n\n[key]\nuri = \"pkcs11:token=t;object=o?module-path=/nonexistent.so\"\n\n[policy]\ndefault_lifetime = \"1d\"\nmax_lifetime = \"7d\"\nallow_software = true\n",
+        )
+        .unwrap();
+        IssuerConfig::load(&path).unwrap()
+    }
+
+    fn request(sub: &str) -> String {
+        let claims = RequestClaims {
+            sub: sub.into(),
+            iat: NOW,
+            kind: BindingKind::Software,
+            ttl: None,
+            dev: None,
+            att: None,
+            stm: None,
+        };
+        sign_request(&claims, &MemoryKey::generate()).unwrap()
+    }
+
+    #[test]
+    fn one_request_that_panics_fails_alone_and_every_other_line_gets_its_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let requests: Vec<String> = ["a@corp", "b@corp", "crash@corp", "c@corp", "d@corp"]
+            .iter()
+            .map(|s| request(s))
+            .collect();
+        // One worker: before, its panic lost every request it had.
+        let keys = KeyPool::new(vec![Fragile(MemoryKey::generate())]);
+        let audit_key = MemoryKey::generate();
+        let trust = AuditTrust::new("test/audit", [*audit_key.verifying_key()]).unwrap();
+        let log = FileAuditLog::new(dir.path().join("audit.jsonl"));
+        let opts = BatchOptions {
+            lifetime: None,
+            chunk: 16,
+            now: NOW,
+        };
+        let mut out = Vec::new();
+        issue_batch(
+            &cfg,
+            &requests,
+            &opts,
+            &keys,
+            &log,
+            &Notary::new(&trust, &audit_key),
+            |items| {
+                out.extend(items);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let issued: Vec<bool> = out
+            .iter()
+            .map(|i| matches!(i, BatchItem::Issued(_)))
+            .collect();
+        assert_eq!(issued, [true, true, false, true, true]);
+        assert!(
+            matches!(&out[2], BatchItem::Failed(IssuerError::Internal(m)) if m.contains("the key device broke")),
+            "{:?}",
+            out[2]
+        );
+        let v = log.verify(&trust, &[]).unwrap();
+        assert_eq!((v.records, v.checkpoint.unwrap().size), (4, 4));
+    }
 }

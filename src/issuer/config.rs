@@ -33,6 +33,40 @@ struct ConfigFile {
     revocations: Option<PathBuf>,
     #[serde(default)]
     serve: ServeSection,
+    #[serde(default)]
+    audit: AuditSection,
+}
+
+/// `[audit]`: the audit log's checkpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    /// The log's name in its checkpoints (C2SP origin line and key name).
+    #[serde(default)]
+    origin: Option<String>,
+}
+
+/// The audit log's default name: the issuer name without a URL scheme, anything a checkpoint
+/// cannot carry replaced by `-`, then `/hwpass-audit` (`https://issuer.corp/` gives
+/// `issuer.corp/hwpass-audit`).
+fn default_origin(iss: &str) -> String {
+    let bare = iss
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let name: String = bare
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '+' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{name}/hwpass-audit")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +227,8 @@ pub struct IssuerConfig {
     pub also_trusted: Vec<String>,
     /// The revocation register.
     pub revocations: PathBuf,
+    /// The audit log's name in its signed checkpoints (`[audit] origin`).
+    pub audit_origin: String,
     /// `[serve]`.
     pub serve: ServeConfig,
     /// The signing policy.
@@ -278,6 +314,12 @@ impl IssuerConfig {
             None => audit_log.with_file_name("revocations.json"),
         };
         let serve = file.serve.resolve(base).map_err(err)?;
+        let audit_origin = match file.audit.origin {
+            Some(o) => o,
+            None => default_origin(&file.issuer),
+        };
+        super::store::checkpoint::check_origin(&audit_origin)
+            .map_err(|e| err(format!("[audit] origin: {e}")))?;
         Ok(Self {
             iss: file.issuer,
             aud: file.audience,
@@ -285,6 +327,7 @@ impl IssuerConfig {
             key,
             also_trusted: key_section.also_trusted,
             revocations,
+            audit_origin,
             serve,
             policy,
             attestation,

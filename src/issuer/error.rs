@@ -59,6 +59,16 @@ pub enum IssuerError {
     /// Something inside the issuer failed (a signing worker stopped).
     #[error("{0}")]
     Internal(String),
+    /// The signed pass (or its delivery) is longer than a desktop accepts; nothing was audited.
+    #[error("the signed {what} would be {len} bytes, more than the {max} a desktop accepts; nothing was issued")]
+    TooLarge {
+        /// `pass` or `delivery`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The most a desktop takes.
+        max: usize,
+    },
 }
 
 impl IssuerError {
@@ -68,11 +78,13 @@ impl IssuerError {
             Self::Config { .. }
             | Self::Key(KeyError::Pin(_) | KeyError::Uri(_) | KeyError::UnsupportedScheme { .. })
             | Self::Internal(_)
+            | Self::TooLarge { .. }
             | Self::Revocation(_) => exit::OTHER,
             Self::Request(_) | Self::NotFound(_) => exit::BAD_REQUEST,
             Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
             Self::Attest(_) => exit::BAD_REQUEST,
             Self::Key(_) => exit::HSM,
+            Self::Audit(a) if matches!(a.cause(), AuditError::Sign(_)) => exit::HSM,
             Self::Audit(_) => exit::AUDIT,
         }
     }

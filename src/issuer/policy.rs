@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use crate::core::claims::{BindingKind, RequestClaims};
-use crate::core::time::{format_duration, parse_duration};
+use crate::core::time::{format_duration, format_time, in_range, parse_duration, MAX_TIME};
 
 /// Why the policy refused a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +29,26 @@ pub enum PolicyError {
         age: i64,
         /// The maximum in seconds.
         max: i64,
+    },
+    /// The lifetime asked for is not at least one second.
+    #[error("requested lifetime {} is not positive", format_duration(*requested))]
+    LifetimeNotPositive {
+        /// Seconds asked for.
+        requested: i64,
+    },
+    /// The issuer's clock is outside the time stamps passes can carry.
+    #[error("the issuer's clock reads {}, outside 1970…9999; fix the clock", format_time(*now))]
+    ClockOutOfRange {
+        /// The time read.
+        now: i64,
+    },
+    /// The pass would expire after the last time stamp passes can carry.
+    #[error("a pass signed at {} for {} would expire after 9999-12-31", format_time(*now), format_duration(*lifetime))]
+    EndsTooLate {
+        /// The time of signing.
+        now: i64,
+        /// Seconds of validity.
+        lifetime: i64,
     },
 }
 
@@ -118,7 +138,14 @@ impl Policy {
             BindingKind::Software => self.software_max_lifetime,
             BindingKind::Tpm => self.max_lifetime,
         };
-        let age = now - req.iat;
+        if !in_range(now) {
+            return Err(PolicyError::ClockOutOfRange { now });
+        }
+        // Both are within 1970…9999 (the request's `iat` by core's check), so neither the
+        // age nor the expiry below can overflow; checked all the same.
+        let age = now
+            .checked_sub(req.iat)
+            .ok_or(PolicyError::ClockOutOfRange { now })?;
         if age > self.max_request_age {
             return Err(PolicyError::RequestTooOld {
                 age,
@@ -133,13 +160,20 @@ impl Policy {
                     kind: req.kind,
                 })
             }
+            Some(asked) if asked < 1 => {
+                return Err(PolicyError::LifetimeNotPositive { requested: asked })
+            }
             Some(asked) => asked,
             None => self.default_lifetime.min(max),
         };
+        let exp = now
+            .checked_add(lifetime)
+            .filter(|exp| *exp <= MAX_TIME)
+            .ok_or(PolicyError::EndsTooLate { now, lifetime })?;
         Ok(Validity {
             iat: now,
             nbf: now,
-            exp: now + lifetime,
+            exp,
         })
     }
 }
@@ -227,6 +261,49 @@ mod tests {
         };
         assert!(matches!(
             policy(true).decide(&old, None, NOW),
+            Err(PolicyError::RequestTooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn time_arithmetic_is_checked_at_every_edge() {
+        let p = policy(true);
+        let at = |now: i64, lifetime: Option<i64>| {
+            let r = RequestClaims {
+                iat: now.clamp(0, MAX_TIME),
+                ..req(BindingKind::Tpm, None)
+            };
+            p.decide(&r, lifetime, now)
+        };
+        assert_eq!(
+            at(i64::MAX, None),
+            Err(PolicyError::ClockOutOfRange { now: i64::MAX })
+        );
+        assert_eq!(
+            at(i64::MIN, None),
+            Err(PolicyError::ClockOutOfRange { now: i64::MIN })
+        );
+        assert_eq!(
+            at(MAX_TIME - 60, None),
+            Err(PolicyError::EndsTooLate {
+                now: MAX_TIME - 60,
+                lifetime: 7 * 86400
+            })
+        );
+        assert_eq!(at(MAX_TIME - 60, Some(60)).unwrap().exp, MAX_TIME);
+        for bad in [0, -3600, i64::MIN] {
+            assert_eq!(
+                at(NOW, Some(bad)),
+                Err(PolicyError::LifetimeNotPositive { requested: bad })
+            );
+        }
+        // A request from the far past is simply too old.
+        let old = RequestClaims {
+            iat: 0,
+            ..req(BindingKind::Tpm, None)
+        };
+        assert!(matches!(
+            p.decide(&old, None, NOW),
             Err(PolicyError::RequestTooOld { .. })
         ));
     }

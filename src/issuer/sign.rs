@@ -4,12 +4,20 @@
 use super::attest::{self, seal_delivery, AttestError};
 use super::config::IssuerConfig;
 use super::error::IssuerError;
-use super::store::{AuditRecord, AuditStore, Revoked, Target};
+use super::store::{
+    AuditEntry, AuditError, AuditRecord, AuditStore, AuditTrust, Notary, RecordKind,
+    RevocationRecord, Revoked, RevokedKind, Target,
+};
 use crate::core::b64::b64url_decode;
 use crate::core::claims::{Attestation, BindingKind, Confirmation, HardwareBinding, PassClaims};
 use crate::core::jwk::{Jwk, Jwks};
-use crate::core::jws::{sign_pass_as, verify_request};
+use crate::core::jws::{sign_pass_as, verify_request, MAX_TOKEN_LEN};
 use crate::core::signer::{random_jti, Signer};
+
+/// The longest delivery (a pass sealed to a TPM) a desktop takes: `hwpass install -` reads at
+/// most twice [`MAX_TOKEN_LEN`] from standard input (`crate::sys::read_token_arg`), and the
+/// pass inside must itself fit [`MAX_TOKEN_LEN`].
+pub const MAX_DELIVERY_LEN: usize = 2 * MAX_TOKEN_LEN;
 
 /// The trust bundle as the key store holds it: the signing key first, then the `also_trusted`
 /// keys. Reads public keys only, so it needs no PIN.
@@ -21,7 +29,19 @@ pub fn trust_bundle(cfg: &IssuerConfig) -> Result<Jwks, IssuerError> {
     Ok(cfg.trust_bundle(keys))
 }
 
-/// Revokes the pass with this id, looked up in the audit log (for its expiry and subject).
+/// Whose signatures on the audit log's checkpoints count, for the log the config names: the
+/// trust bundle's keys. Reads public keys only, so it needs no PIN.
+pub fn audit_trust(cfg: &IssuerConfig) -> Result<AuditTrust, IssuerError> {
+    let bundle = trust_bundle(cfg)?;
+    let keys = bundle.keys.iter().map(|(_, jwk)| *jwk.verifying_key());
+    AuditTrust::new(&cfg.audit_origin, keys).map_err(|e| AuditError::from(e).into())
+}
+
+/// Revokes the pass with this id, looked up in the audit log (for its expiry and subject; a
+/// damaged log is searched line by line, so revocation works on it), then records the
+/// revocation in the audit log. The register is what revokes: when the audit record cannot be
+/// written (no HSM, a log that does not verify), the revocation stands and
+/// [`Revoked::audit_error`] says why the record is missing.
 pub fn revoke_pass(
     cfg: &IssuerConfig,
     jti: &str,
@@ -29,8 +49,7 @@ pub fn revoke_pass(
     reason: Option<String>,
     now: i64,
 ) -> Result<Revoked, IssuerError> {
-    let (records, _) = cfg.audit_store().read()?;
-    let record = records.iter().rev().find(|r| r.jti == jti).ok_or_else(|| {
+    let record = cfg.audit_store().find_issued(jti)?.ok_or_else(|| {
         IssuerError::NotFound(format!("no pass with id {jti:?} in the audit log"))
     })?;
     let target = Target::Pass {
@@ -38,7 +57,47 @@ pub fn revoke_pass(
         exp: record.exp,
         sub: record.sub.clone(),
     };
-    Ok(cfg.revocation_store().revoke(target, by, reason, now)?)
+    let out = cfg
+        .revocation_store()
+        .revoke(target, by, reason.clone(), now)?;
+    Ok(audited(cfg, out, RevokedKind::Pass, jti, by, reason, now))
+}
+
+/// Adds the revocation's audit record, or the reason it could not be written.
+fn audited(
+    cfg: &IssuerConfig,
+    mut out: Revoked,
+    target: RevokedKind,
+    id: &str,
+    by: &str,
+    reason: Option<String>,
+    now: i64,
+) -> Revoked {
+    if out.already {
+        return out;
+    }
+    let record = RevocationRecord {
+        v: 1,
+        event: RecordKind::Revoke,
+        time: now,
+        target,
+        id: id.to_string(),
+        seq: out.seq,
+        by: by.to_string(),
+        reason,
+        prev: String::new(),
+    };
+    let write = || -> Result<(), IssuerError> {
+        let trust = audit_trust(cfg)?;
+        let key = cfg.key.open()?;
+        let key: &(dyn Signer + Sync) = &*key;
+        let mut entry = [AuditEntry::Revoked(record)];
+        cfg.audit_store()
+            .append(&mut entry, &Notary::new(&trust, key))?;
+        Ok(())
+    };
+    out.audit_error = write().err().map(|e| e.to_string());
+    out
 }
 
 /// Revokes a device key: every pass bound to it, past and future.
@@ -56,7 +115,10 @@ pub fn revoke_device(
         )));
     }
     let target = Target::Device { jkt: jkt.into() };
-    Ok(cfg.revocation_store().revoke(target, by, reason, now)?)
+    let out = cfg
+        .revocation_store()
+        .revoke(target, by, reason.clone(), now)?;
+    Ok(audited(cfg, out, RevokedKind::Device, jkt, by, reason, now))
 }
 
 /// Signs the current deny list (revocations and trust bundle keys) with the issuer key;
@@ -123,27 +185,32 @@ pub fn approve(
     Ok(Approved { claims, deliver_to })
 }
 
-/// Signs approved passes with the HSM key, appends their audit records and fsyncs the log.
+/// Signs approved passes with the HSM key, appends their audit records and a checkpoint
+/// (signed by `notary`) to the log, after checking the log's end against its last checkpoint.
 /// Returns the passes (sealed to their TPM when attested) only once their records are
-/// durable: the caller prints them after this.
+/// durable: the caller prints them after this. A log that cannot be appended or does not
+/// verify stops signing: no pass is returned.
 pub fn issue(
     approved: &[Approved],
     key: &dyn Signer,
     log: &dyn AuditStore,
+    notary: &Notary<'_>,
     now: i64,
 ) -> Result<Vec<String>, IssuerError> {
-    let (passes, mut records): (Vec<_>, Vec<_>) = approved
+    let (passes, records): (Vec<_>, Vec<_>) = approved
         .iter()
         .map(|a| sign_one(a, key, now))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .unzip();
-    log.append(&mut records)?;
+    let mut entries: Vec<AuditEntry> = records.into_iter().map(AuditEntry::Issued).collect();
+    log.append(&mut entries, notary)?;
     Ok(passes)
 }
 
 /// Signs one approved pass (sealing it to its TPM when attested) and makes its audit record,
-/// not yet written.
+/// not yet written. A pass or delivery longer than a desktop accepts is refused here, before
+/// anything is audited or handed out.
 pub fn sign_one(
     a: &Approved,
     key: &dyn Signer,
@@ -152,10 +219,24 @@ pub fn sign_one(
     let c = &a.claims;
     let kid = Jwk::new(*key.verifying_key()).thumbprint();
     let pass = sign_pass_as(c, &kid, key)?;
+    if pass.len() > MAX_TOKEN_LEN {
+        return Err(IssuerError::TooLarge {
+            what: "pass",
+            len: pass.len(),
+            max: MAX_TOKEN_LEN,
+        });
+    }
     let pass = match &a.deliver_to {
         Some(to) => seal_delivery(&pass, to)?,
         None => pass,
     };
+    if pass.len() > MAX_DELIVERY_LEN {
+        return Err(IssuerError::TooLarge {
+            what: "delivery",
+            len: pass.len(),
+            max: MAX_DELIVERY_LEN,
+        });
+    }
     let record = AuditRecord {
         v: 1,
         time: now,

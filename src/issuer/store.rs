@@ -1,23 +1,35 @@
 //! The issuer's store seam: the audit log and the revocation register behind two traits,
 //! [`AuditStore`] and [`RevocationStore`], so another store (a database) can hold the same
-//! chain and register. [`file`] is the embedded default: files on one machine.
+//! log and register. [`file`] is the embedded default: files on one machine.
 //!
-//! The audit chain links records by [`record_hash`], a function of the record itself (its
-//! canonical JSON), not of a file's line bytes.
+//! The audit log is a list of entries ([`AuditEntry`]: an issued pass, or a revocation). Each
+//! entry names the [`entry_hash`] of the one before (a hash chain), and the entries are the
+//! leaves of an RFC 6962 Merkle tree whose root a signed checkpoint ([`checkpoint`]) covers.
+//! Every append checks the end of the log against its last checkpoint and stores a new
+//! checkpoint covering the new entries, signed by the issuer key; [`verify_log`] checks every
+//! entry. Both are functions of the entries (their canonical JSON), not of a file's bytes, so
+//! any store can hold the same log.
 
+pub(crate) mod checkpoint;
 pub(crate) mod file;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+pub use checkpoint::{
+    AuditTrust, Checkpoint, CheckpointError, Frontier, Hash, Notary, NotaryError,
+};
 
 use crate::core::claims::{Attestation, BindingKind};
 use crate::core::denylist::{self, DenyList, RevokedPass};
 use crate::core::jwk::{Jwks, TrustParams};
 use crate::core::jws::LEEWAY_SECS;
 use crate::core::signer::{SignError, Signer};
+use checkpoint::leaf_hash;
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -34,26 +46,90 @@ pub enum AuditError {
         /// The cause.
         source: io::Error,
     },
-    /// A line is not a record.
+    /// A line is not an entry, or not in the canonical form hwpass writes.
     #[error("audit log line {line} is not a valid record: {detail}")]
     Malformed {
         /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The last complete line, which the next record would chain to, is not a record.
-    #[error("the last record of the audit log is not valid: {detail}")]
-    LastRecord {
+        line: u64,
         /// What is wrong.
         detail: String,
     },
     /// The chain is broken: a line was edited, inserted or removed before `line`.
-    #[error("audit log line {line} does not follow line {}: a record was edited, inserted or deleted", line - 1)]
+    #[error("audit log line {line} does not follow line {}: a record was edited, inserted or deleted", line.saturating_sub(1))]
     Broken {
         /// 1-based line number.
-        line: usize,
+        line: u64,
     },
+    /// The log has entries but no checkpoint covers them.
+    #[error("the audit log has {records} records but no checkpoint: its checkpoint file was deleted, or the log was written before checkpoints")]
+    NoCheckpoint {
+        /// Entries in the log.
+        records: u64,
+    },
+    /// The log holds fewer entries than its last checkpoint covers.
+    #[error("the audit log's last checkpoint covers {covered} records but the log {}: records were cut off", match present { Some(n) => format!("has only {n}"), None => "is shorter".to_string() })]
+    Cut {
+        /// Entries the checkpoint covers.
+        covered: u64,
+        /// Complete entries present, when known.
+        present: Option<u64>,
+    },
+    /// The first `size` entries do not hash to the checkpoint's root.
+    #[error("the first {size} records do not match the signed checkpoint that covers them: a record was edited, deleted, inserted, reordered or forged")]
+    Mismatch {
+        /// Entries the checkpoint covers.
+        size: u64,
+    },
+    /// Lines after the last checkpoint that no append of hwpass wrote.
+    #[error("{count} line(s) after the {after} records of the last checkpoint are not covered by any checkpoint: written by something other than hwpass, or the checkpoint file was rolled back")]
+    Uncovered {
+        /// Lines not covered (an incomplete last line counts as one).
+        count: u64,
+        /// Entries the last checkpoint covers.
+        after: u64,
+    },
+    /// The log does not extend a checkpoint saved elsewhere (`audit verify --against`).
+    #[error("the log does not extend the saved checkpoint of {size} records: records it covered were cut, edited or replaced")]
+    Inconsistent {
+        /// Entries the saved checkpoint covers.
+        size: u64,
+    },
+    /// A checkpoint note was refused.
+    #[error("audit checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The store's own bookkeeping (the checkpoint file) is damaged.
+    #[error("audit checkpoint file {path}: {detail}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The new checkpoint could not be signed.
+    #[error("the audit checkpoint could not be signed: {0}")]
+    Sign(#[from] SignError),
+    /// The same failure, reported to everyone whose entries were in one group commit.
+    #[error(transparent)]
+    Shared(Arc<AuditError>),
+}
+
+impl From<NotaryError> for AuditError {
+    fn from(e: NotaryError) -> Self {
+        match e {
+            NotaryError::Checkpoint(c) => Self::Checkpoint(c),
+            NotaryError::Sign(s) => Self::Sign(s),
+        }
+    }
+}
+
+impl AuditError {
+    /// The failure itself, through [`AuditError::Shared`].
+    pub fn cause(&self) -> &AuditError {
+        match self {
+            Self::Shared(inner) => inner.cause(),
+            other => other,
+        }
+    }
 }
 
 /// One issued pass.
@@ -91,7 +167,153 @@ pub struct AuditRecord {
     pub prev: String,
 }
 
-/// Result of a verification.
+/// The record kind of a [`RevocationRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// A pass or device key was revoked.
+    Revoke,
+}
+
+/// What a [`RevocationRecord`] revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+#[serde(rename_all = "lowercase")]
+pub enum RevokedKind {
+    /// One pass, by its id.
+    Pass,
+    /// A device key, by its thumbprint.
+    Device,
+}
+
+/// A revocation, as the audit log records it (record kind `revoke`, format version 1). The
+/// register holds the revocation itself; this entry makes it part of the signed history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationRecord {
+    /// Record format version of this kind.
+    pub v: u32,
+    /// The record kind: `revoke`.
+    pub event: RecordKind,
+    /// When it was revoked (Unix seconds).
+    pub time: i64,
+    /// A pass or a device key.
+    pub target: RevokedKind,
+    /// The pass id or device key thumbprint.
+    pub id: String,
+    /// The deny list sequence number that carries it.
+    pub seq: u64,
+    /// Who revoked it.
+    pub by: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// [`entry_hash`] of the previous entry, or [`GENESIS`].
+    pub prev: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+#[serde(untagged)]
+pub enum AuditEntry {
+    /// A pass was issued.
+    Issued(AuditRecord),
+    /// A pass or device key was revoked.
+    Revoked(RevocationRecord),
+}
+
+/// The format versions this build reads, for each record kind.
+const RECORD_VERSION: u32 = 1;
+
+impl AuditEntry {
+    /// The hash of the entry before it.
+    pub fn prev(&self) -> &str {
+        match self {
+            Self::Issued(r) => &r.prev,
+            Self::Revoked(r) => &r.prev,
+        }
+    }
+
+    /// Sets the hash of the entry before it.
+    pub fn set_prev(&mut self, prev: String) {
+        match self {
+            Self::Issued(r) => r.prev = prev,
+            Self::Revoked(r) => r.prev = prev,
+        }
+    }
+
+    /// When it was written.
+    pub fn time(&self) -> i64 {
+        match self {
+            Self::Issued(r) => r.time,
+            Self::Revoked(r) => r.time,
+        }
+    }
+
+    /// Its canonical JSON: the serialization hwpass writes (fields in declaration order, no
+    /// whitespace), the leaf of the Merkle tree and the input of [`entry_hash`].
+    pub fn canonical(&self) -> Vec<u8> {
+        // Invariant: entries hold only strings, integers and enums, which always serialize.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses one line (without its newline); it must be in canonical form, so that any change
+    /// to its bytes changes its hash.
+    pub fn parse(line: &[u8]) -> Result<Self, String> {
+        let entry = match serde_json::from_slice::<AuditRecord>(line) {
+            Ok(r) => Self::Issued(r),
+            Err(issued) => match serde_json::from_slice::<RevocationRecord>(line) {
+                Ok(r) => Self::Revoked(r),
+                Err(revoked) => {
+                    let revocation =
+                        std::str::from_utf8(line).is_ok_and(|l| l.contains("\"event\":"));
+                    return Err(if revocation { revoked } else { issued }.to_string());
+                }
+            },
+        };
+        let v = match &entry {
+            Self::Issued(r) => r.v,
+            Self::Revoked(r) => r.v,
+        };
+        if v != RECORD_VERSION {
+            return Err(format!(
+                "record format version {v} is not one this hwpass reads"
+            ));
+        }
+        if entry.canonical() != line {
+            return Err(
+                "not in the canonical form hwpass writes (the line was re-encoded or edited)"
+                    .into(),
+            );
+        }
+        Ok(entry)
+    }
+
+    /// The issued pass, if that is what it records.
+    pub fn issued(&self) -> Option<&AuditRecord> {
+        match self {
+            Self::Issued(r) => Some(r),
+            Self::Revoked(_) => None,
+        }
+    }
+}
+
+/// The chain hash of an entry: hex SHA-256 of its canonical JSON.
+pub fn entry_hash(entry: &AuditEntry) -> String {
+    hex::encode(Sha256::digest(entry.canonical()))
+}
+
+/// The chain hash of an issuance record: hex SHA-256 of its canonical JSON (the serialization
+/// hwpass writes: fields in declaration order, no whitespace).
+pub fn record_hash(record: &AuditRecord) -> String {
+    // Invariant: a record holds only strings, integers and enums, which always serialize.
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(record).unwrap_or_default(),
+    ))
+}
+
+/// Result of reading the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSummary {
     /// Number of complete records.
@@ -102,24 +324,219 @@ pub struct ChainSummary {
     pub torn_tail: bool,
 }
 
-/// The chain hash of a record: hex SHA-256 of its canonical JSON (the serialization hwpass
-/// writes: fields in declaration order, no whitespace).
-pub fn record_hash(record: &AuditRecord) -> String {
-    // Invariant: a record holds only strings, integers and enums, which always serialize.
-    hex::encode(Sha256::digest(
-        serde_json::to_vec(record).unwrap_or_default(),
-    ))
+/// An append that did not finish (a crash): the checkpoint it signed before writing, and every
+/// entry line after the last finished checkpoint that this checkpoint covers. The next append
+/// completes it; [`verify_log`] accepts the lines of it that are present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAppend {
+    /// The signed checkpoint note.
+    pub note: String,
+    /// The entry lines (canonical JSON) it adds to the last finished checkpoint.
+    pub lines: Vec<Vec<u8>>,
 }
 
-/// An append-only, hash-chained audit log.
+/// The whole log as a store holds it, for [`verify_log`].
+#[derive(Debug, Clone)]
+pub struct LogContents {
+    /// Every complete entry, in order, chain checked.
+    pub entries: Vec<AuditEntry>,
+    /// The RFC 6962 leaf hash of each entry's canonical JSON.
+    pub leaves: Vec<Hash>,
+    /// The hash of the last entry, or [`GENESIS`].
+    pub head: String,
+    /// An incomplete last line, if any.
+    pub fragment: Option<Vec<u8>>,
+    /// The last checkpoint note.
+    pub checkpoint: Option<String>,
+    /// An append that did not finish.
+    pub pending: Option<PendingAppend>,
+}
+
+impl LogContents {
+    /// The chain summary.
+    pub fn summary(&self) -> ChainSummary {
+        ChainSummary {
+            records: self.entries.len(),
+            head: self.head.clone(),
+            torn_tail: self.fragment.is_some(),
+        }
+    }
+}
+
+/// What [`verify_log`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Complete entries.
+    pub records: u64,
+    /// Hash of the last entry, or [`GENESIS`].
+    pub head: String,
+    /// The last checkpoint, verified (none only for an empty log).
+    pub checkpoint: Option<Checkpoint>,
+    /// Entries after it that an unfinished append wrote: covered by the checkpoint that append
+    /// signed, and completed by the next append.
+    pub pending: u64,
+    /// An incomplete last line of that unfinished append (the next append cuts it off).
+    pub torn_tail: bool,
+    /// Checkpoints saved elsewhere that the log was checked against.
+    pub against: Vec<Checkpoint>,
+}
+
+/// Checks the whole log: the chain (already checked by the store as it read), that the entries
+/// up to the last checkpoint hash to its root and that a trusted key signed it, that nothing
+/// follows it but what an unfinished append of hwpass wrote, and that the log extends each of
+/// the `saved` checkpoints (notes kept elsewhere). With `allow` it tolerates a missing
+/// checkpoint and entries after the last one (for `audit seal`, after a person reviewed them).
+pub fn verify_log(
+    log: &LogContents,
+    trust: &AuditTrust,
+    saved: &[String],
+    allow_uncovered: bool,
+) -> Result<Verified, AuditError> {
+    let n = log.leaves.len() as u64;
+    let checkpoint = log
+        .checkpoint
+        .as_deref()
+        .map(|note| trust.open(note))
+        .transpose()?;
+    let covered = checkpoint.as_ref().map_or(0, |c| c.size);
+    if checkpoint.is_none() && n > 0 && log.pending.is_none() && !allow_uncovered {
+        return Err(AuditError::NoCheckpoint { records: n });
+    }
+    if n < covered {
+        return Err(AuditError::Cut {
+            covered,
+            present: Some(n),
+        });
+    }
+    let against = saved
+        .iter()
+        .map(|note| trust.open(note))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(c) = against.iter().find(|c| c.size > n) {
+        return Err(AuditError::Cut {
+            covered: c.size,
+            present: Some(n),
+        });
+    }
+    let mut frontier = Frontier::new();
+    let mut at_checkpoint = frontier.clone();
+    let check = |frontier: &Frontier| -> Result<(), AuditError> {
+        let size = frontier.size();
+        if let Some(c) = &checkpoint {
+            if c.size == size && c.root != frontier.root() {
+                return Err(AuditError::Mismatch { size });
+            }
+        }
+        if let Some(c) = against
+            .iter()
+            .find(|c| c.size == size && c.root != frontier.root())
+        {
+            return Err(AuditError::Inconsistent { size: c.size });
+        }
+        Ok(())
+    };
+    check(&frontier)?;
+    for leaf in &log.leaves {
+        frontier.push(leaf);
+        check(&frontier)?;
+        if frontier.size() == covered {
+            at_checkpoint = frontier.clone();
+        }
+    }
+    let extra = n - covered;
+    let mut pending = 0;
+    match &log.pending {
+        Some(p) => {
+            let pc = trust.open(&p.note)?;
+            let leaves: Vec<Hash> = p.lines.iter().map(|l| leaf_hash(l)).collect();
+            let present = &log.leaves[covered as usize..];
+            let fragment_fits = log.fragment.as_ref().is_none_or(|f| {
+                p.lines
+                    .get(present.len())
+                    .is_some_and(|next| next.starts_with(f))
+            });
+            if present.len() > leaves.len() || present != &leaves[..present.len()] || !fragment_fits
+            {
+                return Err(AuditError::Uncovered {
+                    count: extra + u64::from(log.fragment.is_some()),
+                    after: covered,
+                });
+            }
+            let mut tree = at_checkpoint;
+            for leaf in &leaves {
+                tree.push(leaf);
+            }
+            if tree.size() != pc.size || tree.root() != pc.root {
+                return Err(AuditError::Mismatch { size: pc.size });
+            }
+            pending = extra;
+        }
+        None if (extra > 0 || log.fragment.is_some()) && !allow_uncovered => {
+            return Err(AuditError::Uncovered {
+                count: extra + u64::from(log.fragment.is_some()),
+                after: covered,
+            })
+        }
+        None => {}
+    }
+    Ok(Verified {
+        records: n,
+        head: log.head.clone(),
+        checkpoint,
+        pending,
+        torn_tail: log.fragment.is_some(),
+        against,
+    })
+}
+
+/// An append-only audit log with signed checkpoints.
 pub trait AuditStore: std::fmt::Debug + Send + Sync {
     /// Where it is, for messages (`audit log /var/lib/hwpass/audit.jsonl`).
     fn describe(&self) -> String;
-    /// Appends `records` in order, filling in their `prev`; returns only once they are durable,
-    /// and keeps one chain even when several issuers append at once.
-    fn append(&self, records: &mut [AuditRecord]) -> Result<(), AuditError>;
-    /// Every complete record, in order, with the chain checked.
-    fn read(&self) -> Result<(Vec<AuditRecord>, ChainSummary), AuditError>;
+
+    /// Appends `entries` in order, filling in their `prev`, and a checkpoint covering the log
+    /// with them, signed by `notary` and dated at the newest entry's time. First checks that
+    /// the log's end matches its last checkpoint (and completes an append a crash interrupted);
+    /// refuses to append to a log that does not. Returns only once entries and checkpoint are
+    /// durable, and keeps one log when several issuers append at once.
+    fn append(
+        &self,
+        entries: &mut [AuditEntry],
+        notary: &Notary<'_>,
+    ) -> Result<Checkpoint, AuditError>;
+
+    /// Every complete entry, in order, with the chain checked, and the stored checkpoints (not
+    /// yet verified: see [`verify_log`]).
+    fn load(&self) -> Result<LogContents, AuditError>;
+
+    /// Checks the whole log with [`verify_log`] (and whatever the store keeps beside it).
+    fn verify(&self, trust: &AuditTrust, saved: &[String]) -> Result<Verified, AuditError> {
+        verify_log(&self.load()?, trust, saved, false)
+    }
+
+    /// Signs a checkpoint covering every entry now in the log, after [`verify_log`] (a missing
+    /// checkpoint and entries after the last one allowed): for a log written before
+    /// checkpoints, or entries a person reviewed.
+    fn seal(&self, notary: &Notary<'_>) -> Result<Verified, AuditError>;
+
+    /// The issuance record of pass `jti`, searched leniently (lines that do not parse and a
+    /// broken chain are skipped), so revocation works on a damaged log.
+    fn find_issued(&self, jti: &str) -> Result<Option<AuditRecord>, AuditError>;
+
+    /// Every issuance record, in order, with the chain checked.
+    fn read(&self) -> Result<(Vec<AuditRecord>, ChainSummary), AuditError> {
+        let log = self.load()?;
+        let summary = log.summary();
+        let records = log
+            .entries
+            .into_iter()
+            .filter_map(|e| match e {
+                AuditEntry::Issued(r) => Some(r),
+                AuditEntry::Revoked(_) => None,
+            })
+            .collect();
+        Ok((records, summary))
+    }
 }
 
 /// What went wrong with the register.
@@ -145,6 +562,15 @@ pub enum RevocationError {
     /// The deny list could not be signed.
     #[error("{0}")]
     Key(#[from] SignError),
+    /// The deny list sequence number cannot go higher: the register is damaged (a real
+    /// register never comes near it). Desktops refuse a list whose number went down.
+    #[error("revocation register {path}: the deny list sequence number {seq} cannot be raised")]
+    SequenceExhausted {
+        /// The register.
+        path: PathBuf,
+        /// Its sequence number.
+        seq: u64,
+    },
 }
 
 /// A revoked pass, as the register keeps it.
@@ -217,16 +643,22 @@ pub enum Target {
 }
 
 /// The outcome of a revocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Revoked {
     /// The deny list sequence number that carries it.
     pub seq: u64,
     /// It was revoked before (nothing changed).
     pub already: bool,
+    /// The revocation is in force, but its audit record could not be written: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_error: Option<String>,
 }
 
 /// The revocation register: read it, or change it atomically.
 pub trait RevocationStore: std::fmt::Debug + Send + Sync {
+    /// Where it is, for messages.
+    fn location(&self) -> PathBuf;
+
     /// Reads the register; none yet is an empty register.
     fn load(&self) -> Result<Register, RevocationError>;
 
@@ -249,6 +681,7 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
         let mut target = Some(target);
         let mut reason = reason;
         let mut already = false;
+        let mut exhausted = None;
         let reg = self.update(&mut |reg| {
             let Some(target) = target.take() else {
                 return false;
@@ -260,6 +693,11 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
             if already {
                 return false;
             }
+            let Some(next) = reg.seq.checked_add(1) else {
+                exhausted = Some(reg.seq);
+                return false;
+            };
+            reg.seq = next;
             match target {
                 Target::Pass { jti, exp, sub } => reg.passes.push(PassEntry {
                     jti,
@@ -276,12 +714,18 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
                     reason: reason.take(),
                 }),
             }
-            reg.seq += 1;
             true
         })?;
+        if let Some(seq) = exhausted {
+            return Err(RevocationError::SequenceExhausted {
+                path: self.location(),
+                seq,
+            });
+        }
         Ok(Revoked {
             seq: reg.seq,
             already,
+            audit_error: None,
         })
     }
 
@@ -307,14 +751,25 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
         // The set of keys matters, not their order (the signing key is listed first).
         let mut kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
         kids.sort();
+        let mut exhausted = None;
         let reg = self.update(&mut |reg| {
-            let changed = reg.kids != kids;
-            if changed {
-                reg.kids = kids.clone();
-                reg.seq += 1;
+            if reg.kids == kids {
+                return false;
             }
-            changed
+            let Some(next) = reg.seq.checked_add(1) else {
+                exhausted = Some(reg.seq);
+                return false;
+            };
+            reg.kids = kids.clone();
+            reg.seq = next;
+            true
         })?;
+        if let Some(seq) = exhausted {
+            return Err(RevocationError::SequenceExhausted {
+                path: self.location(),
+                seq,
+            });
+        }
         let params = bundle.hwpass.clone().unwrap_or(TrustParams {
             iss: String::new(),
             aud: String::new(),

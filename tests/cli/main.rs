@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attest;
+mod audit;
 mod c_abi;
 mod common;
 mod conformance;

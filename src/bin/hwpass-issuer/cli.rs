@@ -114,12 +114,33 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Check the hash chain; report the record count and head hash.
-    Verify,
-    /// List issued passes.
+    /// Check every record: the hash chain, that the records up to the last signed checkpoint
+    /// reproduce its Merkle root, and its signature by a trusted issuer key (no PIN needed).
+    Verify {
+        /// Also check that the log extends this checkpoint, saved elsewhere earlier (`audit
+        /// checkpoint > FILE`): catches records cut off together with a rolled-back checkpoint.
+        #[arg(long, value_name = "FILE")]
+        against: Vec<PathBuf>,
+        /// Check signatures with the keys of this trust bundle (the JWKS desktops enrol with)
+        /// instead of reading them from the HSM: to verify on another machine, or with the
+        /// HSM unavailable.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+    },
+    /// List issued passes and revocations.
     List {
         /// One JSON record per line.
         #[arg(long)]
         json: bool,
     },
+    /// Print the last signed checkpoint (C2SP signed note), to keep a copy elsewhere.
+    Checkpoint {
+        /// Print the verifier keys for C2SP tools instead (`<name>+<key id>+<key>`).
+        #[arg(long)]
+        vkey: bool,
+    },
+    /// Check every record, then sign a checkpoint covering the whole log: once for a log
+    /// written before checkpoints, or after reviewing records the last checkpoint does not
+    /// cover. Needs the HSM.
+    Seal,
 }

@@ -1,7 +1,9 @@
 //! Every hint a person reads from `hwpass-issuer`: what to do next, by the error. The library
 //! reports facts ([`IssuerError`] and the typed errors inside it); the advice lives here.
 
-use hwpass::issuer::{AttestError, Ckr, IssuerError, KeyError, Pkcs11Error};
+use hwpass::issuer::{
+    AttestError, AuditError, CheckpointError, Ckr, IssuerError, KeyError, Pkcs11Error,
+};
 
 /// An exit code, the one-sentence error, and what to do next.
 pub type Failure = (i32, String, Option<&'static str>);
@@ -19,10 +21,29 @@ pub fn fail(e: IssuerError) -> Failure {
         IssuerError::Key(k) => key_hint(k),
         IssuerError::Revocation(_) => Some("fix the revocation register's location or permissions (config `revocations`)"),
         IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
-        IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
+        IssuerError::Audit(a) => audit_hint(a.cause()),
+        IssuerError::TooLarge { .. } => Some("shorten issuer or audience in the config: desktops refuse passes over 8 KiB"),
         _ => None,
     };
     (e.exit_code(), e.to_string(), hint)
+}
+
+/// What to do about an audit log that cannot be appended or does not verify (signing stops
+/// until it does; docs/hardening.md "The audit log" has the procedures).
+fn audit_hint(e: &AuditError) -> Option<&'static str> {
+    Some(match e {
+        AuditError::Io { .. } => "no pass was printed; fix the audit log location or permissions and sign again",
+        AuditError::Sign(_) => "the HSM did not sign the audit checkpoint: no pass was printed; check the HSM and sign again",
+        AuditError::NoCheckpoint { .. } => "if the checkpoint file was deleted, restore it from a backup; for a log written before checkpoints, check it (`hwpass-issuer audit verify` names any damage) and run `hwpass-issuer audit seal` once",
+        AuditError::Cut { .. } => "records were removed from the log: restore it from a backup; to sign again without them, move the log and its .checkpoint file aside (keep both for investigation) and hwpass starts a new log",
+        AuditError::Mismatch { .. } | AuditError::Broken { .. } | AuditError::Malformed { .. } => "the log was altered: compare it with a backup; to sign again, restore it, or move the log and its .checkpoint file aside (keep both for investigation) and hwpass starts a new log",
+        AuditError::Uncovered { .. } => "review the lines after the last checkpoint (`hwpass-issuer audit list`): remove them if they are not genuine, or run `hwpass-issuer audit seal` to cover them",
+        AuditError::Inconsistent { .. } => "the log was cut or rewritten since the saved checkpoint: restore it from a backup",
+        AuditError::Checkpoint(CheckpointError::UnknownKey) => "the last checkpoint was signed by a key this issuer no longer trusts: list that key in [key] also_trusted (or restore the checkpoint file)",
+        AuditError::Checkpoint(CheckpointError::WrongOrigin { .. }) => "[audit] origin in the config changed: set it back to the name the checkpoint carries",
+        AuditError::Checkpoint(_) | AuditError::State { .. } => "the checkpoint file was altered or damaged: restore it from a backup",
+        _ => return None,
+    })
 }
 
 /// What to do about a key manager (HSM) failure.

@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use secrecy::SecretString;
 
-use hwpass::issuer::{self, exit, IssuerConfig, IssuerError, KeyPool, PinPrompt};
+use std::borrow::Cow;
+
+use hwpass::issuer::{self, exit, AuditEntry, IssuerConfig, IssuerError, KeyPool, PinPrompt};
 use hwpass::os::{self as util, FAKE_NOW_ENV};
-use hwpass::{format_duration, format_time, Jwk, Signer as _};
+use hwpass::{check_text, format_duration, format_time, Jwk, Signer, TextProblem};
 
 use cli::{AuditCmd, Cli, Cmd};
 use error::{fail, Failure};
@@ -75,6 +77,62 @@ fn now() -> Result<i64, Failure> {
         );
     }
     util::now().map_err(|m| (exit::OTHER, m, None))
+}
+
+/// Whether `c` must not reach a terminal as it is: what core's text check forbids in `sub` and
+/// `dev` (control, bidirectional and invisible characters).
+fn unprintable(c: char) -> bool {
+    // After a visible character, so that whitespace controls (CR, LF, NEL) are not taken for
+    // an empty text.
+    let mut buf = [0u8; 5];
+    buf[0] = b'x';
+    let len = 1 + c.encode_utf8(&mut buf[1..]).len();
+    matches!(
+        std::str::from_utf8(&buf[..len]).map(|s| check_text(s, 2)),
+        Ok(Err(TextProblem::Forbidden { .. }))
+    )
+}
+
+/// Text from a record or request, safe to print: anything [`unprintable`] shown as `\u{…}`.
+/// New records hold only text that passed core's checks; old logs may not.
+fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unprintable(c) {
+                    format!("\\u{{{:x}}}", u32::from(c))
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// JSON text safe to print: serde_json leaves DEL, C1 controls, bidirectional and invisible
+/// characters as they are; they can only occur inside strings, where `\uXXXX` means the same.
+fn shown_json(json: String) -> String {
+    if !json.chars().any(unprintable) {
+        return json;
+    }
+    json.chars()
+        .map(|c| {
+            if unprintable(c) {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Standard base64, as checkpoints write root hashes.
+fn b64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A key manager error as the person sees it.
@@ -195,6 +253,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(key_fail)?;
             let keys = KeyPool::new(keys);
+            // One more session: the audit writer's, which signs the checkpoints.
+            let audit_key = cfg.key.open().map_err(key_fail)?;
+            let audit_signer: &(dyn Signer + Sync) = &*audit_key;
+            let trust = issuer::audit_trust(&cfg).map_err(fail)?;
+            let notary = issuer::Notary::new(&trust, audit_signer);
             let mut report_out: Box<dyn std::io::Write + Send> = match &report {
                 Some(path) => Box::new(
                     std::fs::File::create(path)
@@ -210,7 +273,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 chunk,
                 now,
             };
-            issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, |items| {
+            issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, &notary, |items| {
                 for item in items {
                     line += 1;
                     match item {
@@ -243,18 +306,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let approved = issuer::approve(&cfg, &request, valid_for, now).map_err(fail)?;
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
             let key = cfg.key.open().map_err(key_fail)?;
+            let trust = issuer::audit_trust(&cfg).map_err(fail)?;
+            let signer: &(dyn Signer + Sync) = &*key;
+            let notary = issuer::Notary::new(&trust, signer);
             let log = cfg.audit_store();
-            let passes =
-                issuer::issue(std::slice::from_ref(&approved), &*key, &*log, now).map_err(fail)?;
+            let passes = issuer::issue(std::slice::from_ref(&approved), &*key, &*log, &notary, now)
+                .map_err(fail)?;
             let c = &approved.claims;
             eprintln!(
                 "signed a {} pass for {} ({}), valid until {} ({}); audit record {} written",
                 c.hwb.kind.as_str(),
-                c.sub,
-                c.dev.as_deref().unwrap_or("unnamed device"),
+                shown(&c.sub),
+                shown(c.dev.as_deref().unwrap_or("unnamed device")),
                 format_time(c.exp),
-                format_duration(c.exp - c.nbf),
-                c.jti
+                format_duration(c.exp.saturating_sub(c.nbf)),
+                shown(&c.jti)
             );
             let mut out = std::io::stdout().lock();
             for p in passes {
@@ -273,6 +339,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 "cli:{}",
                 std::env::var("USER").unwrap_or_else(|_| "unknown".into())
             );
+            // The register alone revokes; the HSM only signs the audit record's checkpoint, so a
+            // missing PIN or HSM leaves the revocation in force, reported below.
+            let unlocked = cfg.key.unlock(&TerminalPrompt);
             let (out, what) = match (&pass, &device) {
                 (Some(jti), _) => (
                     issuer::revoke_pass(&cfg, jti, &by, reason, now).map_err(fail)?,
@@ -284,10 +353,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ),
                 (None, None) => unreachable!("clap requires one of --pass and --device"),
             };
+            let audit_error = match (&unlocked, &out.audit_error) {
+                (_, None) => None,
+                (Err(e), Some(_)) => Some(e.to_string()),
+                (Ok(()), Some(e)) => Some(e.clone()),
+            };
+            if let Some(e) = &audit_error {
+                eprintln!("hwpass-issuer: warning: the revocation is in force, but its audit record could not be written: {e}");
+                eprintln!("hint: check the audit log with `hwpass-issuer audit verify`; the revocation register ({}) holds the revocation", cfg.revocations.display());
+            }
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already})
+                    serde_json::json!({"revoked": what, "seq": out.seq, "already": out.already, "audit_error": audit_error})
                 );
             } else if out.already {
                 println!("{what} was already revoked (deny list #{})", out.seq);
@@ -330,37 +408,137 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(fail)?;
         }
-        Cmd::Audit { cmd } => {
-            let log = cfg.audit_store();
-            let (records, summary) = log.read().map_err(|e| fail(e.into()))?;
-            match cmd {
-                AuditCmd::Verify => {
+        Cmd::Audit { cmd } => audit(&cfg, cmd)?,
+    }
+    Ok(())
+}
+
+/// `hwpass-issuer audit …`.
+fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
+    let log = cfg.audit_store();
+    let audit_fail = |e: issuer::AuditError| fail(e.into());
+    match cmd {
+        AuditCmd::Verify { against, trust } => {
+            let trust = match trust {
+                None => issuer::audit_trust(cfg).map_err(fail)?,
+                Some(path) => {
+                    let bad = |e: String| (exit::OTHER, format!("{}: {e}", path.display()), None);
+                    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+                    let bundle = hwpass::Jwks::from_json(&text).map_err(|e| bad(e.to_string()))?;
+                    let keys = bundle.keys.iter().map(|(_, k)| *k.verifying_key());
+                    issuer::AuditTrust::new(&cfg.audit_origin, keys)
+                        .map_err(|e| fail(issuer::AuditError::from(e).into()))?
+                }
+            };
+            let saved = against
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| (exit::OTHER, format!("{}: {e}", p.display()), None))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let v = log.verify(&trust, &saved).map_err(audit_fail)?;
+            println!(
+                "{} verifies: {} records, head {}",
+                log.describe(),
+                v.records,
+                v.head
+            );
+            match &v.checkpoint {
+                Some(c) => println!(
+                    "checkpoint: {} records, root {}, of {}, signed by a trusted issuer key for {}",
+                    c.size,
+                    b64_std(&c.root),
+                    format_time(c.time),
+                    c.origin
+                ),
+                None if v.pending == 0 => println!("checkpoint: none yet (an empty log)"),
+                None => println!("checkpoint: none finished yet"),
+            }
+            if v.pending > 0 || v.torn_tail {
+                println!("note: {} record(s) after it were written by an append that did not finish (a crash); its signed checkpoint covers them, and the next append completes it", v.pending);
+            }
+            for (c, path) in v.against.iter().zip(&against) {
+                println!(
+                    "the log extends the saved checkpoint {} ({} records of {})",
+                    path.display(),
+                    c.size,
+                    format_time(c.time)
+                );
+            }
+        }
+        AuditCmd::List { json } => {
+            let contents = log.load().map_err(audit_fail)?;
+            for e in contents.entries {
+                if json {
                     println!(
-                        "{} verifies: {} records, head {}",
-                        log.describe(),
-                        summary.records,
-                        summary.head
+                        "{}",
+                        shown_json(serde_json::to_string(&e).unwrap_or_default())
                     );
-                    if summary.torn_tail {
-                        println!("note: the last line is an incomplete write (a crash before its fsync); its pass was never printed");
-                    }
+                    continue;
                 }
-                AuditCmd::List { json } => {
-                    for r in records {
-                        if json {
-                            println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                        } else {
-                            println!(
-                                "{}  {:<24} {:<8} until {}  jti {}",
-                                format_time(r.time),
-                                r.sub,
-                                r.kind.as_str(),
-                                format_time(r.exp),
-                                r.jti
-                            );
-                        }
-                    }
+                match e {
+                    AuditEntry::Issued(r) => println!(
+                        "{}  {:<24} {:<8} until {}  jti {}",
+                        format_time(r.time),
+                        shown(&r.sub),
+                        r.kind.as_str(),
+                        format_time(r.exp),
+                        shown(&r.jti)
+                    ),
+                    AuditEntry::Revoked(r) => println!(
+                        "{}  revoked {} {} (deny list #{}) by {}{}",
+                        format_time(r.time),
+                        match r.target {
+                            issuer::RevokedKind::Pass => "pass",
+                            issuer::RevokedKind::Device => "device key",
+                            _ => "?",
+                        },
+                        shown(&r.id),
+                        r.seq,
+                        shown(&r.by),
+                        r.reason
+                            .as_deref()
+                            .map(|why| format!(": {}", shown(why)))
+                            .unwrap_or_default()
+                    ),
+                    _ => {}
                 }
+            }
+        }
+        AuditCmd::Checkpoint { vkey } => {
+            let trust = issuer::audit_trust(cfg).map_err(fail)?;
+            if vkey {
+                for k in trust.verifier_keys() {
+                    println!("{k}");
+                }
+                return Ok(());
+            }
+            let contents = log.load().map_err(audit_fail)?;
+            let note = contents.checkpoint.ok_or((
+                exit::AUDIT,
+                "the audit log has no checkpoint yet".to_string(),
+                None,
+            ))?;
+            trust.open(&note).map_err(|e| audit_fail(e.into()))?;
+            print!("{note}");
+        }
+        AuditCmd::Seal => {
+            cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            let key = cfg.key.open().map_err(key_fail)?;
+            let trust = issuer::audit_trust(cfg).map_err(fail)?;
+            let signer: &(dyn Signer + Sync) = &*key;
+            let v = log
+                .seal(&issuer::Notary::new(&trust, signer))
+                .map_err(audit_fail)?;
+            match v.checkpoint {
+                Some(c) => println!(
+                    "{}: a checkpoint now covers all {} records (root {})",
+                    log.describe(),
+                    c.size,
+                    b64_std(&c.root)
+                ),
+                None => println!("{}: nothing to cover", log.describe()),
             }
         }
     }

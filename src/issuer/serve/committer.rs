@@ -1,29 +1,50 @@
-//! The audit group commit: one thread appends records; whatever arrived while the last fsync
-//! ran goes into the next append, and each issuance waits for its own record to be durable.
+//! The audit group commit: one thread appends records; whatever arrived while the last append
+//! ran goes into the next one, with one fsync and one signed checkpoint, and each issuance
+//! waits for its own record to be durable.
 
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tracing::{error, warn};
 
 use super::problem::ApiError;
+use crate::core::signer::Signer;
+use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
-use crate::issuer::store::{AuditError, AuditRecord, AuditStore};
+use crate::issuer::sign;
+use crate::issuer::store::{AuditEntry, AuditError, AuditRecord, AuditStore, Notary};
 
 /// Audit records per group commit at most.
 const MAX_GROUP: usize = 1024;
 
-type Reply = oneshot::Sender<Result<(), String>>;
+type Reply = oneshot::Sender<Result<(), Arc<AuditError>>>;
 
-/// One thread appends audit records: whatever arrived while the last fsync ran goes into the
-/// next append, so concurrent issuances share fsyncs without any of them returning early.
+/// One thread appends audit records: whatever arrived while the last append ran goes into the
+/// next, so concurrent issuances share fsyncs and checkpoint signatures without any of them
+/// returning early. It verifies the whole log when it starts, and every append checks the
+/// log's end against its last checkpoint: a log that cannot be appended or does not verify
+/// fails each issuance waiting on it (503); after a failure the whole log is verified again
+/// before the next append, so a repaired log is taken up without a restart.
 pub(super) struct Committer {
     tx: std::sync::mpsc::Sender<(AuditRecord, Reply)>,
 }
 
 impl Committer {
-    pub(super) fn start(log: Arc<dyn AuditStore>) -> Self {
+    /// Starts the writer with its own session of the issuer key, which signs the checkpoints.
+    pub(super) fn start(log: Arc<dyn AuditStore>, cfg: &IssuerConfig) -> Result<Self, IssuerError> {
+        let trust = sign::audit_trust(cfg)?;
+        let key = cfg.key.open()?;
         let (tx, rx) = std::sync::mpsc::channel::<(AuditRecord, Reply)>();
         std::thread::spawn(move || {
+            let signer: &(dyn Signer + Sync) = &*key;
+            let notary = Notary::new(&trust, signer);
+            let mut healthy = match log.verify(&trust, &[]) {
+                Ok(_) => true,
+                Err(e) => {
+                    error!(error = %e, "the audit log does not verify: signing answers 503 until it does (see `hwpass-issuer audit verify`)");
+                    false
+                }
+            };
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
@@ -32,26 +53,36 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                let (mut records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let result = log.append(&mut records).map_err(|e| e.to_string());
+                let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let mut entries: Vec<AuditEntry> =
+                    records.into_iter().map(AuditEntry::Issued).collect();
+                let checked = match healthy {
+                    true => Ok(()),
+                    false => log.verify(&trust, &[]).map(|_| ()),
+                };
+                let result = checked
+                    .and_then(|()| log.append(&mut entries, &notary).map(|_| ()))
+                    .map_err(Arc::new);
+                healthy = result.is_ok();
+                if let Err(e) = &result {
+                    error!(error = %e, records = entries.len(), "audit log failed: no pass of this group was issued");
+                }
                 for reply in replies {
                     // A client that went away no longer waits; its record is durable anyway.
                     let _ = reply.send(result.clone());
                 }
             }
+            warn!("audit writer stopped");
         });
-        Self { tx }
+        Ok(Self { tx })
     }
 
     pub(super) async fn commit(&self, record: AuditRecord) -> Result<(), ApiError> {
         let (reply, done) = oneshot::channel();
         let stopped = || ApiError::Issuer(IssuerError::Internal("the audit writer stopped".into()));
         self.tx.send((record, reply)).map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?.map_err(|e| {
-            ApiError::Issuer(IssuerError::Audit(AuditError::Io {
-                path: "audit log".into(),
-                source: std::io::Error::other(e),
-            }))
-        })
+        done.await
+            .map_err(|_| stopped())?
+            .map_err(|e| ApiError::Issuer(IssuerError::Audit(AuditError::Shared(e))))
     }
 }

@@ -71,12 +71,13 @@ impl ApiError {
                     ),
                     E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
                     E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
+                    // Fail closed: no pass without its audit record and checkpoint.
                     E::Audit(_) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
+                        StatusCode::SERVICE_UNAVAILABLE,
                         "audit",
-                        "Audit log failed; no pass was issued",
+                        "Audit log unavailable; no pass was issued",
                     ),
-                    E::Config { .. } | E::Revocation(_) | E::Internal(_) => (
+                    E::Config { .. } | E::Revocation(_) | E::Internal(_) | E::TooLarge { .. } => (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",
                         "Internal error",

@@ -56,7 +56,7 @@ pub fn run(
     }
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
-    let audit = Committer::start(audit_store.clone());
+    let audit = Committer::start(audit_store.clone(), &cfg)?;
     let svc = Arc::new(Service {
         cfg,
         pool: Arc::new(KeyPool::new(keys)),

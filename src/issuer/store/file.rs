@@ -1,36 +1,115 @@
 //! The file store, the embedded default for one machine.
 //!
-//! - [`FileAuditLog`]: append-only JSON lines, each record carrying the [`record_hash`] of the
-//!   one before, fsynced before any pass it records is printed. An edited, inserted or deleted
-//!   line breaks the chain and `read` names the first line that does not follow. Cutting lines
-//!   off the *end* leaves a valid shorter chain; that is detected only by comparing the record
-//!   count or last hash with a copy kept elsewhere (`audit verify` prints both).
+//! - [`FileAuditLog`]: the audit log as JSON lines (`audit.jsonl`), one entry per line in its
+//!   canonical form, each naming the hash of the one before, and its checkpoint file beside it
+//!   (`audit.jsonl.checkpoint`), rewritten atomically (temp file, fsync, rename). An append, under
+//!   an exclusive lock on the log:
+//!   1. checks the log's end against the last checkpoint: the line ending where the checkpoint
+//!      says the covered entries end must be the checkpoint's last leaf (its audit path, kept in
+//!      the checkpoint file, and the signed root prove it), and nothing may follow it except
+//!      what an unfinished append wrote;
+//!   2. signs a checkpoint covering the new entries and stores it as *pending*, with the new
+//!      lines, before writing them;
+//!   3. appends the lines and fsyncs;
+//!   4. stores the new checkpoint as the last one.
+//!
+//!   A crash between 2 and 4 leaves lines that the pending checkpoint covers (and perhaps an
+//!   incomplete last line, a prefix of one of them): the next append writes what is missing and
+//!   finishes. Anything else after the last checkpoint was not written by hwpass, and appending
+//!   stops. Only an incomplete last line of such an unfinished append is ever cut off.
 //! - [`FileRegister`]: the revocation register, one JSON file rewritten atomically (temp file,
 //!   fsync, rename) under an exclusive lock on a sibling `.lock` file, so the CLI and a running
 //!   service can revoke at the same time.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{self, BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::checkpoint::{is_last_leaf, leaf_hash, Frontier, Hash};
 use super::{
-    record_hash, AuditError, AuditRecord, AuditStore, ChainSummary, Register, RevocationError,
-    RevocationStore, GENESIS,
+    verify_log, AuditEntry, AuditError, AuditRecord, AuditStore, AuditTrust, Checkpoint,
+    LogContents, Notary, PendingAppend, Register, RevocationError, RevocationStore, Verified,
+    GENESIS,
 };
 use crate::sys::{create_private_dir, sync_dir, write_atomic};
 
 /// Largest register file read.
 const MAX_REGISTER: u64 = 16 * 1024 * 1024;
+/// Largest checkpoint file read (a pending append holds its lines: a batch chunk of them).
+const MAX_STATE: u64 = 256 * 1024 * 1024;
+/// Longest line looked at when finding the last covered entry.
+const MAX_LINE: u64 = 1024 * 1024;
+/// Most bytes after the last checkpoint read at once.
+const MAX_TAIL: u64 = 256 * 1024 * 1024;
 
-/// The log file.
+/// The log file and its checkpoint file.
 #[derive(Debug, Clone)]
 pub struct FileAuditLog {
     path: PathBuf,
 }
 
+/// The checkpoint file's content.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    /// Format version.
+    v: u32,
+    /// The last checkpoint all of whose entries are in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<Covered>,
+    /// An append that signed its checkpoint and has not yet finished writing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+}
+
+/// A checkpoint and where its entries end in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Covered {
+    /// The signed note.
+    note: String,
+    /// Bytes of the log it covers (its last entry's newline is the last of them).
+    offset: u64,
+    /// The audit path of its last entry, base64 (RFC 6962 §2.1.1): with that entry's bytes it
+    /// reproduces the signed root, and it is the frontier to append after it.
+    path: Vec<String>,
+}
+
+/// An unfinished append.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pending {
+    /// The signed note of the checkpoint it will have made.
+    note: String,
+    /// Every entry line after the covered ones that this checkpoint covers.
+    lines: Vec<String>,
+}
+
+/// The verified end of the log, where an append continues.
+#[derive(Debug)]
+struct Tip {
+    /// The tree of every entry the new checkpoint will cover before the new ones.
+    frontier: Frontier,
+    /// Hash of the last of them.
+    head: String,
+    /// Lines after the covered bytes the new checkpoint covers (an unfinished append's).
+    carried: Vec<Vec<u8>>,
+    /// How many of `carried` are already in the file, complete.
+    present: usize,
+    /// Where the complete lines end (anything after is an incomplete line to cut off).
+    end: u64,
+    /// The time of the unfinished append's checkpoint.
+    time: i64,
+}
+
 impl FileAuditLog {
-    /// A log at `path` (created on first append, mode 0600).
+    /// A log at `path` (created on first append, mode 0600), its checkpoint file beside it.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
@@ -40,6 +119,13 @@ impl FileAuditLog {
         &self.path
     }
 
+    /// The checkpoint file's path: the log's with `.checkpoint` added.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".checkpoint");
+        PathBuf::from(name)
+    }
+
     fn io(&self, source: io::Error) -> AuditError {
         AuditError::Io {
             path: self.path.clone(),
@@ -47,13 +133,75 @@ impl FileAuditLog {
         }
     }
 
-    /// Appends records (their `prev` is filled in here) and fsyncs them, under an exclusive
-    /// lock so concurrent issuers keep one chain. Returns only once the records are durable.
-    fn append_locked(&self, records: &mut [AuditRecord]) -> Result<(), AuditError> {
+    fn damaged(&self, detail: impl Into<String>) -> AuditError {
+        AuditError::State {
+            path: self.checkpoint_path(),
+            detail: detail.into(),
+        }
+    }
+
+    fn read_state(&self) -> Result<State, AuditError> {
+        let path = self.checkpoint_path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => {
+                return Err(AuditError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            }
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| AuditError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        self.parse_state(&bytes)
+    }
+
+    fn parse_state(&self, bytes: &[u8]) -> Result<State, AuditError> {
+        if bytes.len() as u64 > MAX_STATE {
+            return Err(self.damaged("far too large"));
+        }
+        let state: State =
+            serde_json::from_slice(bytes).map_err(|e| self.damaged(e.to_string()))?;
+        if state.v != 1 {
+            return Err(self.damaged(format!("format version {} is not known", state.v)));
+        }
+        Ok(state)
+    }
+
+    fn write_state(&self, state: &State) -> Result<(), AuditError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| self.damaged(e.to_string()))?;
+        write_atomic(&self.checkpoint_path(), &bytes).map_err(|e| AuditError::Io {
+            path: self.checkpoint_path(),
+            source: e,
+        })
+    }
+
+    /// The covered checkpoint's audit path, decoded.
+    fn path_of(&self, c: &Covered) -> Result<Vec<Hash>, AuditError> {
+        c.path
+            .iter()
+            .map(|h| {
+                B64.decode(h)
+                    .ok()
+                    .and_then(|b| Hash::try_from(b).ok())
+                    .ok_or_else(|| self.damaged("an audit path hash is not 32 bytes of base64"))
+            })
+            .collect()
+    }
+
+    /// Opens the log for appending (creating it and its directory), locked exclusively.
+    fn open_locked(&self) -> Result<(File, bool), AuditError> {
         if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(dir).map_err(|e| self.io(e))?;
         }
-        let mut file = OpenOptions::new()
+        let existed = self.path.exists();
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
@@ -61,124 +209,349 @@ impl FileAuditLog {
             .open(&self.path)
             .map_err(|e| self.io(e))?;
         file.lock().map_err(|e| self.io(e))?;
-        let mut prev = self.repair_tail_and_head(&mut file)?;
+        Ok((file, existed))
+    }
+
+    /// Reads `len` bytes at `at`.
+    fn read_at(&self, file: &mut File, at: u64, len: u64) -> Result<Vec<u8>, AuditError> {
+        file.seek(SeekFrom::Start(at)).map_err(|e| self.io(e))?;
         let mut buf = Vec::new();
-        for r in records.iter_mut() {
-            r.prev = prev;
-            let line = serde_json::to_vec(r).map_err(|e| self.io(io::Error::other(e)))?;
-            prev = record_hash(r);
-            buf.extend_from_slice(&line);
+        file.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io(e))?;
+        Ok(buf)
+    }
+
+    /// Checks the end of the log against the last checkpoint (and an unfinished append), without
+    /// reading the entries before it: see the module documentation.
+    fn tip(&self, file: &mut File, state: &State, trust: &AuditTrust) -> Result<Tip, AuditError> {
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        let (mut frontier, mut head, covered_end, covered) = match &state.checkpoint {
+            None => (Frontier::new(), GENESIS.to_string(), 0, 0),
+            Some(c) => {
+                let cp = trust.open(&c.note)?;
+                let mismatch = AuditError::Mismatch { size: cp.size };
+                if c.offset > len {
+                    return Err(AuditError::Cut {
+                        covered: cp.size,
+                        present: None,
+                    });
+                }
+                if cp.size == 0 || c.offset == 0 {
+                    return Err(self.damaged("the checkpoint covers no entries"));
+                }
+                // The line that ends where the covered entries end.
+                let window = c.offset.min(MAX_LINE + 1);
+                let before = self.read_at(file, c.offset - window, window)?;
+                let Some((b'\n', rest)) = before.split_last() else {
+                    return Err(mismatch);
+                };
+                let last = match rest.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => &rest[i + 1..],
+                    None if window == c.offset => rest,
+                    None => return Err(mismatch),
+                };
+                let path = self.path_of(c)?;
+                if !is_last_leaf(cp.size, &cp.root, last, &path) {
+                    return Err(mismatch);
+                }
+                let mut frontier = Frontier::from_next_leaf_path(cp.size - 1, &path)
+                    .ok_or_else(|| self.damaged("the audit path does not fit the checkpoint"))?;
+                frontier.push(&leaf_hash(last));
+                (
+                    frontier,
+                    hex::encode(Sha256::digest(last)),
+                    c.offset,
+                    cp.size,
+                )
+            }
+        };
+        // What follows the covered entries.
+        if len - covered_end > MAX_TAIL {
+            return Err(AuditError::Uncovered {
+                count: 1,
+                after: covered,
+            });
+        }
+        let tail = self.read_at(file, covered_end, len - covered_end)?;
+        let mut complete: Vec<&[u8]> = tail.split(|&b| b == b'\n').collect();
+        let fragment = complete.pop().filter(|f| !f.is_empty());
+        let uncovered = || AuditError::Uncovered {
+            count: complete.len() as u64 + u64::from(fragment.is_some()),
+            after: covered,
+        };
+        let Some(pending) = &state.pending else {
+            if complete.is_empty() && fragment.is_none() {
+                return Ok(Tip {
+                    frontier,
+                    head,
+                    carried: Vec::new(),
+                    present: 0,
+                    end: len,
+                    time: i64::MIN,
+                });
+            }
+            return Err(uncovered());
+        };
+        // An unfinished append: the lines present must be the first of its lines, an
+        // incomplete last line a prefix of the next, and its lines must make its checkpoint.
+        let pc = trust.open(&pending.note)?;
+        let carried: Vec<Vec<u8>> = pending
+            .lines
+            .iter()
+            .map(|l| l.clone().into_bytes())
+            .collect();
+        let fits = complete.len() <= carried.len()
+            && complete
+                .iter()
+                .zip(&carried)
+                .all(|(a, b)| *a == b.as_slice())
+            && fragment.is_none_or(|f| {
+                carried
+                    .get(complete.len())
+                    .is_some_and(|next| next.starts_with(f))
+            });
+        if !fits {
+            return Err(uncovered());
+        }
+        for (i, line) in carried.iter().enumerate() {
+            let entry = AuditEntry::parse(line).map_err(|detail| {
+                self.damaged(format!("pending line {} is not an entry: {detail}", i + 1))
+            })?;
+            if entry.prev() != head {
+                return Err(self.damaged("the pending lines do not continue the log"));
+            }
+            head = hex::encode(Sha256::digest(line));
+            frontier.push(&leaf_hash(line));
+        }
+        if frontier.size() != pc.size || frontier.root() != pc.root {
+            return Err(AuditError::Mismatch { size: pc.size });
+        }
+        let end = covered_end + complete.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
+        Ok(Tip {
+            frontier,
+            head,
+            present: complete.len(),
+            carried,
+            end,
+            time: pc.time,
+        })
+    }
+
+    /// Appends entries and their checkpoint (the module documentation has the steps).
+    fn append_locked(
+        &self,
+        entries: &mut [AuditEntry],
+        notary: &Notary<'_>,
+    ) -> Result<Checkpoint, AuditError> {
+        let (mut file, existed) = self.open_locked()?;
+        let state = self.read_state()?;
+        let tip = self.tip(&mut file, &state, notary.trust())?;
+        let Tip {
+            mut frontier,
+            mut head,
+            carried: mut lines,
+            present,
+            end,
+            mut time,
+        } = tip;
+        let mut before_last = frontier.clone();
+        for e in entries.iter_mut() {
+            e.set_prev(head);
+            let line = e.canonical();
+            head = hex::encode(Sha256::digest(&line));
+            before_last = frontier.clone();
+            frontier.push(&leaf_hash(&line));
+            time = time.max(e.time());
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return Err(self.damaged("nothing to append"));
+        }
+        let (checkpoint, note) = notary.sign(frontier.size(), frontier.root(), time)?;
+        let as_text = |lines: &[Vec<u8>]| -> Vec<String> {
+            lines
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect()
+        };
+        // 2. The pending checkpoint and its lines, durable before any line is written.
+        self.write_state(&State {
+            v: 1,
+            checkpoint: state.checkpoint.clone(),
+            pending: Some(Pending {
+                note: note.clone(),
+                lines: as_text(&lines),
+            }),
+        })?;
+        // 3. The lines not yet in the file, after cutting off an incomplete last line.
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if len != end {
+            file.set_len(end).map_err(|e| self.io(e))?;
+        }
+        let mut buf = Vec::new();
+        for line in &lines[present..] {
+            buf.extend_from_slice(line);
             buf.push(b'\n');
         }
         file.write_all(&buf).map_err(|e| self.io(e))?;
         file.sync_all().map_err(|e| self.io(e))?;
-        // A new file's directory entry must be durable too.
-        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(dir).map_err(|e| self.io(e))?;
-        }
-        Ok(())
-    }
-
-    /// Finds the hash of the last complete line. An unterminated fragment after it is a write
-    /// that a crash cut short before its fsync completed — so its pass was never printed — and
-    /// is cut off so the chain continues from the last acknowledged record.
-    fn repair_tail_and_head(&self, file: &mut File) -> Result<String, AuditError> {
-        let len = file.metadata().map_err(|e| self.io(e))?.len();
-        if len == 0 {
-            return Ok(GENESIS.into());
-        }
-        let mut window = 4096u64;
-        loop {
-            let start = len.saturating_sub(window);
-            file.seek(SeekFrom::Start(start)).map_err(|e| self.io(e))?;
-            let mut tail = Vec::new();
-            file.read_to_end(&mut tail).map_err(|e| self.io(e))?;
-            let end = tail.iter().rposition(|&b| b == b'\n');
-            let complete_end = match end {
-                Some(i) => i,
-                None if start == 0 => {
-                    // Only a fragment: nothing was ever acknowledged.
-                    file.set_len(0).map_err(|e| self.io(e))?;
-                    return Ok(GENESIS.into());
-                }
-                None => {
-                    window *= 4;
-                    continue;
-                }
-            };
-            if complete_end + 1 != tail.len() {
-                file.set_len(start + complete_end as u64 + 1)
-                    .map_err(|e| self.io(e))?;
+        if !existed {
+            // A new file's directory entry must be durable too.
+            if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(dir).map_err(|e| self.io(e))?;
             }
-            let line_start = match tail[..complete_end].iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                None if start == 0 => 0,
-                None => {
-                    window *= 4;
-                    continue;
-                }
-            };
-            let last: AuditRecord = serde_json::from_slice(&tail[line_start..complete_end])
-                .map_err(|e| AuditError::LastRecord {
-                    detail: e.to_string(),
-                })?;
-            return Ok(record_hash(&last));
         }
+        // 4. The new checkpoint is the last one.
+        self.write_state(&State {
+            v: 1,
+            checkpoint: Some(Covered {
+                note,
+                offset: end + buf.len() as u64,
+                path: before_last
+                    .next_leaf_path()
+                    .iter()
+                    .map(|h| B64.encode(h))
+                    .collect(),
+            }),
+            pending: None,
+        })?;
+        Ok(checkpoint)
     }
 
-    /// Reads every complete record, checking the chain.
-    fn read_all(&self) -> Result<(Vec<AuditRecord>, ChainSummary), AuditError> {
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
+    /// Reads the log and its checkpoint file under a shared lock (an append in progress
+    /// finishes first); also returns where each entry's line ends.
+    fn load_shared(&self) -> Result<(LogContents, Vec<u64>, State), AuditError> {
+        match File::open(&self.path) {
+            Ok(file) => {
+                file.lock_shared().map_err(|e| self.io(e))?;
+                self.read_locked(&file)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let summary = ChainSummary {
-                    records: 0,
+                let state = self.read_state()?;
+                let empty = LogContents {
+                    entries: Vec::new(),
+                    leaves: Vec::new(),
                     head: GENESIS.into(),
-                    torn_tail: false,
+                    fragment: None,
+                    checkpoint: state.checkpoint.as_ref().map(|c| c.note.clone()),
+                    pending: state.pending.as_ref().map(|p| PendingAppend {
+                        note: p.note.clone(),
+                        lines: p.lines.iter().map(|l| l.clone().into_bytes()).collect(),
+                    }),
                 };
-                return Ok((Vec::new(), summary));
+                Ok((empty, Vec::new(), state))
             }
-            Err(e) => return Err(self.io(e)),
-        };
-        let mut reader = BufReader::new(file);
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Reads every line of the locked log, checking the chain, and the checkpoint file.
+    fn read_locked(&self, file: &File) -> Result<(LogContents, Vec<u64>, State), AuditError> {
+        let state = self.read_state()?;
+        let (contents, ends) = self.read_log(BufReader::new(file), &state)?;
+        Ok((contents, ends, state))
+    }
+
+    /// Reads log lines (the file's bytes from `reader`), checking each line and the chain.
+    fn read_log(
+        &self,
+        mut reader: impl BufRead,
+        state: &State,
+    ) -> Result<(LogContents, Vec<u64>), AuditError> {
         let mut prev = GENESIS.to_string();
-        let mut records = Vec::new();
-        let mut torn_tail = false;
+        let mut entries = Vec::new();
+        let mut leaves = Vec::new();
+        let mut ends = Vec::new();
+        let mut fragment = None;
         let mut line = Vec::new();
-        let mut n = 0;
+        let mut n: u64 = 0;
+        let mut offset: u64 = 0;
         loop {
             line.clear();
-            if reader
+            let read = reader
                 .read_until(b'\n', &mut line)
-                .map_err(|e| self.io(e))?
-                == 0
-            {
+                .map_err(|e| self.io(e))?;
+            if read == 0 {
                 break;
             }
             n += 1;
-            if line.last() != Some(&b'\n') {
-                torn_tail = true;
+            offset += read as u64;
+            let Some(body) = line.strip_suffix(b"\n") else {
+                fragment = Some(line.clone());
                 break;
-            }
-            let body = &line[..line.len() - 1];
-            let r: AuditRecord =
-                serde_json::from_slice(body).map_err(|e| AuditError::Malformed {
-                    line: n,
-                    detail: e.to_string(),
-                })?;
-            if r.prev != prev {
+            };
+            let entry = AuditEntry::parse(body)
+                .map_err(|detail| AuditError::Malformed { line: n, detail })?;
+            if entry.prev() != prev {
                 return Err(AuditError::Broken { line: n });
             }
-            prev = record_hash(&r);
-            records.push(r);
+            prev = hex::encode(Sha256::digest(body));
+            leaves.push(leaf_hash(body));
+            ends.push(offset);
+            entries.push(entry);
         }
-        let summary = ChainSummary {
-            records: records.len(),
+        let contents = LogContents {
+            entries,
+            leaves,
             head: prev,
-            torn_tail,
+            fragment,
+            checkpoint: state.checkpoint.as_ref().map(|c| c.note.clone()),
+            pending: state.pending.as_ref().map(|p| PendingAppend {
+                note: p.note.clone(),
+                lines: p.lines.iter().map(|l| l.clone().into_bytes()).collect(),
+            }),
         };
-        Ok((records, summary))
+        Ok((contents, ends))
     }
+
+    /// Checks the checkpoint file's hints (where the covered entries end, the last one's audit
+    /// path) against the log, once [`verify_log`] has checked the checkpoint: hints that do not
+    /// fit would stop the next append.
+    fn check_hints(
+        &self,
+        log: &LogContents,
+        ends: &[u64],
+        state: &State,
+        verified: &Verified,
+    ) -> Result<(), AuditError> {
+        let (Some(c), Some(cp)) = (&state.checkpoint, &verified.checkpoint) else {
+            return Ok(());
+        };
+        let size = usize::try_from(cp.size).unwrap_or(usize::MAX);
+        if size == 0 || ends.get(size - 1) != Some(&c.offset) {
+            return Err(self.damaged("the covered entries do not end where it says"));
+        }
+        let mut frontier = Frontier::new();
+        for leaf in &log.leaves[..size - 1] {
+            frontier.push(leaf);
+        }
+        if self.path_of(c)? != frontier.next_leaf_path() {
+            return Err(self.damaged("the audit path of the last covered entry is wrong"));
+        }
+        Ok(())
+    }
+}
+
+/// The file store's reader on arbitrary bytes — a log file and its checkpoint file — with the
+/// whole-log check `audit verify` makes, for the fuzzer: never a panic, and never a log that
+/// verifies without a checkpoint the fuzzer could not have signed.
+#[cfg(fuzzing)]
+pub fn fuzz_audit_log(
+    log: &[u8],
+    checkpoint: &[u8],
+    trust: &AuditTrust,
+) -> Result<Verified, AuditError> {
+    let store = FileAuditLog::new("fuzz/audit.jsonl");
+    let state = if checkpoint.is_empty() {
+        State::default()
+    } else {
+        store.parse_state(checkpoint)?
+    };
+    let (contents, ends) = store.read_log(log, &state)?;
+    let verified = verify_log(&contents, trust, &[], false)?;
+    store.check_hints(&contents, &ends, &state, &verified)?;
+    Ok(verified)
 }
 
 impl AuditStore for FileAuditLog {
@@ -186,12 +559,88 @@ impl AuditStore for FileAuditLog {
         format!("audit log {}", self.path.display())
     }
 
-    fn append(&self, records: &mut [AuditRecord]) -> Result<(), AuditError> {
-        self.append_locked(records)
+    fn append(
+        &self,
+        entries: &mut [AuditEntry],
+        notary: &Notary<'_>,
+    ) -> Result<Checkpoint, AuditError> {
+        self.append_locked(entries, notary)
     }
 
-    fn read(&self) -> Result<(Vec<AuditRecord>, ChainSummary), AuditError> {
-        self.read_all()
+    fn load(&self) -> Result<LogContents, AuditError> {
+        self.load_shared().map(|(log, _, _)| log)
+    }
+
+    fn verify(&self, trust: &AuditTrust, saved: &[String]) -> Result<Verified, AuditError> {
+        let (log, ends, state) = self.load_shared()?;
+        let verified = verify_log(&log, trust, saved, false)?;
+        self.check_hints(&log, &ends, &state, &verified)?;
+        Ok(verified)
+    }
+
+    fn seal(&self, notary: &Notary<'_>) -> Result<Verified, AuditError> {
+        let (file, _) = self.open_locked()?;
+        let (log, ends, _) = self.read_locked(&file)?;
+        let verified = verify_log(&log, notary.trust(), &[], true)?;
+        if log.fragment.is_some() && log.pending.is_none() {
+            return Err(AuditError::Uncovered {
+                count: 1,
+                after: log.leaves.len() as u64,
+            });
+        }
+        if log.leaves.is_empty() || log.pending.is_some() {
+            // Nothing to cover, or an unfinished append that the next append completes.
+            return Ok(verified);
+        }
+        let mut frontier = Frontier::new();
+        let mut before_last = frontier.clone();
+        for leaf in &log.leaves {
+            before_last = frontier.clone();
+            frontier.push(leaf);
+        }
+        let time = log
+            .entries
+            .iter()
+            .map(AuditEntry::time)
+            .max()
+            .unwrap_or(i64::MIN);
+        let (checkpoint, note) = notary.sign(frontier.size(), frontier.root(), time)?;
+        let offset = ends.last().copied().unwrap_or(0);
+        self.write_state(&State {
+            v: 1,
+            checkpoint: Some(Covered {
+                note,
+                offset,
+                path: before_last
+                    .next_leaf_path()
+                    .iter()
+                    .map(|h| B64.encode(h))
+                    .collect(),
+            }),
+            pending: None,
+        })?;
+        Ok(Verified {
+            checkpoint: Some(checkpoint),
+            ..verified
+        })
+    }
+
+    fn find_issued(&self, jti: &str) -> Result<Option<AuditRecord>, AuditError> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut found = None;
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.map_err(|e| self.io(e))?;
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) {
+                if record.jti == jti {
+                    found = Some(record);
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -276,6 +725,10 @@ impl FileRegister {
 }
 
 impl RevocationStore for FileRegister {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
     fn load(&self) -> Result<Register, RevocationError> {
         self.read_file()
     }
@@ -336,7 +789,8 @@ mod tests {
             r,
             Revoked {
                 seq: 2,
-                already: false
+                already: false,
+                audit_error: None,
             }
         );
         let r = store.revoke(pass("p1", 1_000), "admin", None, 201).unwrap();
@@ -344,7 +798,8 @@ mod tests {
             r,
             Revoked {
                 seq: 2,
-                already: true
+                already: true,
+                audit_error: None,
             }
         );
         store.revoke(pass("p2", 300), "admin", None, 202).unwrap();
@@ -396,10 +851,43 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\":1,\"seq\":");
     }
 
-    fn record(i: i64) -> AuditRecord {
-        AuditRecord {
+    #[test]
+    fn a_register_at_the_highest_sequence_number_refuses_to_change_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.json");
+        let text = format!(
+            "{{\"v\":1,\"seq\":{},\"kids\":[],\"passes\":[],\"devices\":[]}}",
+            u64::MAX
+        );
+        std::fs::write(&path, &text).unwrap();
+        let store = FileRegister::new(&path);
+        let err = store
+            .revoke(Target::Device { jkt: "d".into() }, "a", None, 1)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RevocationError::SequenceExhausted { seq: u64::MAX, .. }
+            ),
+            "{err}"
+        );
+        let key = MemoryKey::generate();
+        let bundle = Jwks::new([Jwk::new(*key.verifying_key())], None);
+        assert!(matches!(
+            store.publish(&bundle, &key, 1),
+            Err(RevocationError::SequenceExhausted { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "left as it was"
+        );
+    }
+
+    fn record(i: i64) -> AuditEntry {
+        AuditEntry::Issued(AuditRecord {
             v: 1,
-            time: i,
+            time: 1_800_000_000 + i,
             jti: format!("jti{i}"),
             sub: "alice".into(),
             jkt: "k".into(),
@@ -411,42 +899,148 @@ mod tests {
             dev: None,
             by: None,
             prev: String::new(),
+        })
+    }
+
+    fn setup() -> (tempfile::TempDir, FileAuditLog, AuditTrust, MemoryKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileAuditLog::new(dir.path().join("audit/audit.jsonl"));
+        let key = MemoryKey::generate();
+        let trust = AuditTrust::new("test/audit", [*key.verifying_key()]).unwrap();
+        (dir, log, trust, key)
+    }
+
+    #[test]
+    fn appends_carry_checkpoints_and_verify_checks_everything() {
+        let (_dir, log, trust, key) = setup();
+        let notary = Notary::new(&trust, &key);
+        let cp = log.append(&mut [record(1), record(2)], &notary).unwrap();
+        assert_eq!(cp.size, 2);
+        log.append(&mut [record(3)], &notary).unwrap();
+        let (records, s) = log.read().unwrap();
+        assert_eq!((records.len(), s.records), (3, 3));
+        assert_eq!(records[0].prev, GENESIS);
+        let v = log.verify(&trust, &[]).unwrap();
+        assert_eq!(
+            (v.records, v.checkpoint.unwrap().size, v.pending),
+            (3, 3, 0)
+        );
+        let text = std::fs::read_to_string(log.path()).unwrap();
+
+        // Edit line 2: line 3 no longer follows it.
+        std::fs::write(log.path(), text.replacen("jti2", "jtiX", 1)).unwrap();
+        assert!(matches!(
+            log.verify(&trust, &[]),
+            Err(AuditError::Broken { line: 3 })
+        ));
+        // Delete line 1: line 2 (now first) does not start the chain.
+        let deleted: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(log.path(), deleted).unwrap();
+        assert!(matches!(
+            log.verify(&trust, &[]),
+            Err(AuditError::Broken { line: 1 })
+        ));
+        std::fs::write(log.path(), "garbage\n").unwrap();
+        assert!(matches!(
+            log.verify(&trust, &[]),
+            Err(AuditError::Malformed { line: 1, .. })
+        ));
+        // Re-encoded (same JSON, other bytes) is refused too: the bytes are the leaves.
+        std::fs::write(log.path(), text.replacen("\"v\":1,", "\"v\": 1,", 1)).unwrap();
+        assert!(matches!(
+            log.verify(&trust, &[]),
+            Err(AuditError::Malformed { line: 1, .. })
+        ));
+        std::fs::write(log.path(), &text).unwrap();
+        log.verify(&trust, &[]).unwrap();
+    }
+
+    /// A crash at each step of an append: the next append finishes it, and nothing acknowledged
+    /// is lost or left uncovered.
+    #[test]
+    fn an_interrupted_append_is_completed_by_the_next() {
+        let (_dir, log, trust, key) = setup();
+        let notary = Notary::new(&trust, &key);
+        log.append(&mut [record(1)], &notary).unwrap();
+        let covered = std::fs::read(log.checkpoint_path()).unwrap();
+        let before = std::fs::read(log.path()).unwrap();
+        log.append(&mut [record(2), record(3)], &notary).unwrap();
+        let after = std::fs::read(log.path()).unwrap();
+        // Rebuild "step 2 done": the old checkpoint plus the pending one with the new lines.
+        let mut state: State = serde_json::from_slice(&covered).unwrap();
+        let done: State =
+            serde_json::from_slice(&std::fs::read(log.checkpoint_path()).unwrap()).unwrap();
+        let new_lines: Vec<String> = String::from_utf8(after[before.len()..].to_vec())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        state.pending = Some(Pending {
+            note: done.checkpoint.unwrap().note,
+            lines: new_lines,
+        });
+        let pending_state = serde_json::to_vec(&state).unwrap();
+        // Crash points: nothing written, one line, one line and a half, everything.
+        let first_end = before.len()
+            + after[before.len()..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap()
+            + 1;
+        let half_second = first_end + (after.len() - first_end) / 2;
+        for cut in [before.len(), first_end, half_second, after.len()] {
+            std::fs::write(log.checkpoint_path(), &pending_state).unwrap();
+            std::fs::write(log.path(), &after[..cut]).unwrap();
+            let v = log.verify(&trust, &[]).unwrap();
+            assert_eq!(v.checkpoint.unwrap().size, 1, "cut at {cut}");
+            assert_eq!(v.torn_tail, cut == half_second);
+            log.append(&mut [record(4)], &notary).unwrap();
+            let v = log.verify(&trust, &[]).unwrap();
+            assert_eq!(
+                (v.records, v.pending, v.torn_tail),
+                (4, 0, false),
+                "cut at {cut}"
+            );
+            assert_eq!(std::fs::read(log.path()).unwrap()[..after.len()], after[..]);
         }
     }
 
     #[test]
-    fn chain_detects_edit_and_deletion_and_repairs_torn_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = FileAuditLog::new(dir.path().join("audit.jsonl"));
-        log.append(&mut [record(1), record(2)]).unwrap();
-        log.append(&mut [record(3)]).unwrap();
-        let (records, s) = log.read().unwrap();
-        assert_eq!(records.len(), 3);
-        assert_eq!(s.records, 3);
-        assert_eq!(records[0].prev, GENESIS);
-        let text = std::fs::read_to_string(log.path()).unwrap();
-
-        // A torn fragment is reported, then cut off by the next append, and the chain holds.
-        std::fs::write(log.path(), format!("{text}{{\"v\":1,\"ti")).unwrap();
-        assert!(log.read().unwrap().1.torn_tail);
-        log.append(&mut [record(4)]).unwrap();
-        let (_, s) = log.read().unwrap();
-        assert_eq!((s.records, s.torn_tail), (4, false));
-
-        // Edit line 2: line 3 no longer follows it.
-        let edited = text.replacen("jti2", "jtiX", 1);
-        std::fs::write(log.path(), &edited).unwrap();
-        assert!(matches!(log.read(), Err(AuditError::Broken { line: 3 })));
-
-        // Delete line 1: line 2 (now first) does not start the chain.
-        let deleted: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
-        std::fs::write(log.path(), deleted).unwrap();
-        assert!(matches!(log.read(), Err(AuditError::Broken { line: 1 })));
-
-        std::fs::write(log.path(), "garbage\n").unwrap();
+    fn an_incomplete_line_that_no_append_explains_stops_appending_and_is_kept() {
+        let (_dir, log, trust, key) = setup();
+        let notary = Notary::new(&trust, &key);
+        log.append(&mut [record(1), record(2)], &notary).unwrap();
+        let text = std::fs::read(log.path()).unwrap();
+        // The last record loses its newline: the checkpoint covers bytes that are gone.
+        std::fs::write(log.path(), &text[..text.len() - 1]).unwrap();
         assert!(matches!(
-            log.read(),
-            Err(AuditError::Malformed { line: 1, .. })
+            log.verify(&trust, &[]),
+            Err(AuditError::Cut {
+                covered: 2,
+                present: Some(1)
+            })
         ));
+        assert!(matches!(
+            log.append(&mut [record(3)], &notary),
+            Err(AuditError::Cut { covered: 2, .. })
+        ));
+        assert_eq!(
+            std::fs::read(log.path()).unwrap(),
+            &text[..text.len() - 1],
+            "nothing removed"
+        );
+        // A fragment after the covered records that hwpass did not write.
+        let mut more = text.clone();
+        more.extend_from_slice(b"{\"v\":1,\"ti");
+        std::fs::write(log.path(), &more).unwrap();
+        assert!(matches!(
+            log.verify(&trust, &[]),
+            Err(AuditError::Uncovered { count: 1, after: 2 })
+        ));
+        assert!(matches!(
+            log.append(&mut [record(3)], &notary),
+            Err(AuditError::Uncovered { .. })
+        ));
+        assert_eq!(std::fs::read(log.path()).unwrap(), more);
     }
 }
