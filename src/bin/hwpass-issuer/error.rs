@@ -1,7 +1,7 @@
 //! Every hint a person reads from `hwpass-issuer`: what to do next, by the error. The library
 //! reports facts ([`IssuerError`] and the typed errors inside it); the advice lives here.
 
-use hwpass::issuer::{AttestError, Ckr, IssuerError, KeyError, Pkcs11Error};
+use hwpass::issuer::{Access, AttestError, Ckr, IssuerError, KeyError, Pkcs11Error};
 
 /// An exit code, the one-sentence error, and what to do next.
 pub type Failure = (i32, String, Option<&'static str>);
@@ -20,6 +20,8 @@ pub fn fail(e: IssuerError) -> Failure {
         IssuerError::Revocation(_) => Some("fix the revocation register's location or permissions (config `revocations`)"),
         IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
         IssuerError::Audit(_) => Some("no pass was printed; fix the audit log location or permissions and sign again"),
+        IssuerError::Exposed { access: Access::Writable, .. } => Some("other accounts could change what the issuer trusts: `chmod go-w` the path named above (and make sure root or the issuer's own account owns it)"),
+        IssuerError::Exposed { access: Access::Readable, .. } => Some("a secret must be readable by its owner only: `chmod 600` the file named above"),
         _ => None,
     };
     (e.exit_code(), e.to_string(), hint)
@@ -27,6 +29,9 @@ pub fn fail(e: IssuerError) -> Failure {
 
 /// What to do about a key manager (HSM) failure.
 fn key_hint(e: &KeyError) -> Option<&'static str> {
+    if let KeyError::PinFileExposed { .. } = e {
+        return Some("the PIN file must be readable by its owner only: `chmod 600` it (owned by the account that runs hwpass-issuer)");
+    }
     if let KeyError::Pin(_) = e {
         return Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line");
     }
