@@ -45,8 +45,13 @@ impl Server {
 
     pub fn spawn_at(issuer: &Issuer, token: String, now: i64) -> Self {
         let mut cmd = issuer.cmd(now);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        Self::spawn_cmd(cmd, token)
+    }
+
+    /// Starts `cmd` (a `serve` command line) and waits for the address it prints.
+    pub fn spawn_cmd(mut cmd: Command, token: String) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn serve");
@@ -97,6 +102,10 @@ impl Server {
 
     pub fn get(&self, path: &str) -> (u16, String, String) {
         answer(self.agent().get(&format!("{}{path}", self.url)).call())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn bearer(&self) -> String {
