@@ -494,7 +494,28 @@ fn a_proxy_trusted_by_a_loopback_address_alone_is_a_config_error() {
             "\n[serve]\n[serve.proxy]\nheader = \"X-Remote-User\"\ntrusted = [\"{trusted}\"]\n"
         ));
         std::fs::write(&issuer.config, config).unwrap();
-        let out = issuer.run(&["serve", "--listen", "127.0.0.1:0"], None);
+        // Bounded either way: a service that starts anyway is stopped and fails the test.
+        let mut cmd = issuer.cmd(NOW);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{trusted}: the service started with a loopback-trusted proxy");
+        }
+        let out = child.wait_with_output().unwrap();
+        let out = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: first,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
         assert_eq!(out.code, 1, "{trusted}: {out:?}");
         assert!(
             out.stderr

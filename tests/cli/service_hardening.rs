@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::service::{answer, cookie_in, csrf_in, proxy_secret, sign_body, Server};
+use crate::service::{answer, csrf_in, proxy_secret, sign_body, Server};
 
 fn addr(server: &Server) -> SocketAddr {
     server
@@ -62,19 +62,31 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option
     }
 }
 
+/// The `name=value` of the first cookie a response sets.
+fn first_cookie(resp: &ureq::Response) -> String {
+    let all = resp.all("set-cookie");
+    let first = all.first().expect("a cookie");
+    first.split(';').next().unwrap().to_string()
+}
+
 /// Signs in through the page; returns the session cookie (`name=value`).
-fn web_login(server: &Server, cookie_name: &str) -> String {
+fn web_login(server: &Server) -> String {
     let agent = server.agent();
     let first = agent.get(&format!("{}/", server.url)).call().unwrap();
-    let nonce = cookie_in(&first, &cookie_name.replace("session", "login"));
+    let visitor = first_cookie(&first);
     let csrf = csrf_in(&first.into_string().unwrap());
     let ok = agent
         .post(&format!("{}/login", server.url))
-        .set("Cookie", &nonce)
+        .set("Cookie", &visitor)
         .send_form(&[("csrf", &csrf), ("token", &server.token)])
         .unwrap();
     assert_eq!(ok.status(), 303);
-    cookie_in(&ok, cookie_name)
+    ok.all("set-cookie")
+        .iter()
+        .map(|c| c.split(';').next().unwrap())
+        .find(|kv| kv.contains("hwpass_session=") && !kv.ends_with('='))
+        .expect("a session cookie")
+        .to_string()
 }
 
 fn signed_in(server: &Server, cookie: &str) -> bool {
@@ -318,7 +330,7 @@ fn anonymous_visitors_cost_no_session_and_cannot_sign_anybody_out() {
     let issuer = Issuer::new();
     issuer.setup();
     let server = Server::start(&issuer, "");
-    let admin = web_login(&server, "hwpass_session");
+    let admin = web_login(&server);
 
     // A pending login: the page is loaded, the form not yet sent.
     let pending = server
@@ -326,7 +338,7 @@ fn anonymous_visitors_cost_no_session_and_cannot_sign_anybody_out() {
         .get(&format!("{}/", server.url))
         .call()
         .unwrap();
-    let nonce = cookie_in(&pending, "hwpass_login");
+    let nonce = first_cookie(&pending);
     let csrf = csrf_in(&pending.into_string().unwrap());
 
     // 12 000 anonymous visits (more than the old session table's 10 000), four at a time.
@@ -358,13 +370,17 @@ fn anonymous_visitors_cost_no_session_and_cannot_sign_anybody_out() {
 fn each_admin_holds_a_bounded_number_of_sessions() {
     let issuer = Issuer::new();
     issuer.setup();
-    let server = Server::start(&issuer, "max_sessions_per_user = 2\n");
-    let first = web_login(&server, "hwpass_session");
-    let second = web_login(&server, "hwpass_session");
-    assert!(signed_in(&server, &first) && signed_in(&server, &second));
-    let third = web_login(&server, "hwpass_session");
-    assert!(!signed_in(&server, &first), "the oldest session ended");
-    assert!(signed_in(&server, &second) && signed_in(&server, &third));
+    // The default: 8 per admin.
+    let server = Server::start(&issuer, "");
+    let sessions: Vec<String> = (0..8).map(|_| web_login(&server)).collect();
+    assert!(sessions.iter().all(|s| signed_in(&server, s)));
+    let ninth = web_login(&server);
+    assert!(
+        !signed_in(&server, &sessions[0]),
+        "the oldest session ended"
+    );
+    assert!(sessions[1..].iter().all(|s| signed_in(&server, s)));
+    assert!(signed_in(&server, &ninth));
 }
 
 #[test]
@@ -373,7 +389,7 @@ fn a_web_form_lifetime_outside_policy_is_refused_and_never_crashes_the_service()
     let trust = issuer.setup();
     let server = Server::start(&issuer, "");
     let request = Desktop::enrolled(&trust).request("paul@corp", &[]);
-    let cookie = web_login(&server, "hwpass_session");
+    let cookie = web_login(&server);
     let home = server
         .agent()
         .get(&format!("{}/", server.url))
@@ -510,7 +526,8 @@ fn behind_a_tls_proxy_cookies_are_secure_host_cookies_and_hsts_is_sent() {
             && !set.contains("Domain"),
         "{set}"
     );
-    let session = web_login(&server, "__Host-hwpass_session");
+    let session = web_login(&server);
+    assert!(session.starts_with("__Host-hwpass_session="), "{session}");
     assert!(signed_in(&server, &session));
     // The plain name is not read when cookies are secure.
     let plain = session.replace("__Host-", "");
@@ -637,7 +654,7 @@ fn the_review_page_says_what_attestation_proved() {
     let desk = Desktop::with_tpm(&trust, &tpm);
     let request = desk.request("rita@corp", &[]);
     let server = Server::start(&issuer, "");
-    let cookie = web_login(&server, "hwpass_session");
+    let cookie = web_login(&server);
     let home = server
         .agent()
         .get(&format!("{}/", server.url))
