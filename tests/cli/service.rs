@@ -812,10 +812,50 @@ fn https_with_rustls_and_refresh_checks_the_servers_ca() {
         r.stderr.contains("UnknownIssuer") || r.stderr.contains("certificate"),
         "{r:?}"
     );
+
+    // Under TLS: HSTS, and the cookies are Secure with the __Host- prefix.
+    let agent = {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ureq::AgentBuilder::new()
+            .tls_config(std::sync::Arc::new(tls))
+            .build()
+    };
+    let page = agent.get(&format!("{}/", server.url)).call().unwrap();
+    assert_eq!(
+        page.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let set = page.header("set-cookie").unwrap();
+    assert!(
+        set.starts_with("__Host-hwpass_login=") && set.contains("; Secure"),
+        "{set}"
+    );
 }
 
 #[test]
 fn web_page_in_headless_chromium_signs_copies_and_revokes() {
+    browser_flow("");
+}
+
+/// The same flow with `Secure`, `__Host-` cookies (as behind a TLS proxy): Chromium treats
+/// http://127.0.0.1 as a secure context and keeps them.
+#[test]
+fn web_page_in_headless_chromium_with_secure_host_cookies() {
+    browser_flow("behind_tls_proxy = true\n");
+}
+
+fn browser_flow(extra: &str) {
     require("chromium", "chromium");
     require("chromedriver", "chromium-driver");
     assert!(
@@ -824,10 +864,14 @@ fn web_page_in_headless_chromium_signs_copies_and_revokes() {
     );
     let issuer = Issuer::new();
     let trust = issuer.setup();
-    let server = Server::start(&issuer, "");
+    let server = Server::start(&issuer, extra);
     let d = Desktop::enrolled(&trust);
     let request = d.request("ivan@corp", &["--valid-for", "1d"]);
-    let artifacts = repo().join("target/test-artifacts");
+    let artifacts = repo().join(if extra.is_empty() {
+        "target/test-artifacts"
+    } else {
+        "target/test-artifacts/secure-cookies"
+    });
     std::fs::create_dir_all(&artifacts).unwrap();
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("request.txt"), &request).unwrap();
