@@ -56,11 +56,6 @@ impl Fields {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The field's value, or an empty string (a missing CSRF token is refused as a wrong one).
-    pub fn or_empty(&self, name: &str) -> String {
-        self.get(name).unwrap_or_default().to_string()
-    }
-
     /// The field's value; refused when missing.
     pub fn required(&self, name: &'static str) -> Result<String, FormError> {
         self.get(name)
