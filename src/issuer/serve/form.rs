@@ -90,7 +90,7 @@ pub fn parse_form(body: &[u8], allowed: &[&'static str]) -> Result<Fields, FormE
 }
 
 /// Encodes fields as a form body (the inverse of [`parse_form`], for tests and fuzzing).
-pub fn encode_form<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub fn encode_form<'a, 'b>(fields: impl IntoIterator<Item = (&'a str, &'b str)>) -> String {
     fields
         .into_iter()
         .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
@@ -181,5 +181,6 @@ mod tests {
         let body = encode_form(fields);
         let parsed = parse_form(body.as_bytes(), FORM).unwrap();
         assert_eq!(parsed.iter().collect::<Vec<_>>(), fields);
+        assert_eq!(encode_form(parsed.iter()), body);
     }
 }
