@@ -21,8 +21,8 @@ mod store;
 
 pub use attest::{AttestError, AttestationPolicy};
 pub use batch::{issue_batch, BatchItem, BatchOptions};
-pub use config::{IssuerConfig, ServeConfig};
-pub use error::{exit, IssuerError};
+pub use config::{IssuerConfig, Limits, ProxyConfig, ServeConfig, PROXY_SECRET_HEADER};
+pub use error::{exit, Access, IssuerError};
 pub use keys::pkcs11::{Ckr, PIN_ENV};
 pub use keys::pool::KeyPool;
 pub use keys::{
@@ -30,7 +30,7 @@ pub use keys::{
     Registration, UriError, REGISTRY,
 };
 pub use policy::{Policy, PolicyError};
-pub use serve::run as serve;
+pub use serve::{harden_process, run as serve, Hardened};
 pub use sign::{
     approve, audit_trust, issue, publish_denylist, revoke_device, revoke_pass, sign_one,
     trust_bundle, Approved, MAX_DELIVERY_LEN,
@@ -49,6 +49,7 @@ pub mod internal {
     pub use super::credential::{make_credential, rsa_ek};
     pub use super::keys::pkcs11::{Hsm, Pkcs11Manager};
     pub use super::keys::pkcs11_uri::Pkcs11Uri;
+    pub use super::serve::{encode_form, parse_form, Fields, FormError};
     #[cfg(fuzzing)]
     pub use super::store::file::fuzz_audit_log;
     pub use super::store::file::{FileAuditLog, FileRegister};

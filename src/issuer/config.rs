@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use sha2::Digest as _;
 
 use super::attest::{parse_pem_certificates, AttestationPolicy};
-use super::error::IssuerError;
+use super::error::{Access, IssuerError};
 use super::keys::{self, KeyManager};
 use super::policy::{Policy, PolicyConfig};
 use super::store::file::{FileAuditLog, FileRegister};
@@ -79,9 +80,25 @@ struct ServeSection {
     #[serde(default)]
     tls_key: Option<PathBuf>,
     #[serde(default)]
+    behind_tls_proxy: bool,
+    #[serde(default)]
     hsm_sessions: Option<usize>,
     #[serde(default)]
     session_lifetime: Option<String>,
+    #[serde(default)]
+    max_sessions_per_user: Option<usize>,
+    #[serde(default)]
+    header_read_timeout: Option<String>,
+    #[serde(default)]
+    body_timeout: Option<String>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_ip: Option<usize>,
+    #[serde(default)]
+    max_requests_per_ip: Option<usize>,
     #[serde(default)]
     admins: Vec<AdminSection>,
     #[serde(default)]
@@ -99,7 +116,12 @@ struct AdminSection {
 #[serde(deny_unknown_fields)]
 struct ProxySection {
     header: String,
+    #[serde(default)]
     trusted: Vec<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    secret_header: Option<String>,
 }
 
 /// `[serve]`: how `hwpass-issuer serve` listens and whom it lets in.
@@ -109,14 +131,76 @@ pub struct ServeConfig {
     pub listen: std::net::SocketAddr,
     /// PEM certificate chain and private key: HTTPS when both are given.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// A TLS-terminating reverse proxy is in front: cookies are `Secure` (and `__Host-`) and
+    /// responses carry HSTS although this listener speaks plain HTTP.
+    pub behind_tls_proxy: bool,
     /// PKCS#11 sessions kept open for signing.
     pub hsm_sessions: usize,
     /// How long a web login lasts, seconds.
     pub session_lifetime: i64,
+    /// Web sessions one admin may hold at once; signing in again ends the oldest.
+    pub max_sessions_per_user: usize,
     /// Admins: name and SHA-256 of their bearer token.
     pub admins: Vec<(String, [u8; 32])>,
-    /// A reverse proxy's authenticated-user header, believed only from these addresses.
-    pub proxy: Option<(String, Vec<std::net::IpAddr>)>,
+    /// A reverse proxy that authenticates users and names them in a header.
+    pub proxy: Option<ProxyConfig>,
+    /// Timeouts and caps on connections and requests.
+    pub limits: Limits,
+}
+
+/// `[serve.proxy]`: when the service believes a reverse proxy's user header.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// The header naming the user (lower case).
+    pub header: String,
+    /// The proxy's addresses: when not empty, the header is believed only from these.
+    pub trusted: Vec<std::net::IpAddr>,
+    /// The header carrying the shared secret, and the secret's SHA-256: when set, the user
+    /// header is believed only with the secret (compared in constant time).
+    pub secret: Option<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("header", &self.header)
+            .field("trusted", &self.trusted)
+            .field("secret_header", &self.secret.as_ref().map(|s| &s.0))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timeouts and caps that keep slow or greedy clients from starving the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's head (request line and headers) must arrive within this; on a kept-alive
+    /// connection it also bounds the wait for the next request.
+    pub header_read_timeout: std::time::Duration,
+    /// A request's body must arrive within this, counted from the end of its head.
+    pub body_timeout: std::time::Duration,
+    /// A connection on which no byte moves, either way, for this long is closed (a client that
+    /// stops reading an answer, a stalled TLS handshake).
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_ip: usize,
+    /// Requests in progress at once from one peer address; more are answered 429.
+    pub max_requests_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_requests_per_ip: 32,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -124,67 +208,271 @@ impl Default for ServeConfig {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            behind_tls_proxy: false,
             hsm_sessions: 4,
             session_lifetime: 8 * 3600,
+            max_sessions_per_user: 8,
             admins: Vec::new(),
             proxy: None,
+            limits: Limits::default(),
         }
     }
 }
 
+/// Header the proxy's shared secret comes in, unless `[serve.proxy] secret_header` names one.
+pub const PROXY_SECRET_HEADER: &str = "x-hwpass-proxy-secret";
+
+/// Fewest bytes a proxy secret has (`openssl rand -hex 32` gives 64 characters).
+const MIN_PROXY_SECRET: usize = 32;
+
+/// A count from the config within `range`.
+fn count(
+    name: &str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+    default: usize,
+) -> Result<usize, String> {
+    match value {
+        None => Ok(default),
+        Some(n) if range.contains(&n) => Ok(n),
+        Some(_) => Err(format!(
+            "[serve] {name} must be {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// A timeout from the config: 1 s to 1 h.
+fn timeout(
+    name: &str,
+    value: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let secs = parse_duration(text).map_err(|e| format!("[serve] {name}: {e}"))?;
+    if !(1..=3600).contains(&secs) {
+        return Err(format!("[serve] {name} must be 1s to 1h"));
+    }
+    // Invariant: 1..=3600 fits u64.
+    Ok(std::time::Duration::from_secs(secs.unsigned_abs()))
+}
+
 impl ServeSection {
-    fn resolve(self, base: &Path) -> Result<ServeConfig, String> {
+    fn resolve(self, file: &Path) -> Result<ServeConfig, IssuerError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let config = |detail: String| IssuerError::Config {
+            path: file.to_path_buf(),
+            detail,
+        };
         let mut out = ServeConfig::default();
         if let Some(l) = self.listen {
             out.listen = l.parse().map_err(|_| {
-                format!("[serve] listen {l:?} is not an address like 127.0.0.1:8080")
+                config(format!(
+                    "[serve] listen {l:?} is not an address like 127.0.0.1:8080"
+                ))
             })?;
         }
         out.tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
             (None, None) => None,
-            _ => return Err("[serve] needs both tls_cert and tls_key, or neither".into()),
-        };
-        if let Some(n) = self.hsm_sessions {
-            if !(1..=256).contains(&n) {
-                return Err("[serve] hsm_sessions must be 1 to 256".into());
+            _ => {
+                return Err(config(
+                    "[serve] needs both tls_cert and tls_key, or neither".into(),
+                ))
             }
-            out.hsm_sessions = n;
-        }
+        };
+        out.behind_tls_proxy = self.behind_tls_proxy;
+        out.hsm_sessions = count("hsm_sessions", self.hsm_sessions, 1..=256, 4).map_err(config)?;
         if let Some(d) = self.session_lifetime {
-            out.session_lifetime = parse_duration(&d)?;
+            out.session_lifetime = parse_duration(&d).map_err(config)?;
         }
+        out.max_sessions_per_user = count(
+            "max_sessions_per_user",
+            self.max_sessions_per_user,
+            1..=1000,
+            8,
+        )
+        .map_err(config)?;
+        let d = Limits::default();
+        out.limits = Limits {
+            header_read_timeout: timeout(
+                "header_read_timeout",
+                self.header_read_timeout.as_deref(),
+                d.header_read_timeout,
+            )
+            .map_err(config)?,
+            body_timeout: timeout("body_timeout", self.body_timeout.as_deref(), d.body_timeout)
+                .map_err(config)?,
+            idle_timeout: timeout("idle_timeout", self.idle_timeout.as_deref(), d.idle_timeout)
+                .map_err(config)?,
+            max_connections: count(
+                "max_connections",
+                self.max_connections,
+                1..=1_000_000,
+                d.max_connections,
+            )
+            .map_err(config)?,
+            max_connections_per_ip: count(
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                1..=1_000_000,
+                d.max_connections_per_ip,
+            )
+            .map_err(config)?,
+            max_requests_per_ip: count(
+                "max_requests_per_ip",
+                self.max_requests_per_ip,
+                1..=1_000_000,
+                d.max_requests_per_ip,
+            )
+            .map_err(config)?,
+        };
         for a in self.admins {
             let hash: [u8; 32] = hex::decode(a.token_sha256.trim())
                 .ok()
                 .and_then(|h| h.try_into().ok())
                 .ok_or_else(|| {
-                    format!(
+                    config(format!(
                         "[[serve.admins]] {:?}: token_sha256 must be 64 hex digits (from `hwpass-issuer admin-token`)",
                         a.name
-                    )
+                    ))
                 })?;
             if a.name.trim().is_empty() {
-                return Err("[[serve.admins]] name must not be empty".into());
+                return Err(config("[[serve.admins]] name must not be empty".into()));
             }
             out.admins.push((a.name, hash));
         }
         if let Some(p) = self.proxy {
-            let trusted = p
-                .trusted
-                .iter()
-                .map(|t| {
-                    t.parse()
-                        .map_err(|_| format!("[serve.proxy] trusted {t:?} is not an IP address"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if trusted.is_empty() || p.header.trim().is_empty() {
-                return Err("[serve.proxy] needs a header and at least one trusted address".into());
-            }
-            out.proxy = Some((p.header.to_ascii_lowercase(), trusted));
+            out.proxy = Some(p.resolve(file)?);
         }
         Ok(out)
     }
+}
+
+impl ProxySection {
+    fn resolve(self, file: &Path) -> Result<ProxyConfig, IssuerError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let config = |detail: String| IssuerError::Config {
+            path: file.to_path_buf(),
+            detail,
+        };
+        let header_name = |h: &str, what: &str| {
+            axum::http::HeaderName::from_bytes(h.trim().as_bytes())
+                .map(|n| n.as_str().to_string())
+                .map_err(|_| config(format!("[serve.proxy] {what} {h:?} is not a header name")))
+        };
+        let header = header_name(&self.header, "header")?;
+        let trusted = self
+            .trusted
+            .iter()
+            .map(|t| {
+                t.parse::<std::net::IpAddr>().map_err(|_| {
+                    config(format!("[serve.proxy] trusted {t:?} is not an IP address"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let secret = match &self.secret_file {
+            Some(secret_file) => {
+                let file = base.join(secret_file);
+                check_private(&file)?;
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| config(format!("{}: {e}", file.display())))?;
+                let secret = text.lines().next().unwrap_or_default().trim();
+                if secret.len() < MIN_PROXY_SECRET {
+                    return Err(config(format!(
+                        "[serve.proxy] the secret in {} must be at least {MIN_PROXY_SECRET} characters (make one with `openssl rand -hex 32`)",
+                        file.display()
+                    )));
+                }
+                let name = header_name(
+                    self.secret_header.as_deref().unwrap_or(PROXY_SECRET_HEADER),
+                    "secret_header",
+                )?;
+                if name == header {
+                    return Err(config(
+                        "[serve.proxy] secret_header and header must differ".into(),
+                    ));
+                }
+                Some((name, sha2::Sha256::digest(secret.as_bytes()).into()))
+            }
+            None if self.secret_header.is_some() => {
+                return Err(config(
+                    "[serve.proxy] secret_header needs secret_file".into(),
+                ))
+            }
+            None => None,
+        };
+        if secret.is_none() {
+            if trusted.is_empty() {
+                return Err(config(
+                    "[serve.proxy] needs secret_file (a secret the proxy sends with each request) or the proxy's own addresses in trusted".into(),
+                ));
+            }
+            // Anyone with an account on this host can connect from a loopback address, and
+            // an unspecified address is no one's address: neither identifies the proxy.
+            if let Some(a) = trusted
+                .iter()
+                .find(|a| a.is_loopback() || a.is_unspecified() || a.to_canonical().is_loopback())
+            {
+                return Err(config(format!(
+                    "[serve.proxy] trusted lists {a}: every local account can send from that address, so it cannot vouch for the proxy; give secret_file (a shared secret the proxy sends in {PROXY_SECRET_HEADER}) instead"
+                )));
+            }
+        }
+        Ok(ProxyConfig {
+            header,
+            trusted,
+            secret,
+        })
+    }
+}
+
+/// Refuses `path` when an account other than its owner may change it or anything on its way:
+/// a group- or world-writable file, or such a directory among its ancestors (a sticky one such
+/// as /tmp excepted: there only a file's owner may replace it).
+pub(crate) fn check_not_writable(path: &Path) -> Result<(), IssuerError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |p: &Path, e: std::io::Error| IssuerError::Config {
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let real = std::fs::canonicalize(path).map_err(|e| io(path, e))?;
+    let mut first = true;
+    for p in real.ancestors() {
+        let meta = std::fs::metadata(p).map_err(|e| io(p, e))?;
+        let mode = meta.permissions().mode();
+        let sticky = meta.is_dir() && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (first || !sticky) {
+            return Err(IssuerError::Exposed {
+                path: p.to_path_buf(),
+                mode: mode & 0o7777,
+                access: Access::Writable,
+            });
+        }
+        first = false;
+    }
+    Ok(())
+}
+
+/// Refuses a secret file that others may read (any group or other permission), or change.
+pub(crate) fn check_private(path: &Path) -> Result<(), IssuerError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| IssuerError::Config {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(IssuerError::Exposed {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+            access: Access::Readable,
+        });
+    }
+    check_not_writable(path)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +535,8 @@ impl IssuerConfig {
             detail,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        // What the config says decides who may sign: nobody else may be able to change it.
+        check_not_writable(path)?;
         let file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
         let mut notices = Vec::new();
         let key_section = match (file.key, file.hsm) {
@@ -277,6 +567,7 @@ impl IssuerConfig {
         };
         for root in &file.attestation.ek_roots {
             let root = base.join(root);
+            check_not_writable(&root)?;
             let text = std::fs::read_to_string(&root)
                 .map_err(|e| err(format!("{}: {e}", root.display())))?;
             let certs = parse_pem_certificates(&text)
@@ -285,6 +576,7 @@ impl IssuerConfig {
         }
         if let Some(list) = &file.attestation.ek_allowlist {
             let list = base.join(list);
+            check_not_writable(&list)?;
             let text = std::fs::read_to_string(&list)
                 .map_err(|e| err(format!("{}: {e}", list.display())))?;
             attestation.allowlist = text
@@ -313,7 +605,24 @@ impl IssuerConfig {
             Some(p) => base.join(p),
             None => audit_log.with_file_name("revocations.json"),
         };
-        let serve = file.serve.resolve(base).map_err(err)?;
+        // The audit log and the register: their directories, where they exist (the first
+        // append creates them).
+        for dir in [audit_log.parent(), revocations.parent()]
+            .into_iter()
+            .flatten()
+        {
+            if dir.exists() {
+                check_not_writable(dir)?;
+            }
+        }
+        let serve = file.serve.resolve(path)?;
+        if let Some((cert, key)) = &serve.tls {
+            for f in [cert, key] {
+                if f.exists() {
+                    check_not_writable(f)?;
+                }
+            }
+        }
         let audit_origin = match file.audit.origin {
             Some(o) => o,
             None => default_origin(&file.issuer),

@@ -69,6 +69,36 @@ pub enum IssuerError {
         /// The most a desktop takes.
         max: usize,
     },
+    /// A file or directory the issuer trusts is open to other accounts: they may change it
+    /// (config, its directories, the audit log's directory) or read it (a secret).
+    #[error("{} is {access} by group or others (mode {mode:04o})", path.display())]
+    Exposed {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// What others may do that they must not.
+        access: Access,
+    },
+}
+
+/// What other accounts may do to a file that they must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Change it (or, for a directory, replace what is in it).
+    Writable,
+    /// Read it (a secret).
+    Readable,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Writable => "writable",
+            Self::Readable => "readable",
+        })
+    }
 }
 
 impl IssuerError {
@@ -76,7 +106,13 @@ impl IssuerError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config { .. }
-            | Self::Key(KeyError::Pin(_) | KeyError::Uri(_) | KeyError::UnsupportedScheme { .. })
+            | Self::Key(
+                KeyError::Pin(_)
+                | KeyError::PinFileExposed { .. }
+                | KeyError::Uri(_)
+                | KeyError::UnsupportedScheme { .. },
+            )
+            | Self::Exposed { .. }
             | Self::Internal(_)
             | Self::TooLarge { .. }
             | Self::Revocation(_) => exit::OTHER,

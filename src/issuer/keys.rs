@@ -67,6 +67,15 @@ pub enum KeyError {
     /// No secret (PIN) could be obtained to unlock the keys.
     #[error("{0}")]
     Pin(String),
+    /// The PIN file named by `pin-source` is open to other accounts (any group or other
+    /// permission bit).
+    #[error("the PIN file {} is open to group or others (mode {mode:04o})", path.display())]
+    PinFileExposed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PKCS#11 module or token failed or refused.
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11Error),

@@ -322,6 +322,11 @@ fn pin_from_a_file_named_in_the_uri() {
     let issuer = Issuer::new();
     let pin_file = issuer.dir.path().join("pin");
     std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    std::fs::set_permissions(
+        &pin_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     issuer.write_config(
         &format!(
             "token=hwpass-test;object=issuer-key?pin-source=file:{}",

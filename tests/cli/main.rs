@@ -16,3 +16,4 @@ mod issuer;
 mod matrix;
 mod revocation;
 mod service;
+mod service_hardening;

@@ -250,3 +250,19 @@ fn key_rotation_keeps_old_passes_valid_until_expiry_while_new_passes_use_the_new
         .json();
     assert_eq!(status["trusted_keys"], serde_json::json!([new_kid]));
 }
+
+#[test]
+fn a_pass_id_starting_with_a_hyphen_is_read_as_an_id_not_as_an_option() {
+    // One pass id in 64 starts with '-' (base64url): it must reach the register, not clap.
+    let issuer = Issuer::new();
+    issuer.setup();
+    let r = issuer.run(&["revoke", "--pass", "-C0o5YxK3yq8ZJtCw3SEZg"], None);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no pass with id \"-C0o5YxK3yq8ZJtCw3SEZg\""),
+        "{r:?}"
+    );
+    let r = issuer.run(&["revoke", "--device", "-abc"], None);
+    assert_eq!(r.code, 4, "{r:?}");
+}

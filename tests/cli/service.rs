@@ -45,8 +45,13 @@ impl Server {
 
     pub fn spawn_at(issuer: &Issuer, token: String, now: i64) -> Self {
         let mut cmd = issuer.cmd(now);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        Self::spawn_cmd(cmd, token)
+    }
+
+    /// Starts `cmd` (a `serve` command line) and waits for the address it prints.
+    pub fn spawn_cmd(mut cmd: Command, token: String) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn serve");
@@ -99,6 +104,10 @@ impl Server {
         answer(self.agent().get(&format!("{}{path}", self.url)).call())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.token)
     }
@@ -131,7 +140,7 @@ pub fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String, String) {
     (status, kind, resp.into_string().unwrap())
 }
 
-fn sign_body(request: &str, valid_for: Option<&str>) -> String {
+pub fn sign_body(request: &str, valid_for: Option<&str>) -> String {
     let mut b = serde_json::json!({ "request": request });
     if let Some(v) = valid_for {
         b["valid_for"] = v.into();
@@ -347,7 +356,11 @@ fn revocation_over_http_reaches_the_desktop_with_refresh_server() {
 fn two_hundred_concurrent_sign_requests_are_all_issued_and_audited() {
     let issuer = Issuer::new();
     let trust = issuer.setup();
-    let server = Server::start(&issuer, "");
+    // All 200 come from one address: above the per-address caps' defaults.
+    let server = Server::start(
+        &issuer,
+        "max_connections_per_ip = 256\nmax_requests_per_ip = 256\n",
+    );
     let desktops: Vec<Desktop> = (0..4).map(|_| Desktop::enrolled(&trust)).collect();
     let requests: Vec<String> = desktops
         .iter()
@@ -387,56 +400,148 @@ fn two_hundred_concurrent_sign_requests_are_all_issued_and_audited() {
     assert!(verify.stdout.contains("200 records"), "{verify:?}");
 }
 
+/// Writes a proxy secret file (0600) into the issuer's directory; returns the secret.
+pub fn proxy_secret(issuer: &Issuer) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret = hex::encode([7u8; 32]);
+    let file = issuer.dir.path().join("proxy-secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    secret
+}
+
 #[test]
-fn proxy_user_header_is_believed_only_from_configured_addresses() {
+fn proxy_user_header_is_believed_only_with_the_proxys_secret() {
     let issuer = Issuer::new();
     let trust = issuer.setup();
     let request = Desktop::enrolled(&trust).request("frank@corp", &[]);
-    let trusted = Server::start(
+    let secret = proxy_secret(&issuer);
+    let server = Server::start(
         &issuer,
-        "[serve.proxy]\nheader = \"X-Remote-User\"\ntrusted = [\"127.0.0.1\"]\n",
+        "[serve.proxy]\nheader = \"X-Remote-User\"\nsecret_file = \"proxy-secret\"\n",
     );
-    let send = |server: &Server| {
-        answer(
-            server
-                .agent()
-                .post(&format!("{}/v1/passes", server.url))
-                .set("Content-Type", "application/json")
-                .set("X-Remote-User", "grace")
-                .send_string(&sign_body(&request, None)),
-        )
+    let send = |server: &Server, headers: &[(&str, &str)]| {
+        let mut req = server
+            .agent()
+            .post(&format!("{}/v1/passes", server.url))
+            .set("Content-Type", "application/json");
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        answer(req.send_string(&sign_body(&request, None)))
     };
-    let (status, _, body) = send(&trusted);
-    assert_eq!(status, 201, "{body}");
-    drop(trusted);
-
-    let untrusted_issuer = Issuer::new();
-    untrusted_issuer.setup();
-    let untrusted = Server::start(
-        &untrusted_issuer,
-        "[serve.proxy]\nheader = \"X-Remote-User\"\ntrusted = [\"192.0.2.1\"]\n",
+    // Any local account can send from 127.0.0.1: the address alone vouches for nobody.
+    let (status, _, body) = send(&server, &[("X-Remote-User", "grace")]);
+    assert_eq!(status, 401, "the user header without the secret: {body}");
+    let (status, _, body) = send(
+        &server,
+        &[
+            ("X-Remote-User", "grace"),
+            ("X-Hwpass-Proxy-Secret", &format!("{secret}x")),
+        ],
     );
-    let (status, _, body) = send(&untrusted);
+    assert_eq!(status, 401, "a wrong secret: {body}");
+    assert!(issuer.audit_lines().is_empty());
+    let (status, _, body) = send(
+        &server,
+        &[
+            ("X-Remote-User", "grace"),
+            ("X-Hwpass-Proxy-Secret", &secret),
+        ],
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(issuer.audit_lines()[0]["by"], "proxy:grace");
+    let (_, log) = server.stop();
+    assert!(log.contains("without the proxy's secret"), "{log}");
+    assert!(!log.contains(&secret), "the secret is never logged: {log}");
+
+    // With the proxy's address as well, the secret from elsewhere is not enough.
+    let other = Issuer::new();
+    other.setup();
+    let secret = proxy_secret(&other);
+    let server = Server::start(
+        &other,
+        "[serve.proxy]\nheader = \"X-Remote-User\"\nsecret_file = \"proxy-secret\"\ntrusted = [\"192.0.2.1\"]\n",
+    );
+    let (status, _, body) = send(
+        &server,
+        &[
+            ("X-Remote-User", "grace"),
+            ("X-Hwpass-Proxy-Secret", &secret),
+        ],
+    );
     assert_eq!(status, 401, "{body}");
-    let (_, log) = untrusted.stop();
+    let (_, log) = server.stop();
     assert!(log.contains("ignoring a proxy user header"), "{log}");
 }
 
+#[test]
+fn a_proxy_trusted_by_a_loopback_address_alone_is_a_config_error() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    for trusted in [
+        "127.0.0.1",
+        "::1",
+        "127.0.0.2",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+    ] {
+        let mut config = std::fs::read_to_string(&issuer.config).unwrap();
+        if let Some(at) = config.find("\n[serve]") {
+            config.truncate(at);
+        }
+        config.push_str(&format!(
+            "\n[serve]\n[serve.proxy]\nheader = \"X-Remote-User\"\ntrusted = [\"{trusted}\"]\n"
+        ));
+        std::fs::write(&issuer.config, config).unwrap();
+        // Bounded either way: a service that starts anyway is stopped and fails the test.
+        let mut cmd = issuer.cmd(NOW);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{trusted}: the service started with a loopback-trusted proxy");
+        }
+        let out = child.wait_with_output().unwrap();
+        let out = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: first,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(out.code, 1, "{trusted}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("every local account can send from that address")
+                && out.stderr.contains("secret_file"),
+            "{trusted}: {out:?}"
+        );
+    }
+}
+
 /// Scrapes the CSRF token out of a page.
-fn csrf_in(html: &str) -> String {
+pub fn csrf_in(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
     html[at..].split('"').next().unwrap().to_string()
 }
 
-fn cookie_in(resp: &ureq::Response) -> String {
+/// The `name=value` part of the cookie `name` a response sets.
+pub fn cookie_in(resp: &ureq::Response, name: &str) -> String {
     resp.all("set-cookie")
         .into_iter()
         .find_map(|c| {
             c.split(';')
                 .next()
-                .filter(|kv| kv.starts_with("hwpass_session="))
+                .filter(|kv| kv.starts_with(&format!("{name}=")))
         })
-        .expect("a session cookie")
+        .unwrap_or_else(|| panic!("a {name} cookie in {:?}", resp.all("set-cookie")))
         .to_string()
 }
 
@@ -449,18 +554,23 @@ fn web_forms_refuse_a_missing_or_wrong_csrf_token() {
     let url = |p: &str| format!("{}{p}", server.url);
     let request = Desktop::enrolled(&trust).request("heidi@corp", &[]);
 
+    // A visitor gets a login nonce cookie (and no server-side session).
     let first = agent.get(&url("/")).call().unwrap();
     let set = first.header("set-cookie").unwrap().to_string();
     assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        set.starts_with("hwpass_login=")
+            && set.contains("HttpOnly")
+            && set.contains("SameSite=Strict"),
         "{set}"
     );
+    assert!(!set.contains("Secure"), "plain HTTP on loopback: {set}");
+    assert!(first.header("strict-transport-security").is_none());
     let csp = first.header("content-security-policy").unwrap().to_string();
     assert!(
         csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
         "{csp}"
     );
-    let anon = cookie_in(&first);
+    let anon = cookie_in(&first, "hwpass_login");
     let html = first.into_string().unwrap();
     assert!(html.contains("Admin token"), "the login page");
     let csrf = csrf_in(&html);
@@ -478,16 +588,38 @@ fn web_forms_refuse_a_missing_or_wrong_csrf_token() {
     let (status, _, body) = boxed(login(&anon, &csrf, "hwpa_wrong"));
     assert_eq!(status, 401, "{body}");
     let (status, _, _) = boxed(login(
-        "hwpass_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "hwpass_login=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         &csrf,
         &server.token,
     ));
-    assert_eq!(status, 403, "a CSRF token from another session");
+    assert_eq!(
+        status, 403,
+        "a CSRF token made for another browser's cookie"
+    );
+    let (status, _, _) = answer(
+        agent
+            .post(&url("/login"))
+            .send_form(&[("csrf", &csrf), ("token", &server.token)]),
+    );
+    assert_eq!(status, 403, "a CSRF token without its cookie");
+    let (status, _, body) = answer(agent.post(&url("/login")).set("Cookie", &anon).send_form(&[
+        ("csrf", &csrf),
+        ("csrf", &csrf),
+        ("token", &server.token),
+    ]));
+    assert_eq!(status, 400, "a field given twice: {body}");
+    assert!(body.contains("given twice"), "{body}");
     let ok = login(&anon, &csrf, &server.token).unwrap();
     assert_eq!(ok.status(), 303);
-    let admin = cookie_in(&ok);
-    assert_ne!(admin, anon, "a new session id at login");
-    // The anonymous session id is gone.
+    let admin = cookie_in(&ok, "hwpass_session");
+    assert!(
+        ok.all("set-cookie")
+            .iter()
+            .any(|c| c.starts_with("hwpass_login=;") && c.contains("Max-Age=0")),
+        "the nonce is spent: {:?}",
+        ok.all("set-cookie")
+    );
+    // The nonce cookie alone is no session.
     let home = agent.get(&url("/")).set("Cookie", &anon).call().unwrap();
     assert!(home.into_string().unwrap().contains("Admin token"));
 
@@ -519,7 +651,7 @@ fn web_forms_refuse_a_missing_or_wrong_csrf_token() {
             ("lifetime", lifetime),
         ],
     );
-    assert_eq!(status, 403, "another session's cookie");
+    assert_eq!(status, 403, "another browser's cookie");
     assert!(issuer.audit_lines().is_empty(), "nothing was signed");
     let (status, _, html) = sign(
         &admin,
@@ -553,6 +685,17 @@ fn web_forms_refuse_a_missing_or_wrong_csrf_token() {
     );
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("Revoked pass"), "{html}");
+
+    // Signing out ends the session on the server, not only in the browser.
+    let out = answer(
+        agent
+            .post(&url("/logout"))
+            .set("Cookie", &admin)
+            .send_form(&[("csrf", &csrf)]),
+    );
+    assert_eq!(out.0, 303);
+    let home = agent.get(&url("/")).set("Cookie", &admin).call().unwrap();
+    assert!(home.into_string().unwrap().contains("Admin token"));
 }
 
 #[test]
@@ -669,10 +812,50 @@ fn https_with_rustls_and_refresh_checks_the_servers_ca() {
         r.stderr.contains("UnknownIssuer") || r.stderr.contains("certificate"),
         "{r:?}"
     );
+
+    // Under TLS: HSTS, and the cookies are Secure with the __Host- prefix.
+    let agent = {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ureq::AgentBuilder::new()
+            .tls_config(std::sync::Arc::new(tls))
+            .build()
+    };
+    let page = agent.get(&format!("{}/", server.url)).call().unwrap();
+    assert_eq!(
+        page.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let set = page.header("set-cookie").unwrap();
+    assert!(
+        set.starts_with("__Host-hwpass_login=") && set.contains("; Secure"),
+        "{set}"
+    );
 }
 
 #[test]
 fn web_page_in_headless_chromium_signs_copies_and_revokes() {
+    browser_flow("");
+}
+
+/// The same flow with `Secure`, `__Host-` cookies (as behind a TLS proxy): Chromium treats
+/// http://127.0.0.1 as a secure context and keeps them.
+#[test]
+fn web_page_in_headless_chromium_with_secure_host_cookies() {
+    browser_flow("behind_tls_proxy = true\n");
+}
+
+fn browser_flow(extra: &str) {
     require("chromium", "chromium");
     require("chromedriver", "chromium-driver");
     assert!(
@@ -681,10 +864,14 @@ fn web_page_in_headless_chromium_signs_copies_and_revokes() {
     );
     let issuer = Issuer::new();
     let trust = issuer.setup();
-    let server = Server::start(&issuer, "");
+    let server = Server::start(&issuer, extra);
     let d = Desktop::enrolled(&trust);
     let request = d.request("ivan@corp", &["--valid-for", "1d"]);
-    let artifacts = repo().join("target/test-artifacts");
+    let artifacts = repo().join(if extra.is_empty() {
+        "target/test-artifacts"
+    } else {
+        "target/test-artifacts/secure-cookies"
+    });
     std::fs::create_dir_all(&artifacts).unwrap();
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("request.txt"), &request).unwrap();

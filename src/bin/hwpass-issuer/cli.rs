@@ -72,11 +72,11 @@ pub enum Cmd {
     /// their next `hwpass refresh`.
     #[command(group = clap::ArgGroup::new("what").required(true).args(["pass", "device"]))]
     Revoke {
-        /// The pass id (jti).
-        #[arg(long)]
+        /// The pass id (jti). Ids are base64url and may start with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         pass: Option<String>,
         /// A device key thumbprint (`hwpass status`): every pass bound to it.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         device: Option<String>,
         /// Why (kept in the revocation register).
         #[arg(long)]

@@ -2,7 +2,7 @@
 //! reports facts ([`IssuerError`] and the typed errors inside it); the advice lives here.
 
 use hwpass::issuer::{
-    AttestError, AuditError, CheckpointError, Ckr, IssuerError, KeyError, Pkcs11Error,
+    Access, AttestError, AuditError, CheckpointError, Ckr, IssuerError, KeyError, Pkcs11Error,
 };
 
 /// An exit code, the one-sentence error, and what to do next.
@@ -23,6 +23,8 @@ pub fn fail(e: IssuerError) -> Failure {
         IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
         IssuerError::Audit(a) => audit_hint(a.cause()),
         IssuerError::TooLarge { .. } => Some("shorten issuer or audience in the config: desktops refuse passes over 8 KiB"),
+        IssuerError::Exposed { access: Access::Writable, .. } => Some("other accounts could change what the issuer trusts: `chmod go-w` the path named above (and make sure root or the issuer's own account owns it)"),
+        IssuerError::Exposed { access: Access::Readable, .. } => Some("a secret must be readable by its owner only: `chmod 600` the file named above"),
         _ => None,
     };
     (e.exit_code(), e.to_string(), hint)
@@ -48,6 +50,9 @@ fn audit_hint(e: &AuditError) -> Option<&'static str> {
 
 /// What to do about a key manager (HSM) failure.
 fn key_hint(e: &KeyError) -> Option<&'static str> {
+    if let KeyError::PinFileExposed { .. } = e {
+        return Some("the PIN file must be readable by its owner only: `chmod 600` it (owned by the account that runs hwpass-issuer)");
+    }
     if let KeyError::Pin(_) = e {
         return Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line");
     }

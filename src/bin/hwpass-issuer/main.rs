@@ -141,6 +141,18 @@ fn key_fail(e: issuer::KeyError) -> Failure {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    // A long-running service holds the PIN (and reads the proxy secret with the config): no
+    // core dump may carry them, and no other process of this user may read its memory.
+    let hardened = match cli.cmd {
+        Cmd::Serve { .. } => Some(issuer::harden_process().map_err(|e| {
+            (
+                exit::OTHER,
+                format!("cannot disable core dumps (PR_SET_DUMPABLE, RLIMIT_CORE): {e}"),
+                None,
+            )
+        })?),
+        _ => None,
+    };
     let cfg = IssuerConfig::load(&cli.config).map_err(fail)?;
     for notice in &cfg.notices {
         eprintln!("hwpass-issuer: note: {notice}");
@@ -400,7 +412,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Serve { listen } => {
             init_logging();
+            if let Some(h) = hardened {
+                if h.not_dumpable && h.no_core_limit {
+                    tracing::info!("core dumps disabled (PR_SET_DUMPABLE 0, RLIMIT_CORE 0)");
+                } else {
+                    tracing::warn!(?h, "core dumps could not be disabled fully");
+                }
+            }
+            // The PIN is read once; a variable it came from is removed from the environment
+            // as it is read. Which one that was is what disappeared.
+            let before: Vec<std::ffi::OsString> = std::env::vars_os().map(|(k, _)| k).collect();
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
+            for name in before.iter().filter(|k| std::env::var_os(k).is_none()) {
+                tracing::warn!(
+                    variable = %name.to_string_lossy(),
+                    "the HSM PIN came from the environment: it is removed from this process's environment, but /proc/PID/environ keeps the block the process started with; give the service pin-source=file:/path (mode 0600) in the key URI instead"
+                );
+            }
             issuer::serve(cfg, listen, |url| {
                 // The one line scripts wait for: where to connect.
                 println!("listening on {url}");

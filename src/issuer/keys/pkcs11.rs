@@ -715,26 +715,45 @@ impl KeyManager for Pkcs11Manager {
 }
 
 /// The PIN: the URI's `pin-source`, else [`PIN_ENV`], else the prompt. Never argv.
+///
+/// A PIN read from an environment variable is removed from this process's environment at
+/// once, so nothing started later inherits it (the kernel's copy of the initial environment,
+/// `/proc/PID/environ`, is not ours to erase: a service should use `pin-source=file:`). Call
+/// this before the process starts threads that read the environment. A PIN file must be open
+/// to its owner only.
 pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretString, KeyError> {
     let from_env = |var: &str| {
-        std::env::var(var).map_err(|_| KeyError::Pin(format!("the PIN variable {var} is not set")))
+        let pin = std::env::var(var)
+            .map_err(|_| KeyError::Pin(format!("the PIN variable {var} is not set")))?;
+        std::env::remove_var(var);
+        Ok::<_, KeyError>(pin)
     };
     let pin = match &uri.pin_source {
         Some(PinSource::Env(var)) => from_env(var)?,
         Some(PinSource::File(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let cannot = |e: std::io::Error| {
                 KeyError::Pin(format!("cannot read the PIN file {}: {e}", path.display()))
-            })?;
+            };
+            let mode = std::fs::metadata(path)
+                .map_err(cannot)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyError::PinFileExposed {
+                    path: path.clone(),
+                    mode: mode & 0o7777,
+                });
+            }
+            let text = std::fs::read_to_string(path).map_err(cannot)?;
             text.lines().next().unwrap_or_default().to_string()
         }
-        None => match std::env::var(PIN_ENV) {
-            Ok(v) => v,
-            Err(_) => {
-                return prompt
-                    .pin(&format!("PIN for {uri}: "))
-                    .map_err(KeyError::Pin)
-            }
-        },
+        None if std::env::var_os(PIN_ENV).is_some() => from_env(PIN_ENV)?,
+        None => {
+            return prompt
+                .pin(&format!("PIN for {uri}: "))
+                .map_err(KeyError::Pin)
+        }
     };
     if pin.is_empty() {
         return Err(KeyError::Pin("the HSM PIN is empty".into()));
@@ -775,9 +794,11 @@ mod tests {
 
     #[test]
     fn pin_comes_from_the_named_file_and_never_empty() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pin");
         std::fs::write(&file, "2468\nignored\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let uri = Pkcs11Uri::parse(&format!(
             "pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:{}",
             file.display()
@@ -786,6 +807,47 @@ mod tests {
         let pin = resolve_pin(&uri, &super::super::NoPrompt).unwrap();
         assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "2468");
         std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            resolve_pin(&uri, &super::super::NoPrompt),
+            Err(KeyError::Pin(_))
+        ));
+    }
+
+    #[test]
+    fn a_pin_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "2468\n").unwrap();
+        let uri = Pkcs11Uri::parse(&format!(
+            "pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:{}",
+            file.display()
+        ))
+        .unwrap();
+        for mode in [0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            match resolve_pin(&uri, &super::super::NoPrompt) {
+                Err(KeyError::PinFileExposed { mode: m, .. }) => assert_eq!(m, mode),
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_pin_from_the_environment_is_removed_from_it() {
+        // A name no other test reads.
+        let var = "HWPASS_TEST_PIN_REMOVED";
+        std::env::set_var(var, "1357");
+        let uri = Pkcs11Uri::parse(&format!(
+            "pkcs11:token=t;object=o?module-path=/m.so&pin-source=env:{var}"
+        ))
+        .unwrap();
+        let pin = resolve_pin(&uri, &super::super::NoPrompt).unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "1357");
+        assert!(
+            std::env::var_os(var).is_none(),
+            "the PIN stays in the environment"
+        );
         assert!(matches!(
             resolve_pin(&uri, &super::super::NoPrompt),
             Err(KeyError::Pin(_))

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::problem::{typed, ApiError};
 use super::service::{denylist, issue, recent, revoke, Revocation, Shared};
 use crate::core::claims::Attestation;
+use crate::core::json::check_strict;
 use crate::core::time::parse_duration;
 
 #[derive(Deserialize)]
@@ -51,6 +52,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(
             "send Content-Type: application/json".into(),
         ));
     }
+    // Strict first: a duplicate key or a null anywhere is refused before serde reads the
+    // body (serde would keep one of two duplicates, and read null as a missing member).
+    check_strict(body).map_err(|e| ApiError::BadInput(format!("body: {e}")))?;
     serde_json::from_slice(body).map_err(|e| ApiError::BadInput(format!("body: {e}")))
 }
 

@@ -1,7 +1,12 @@
-//! Who may sign: admins by bearer token (constant-time hash compare), a trusted reverse proxy's
-//! user header, and the web page's sessions with their CSRF tokens.
+//! Who may sign: admins by bearer token (constant-time hash compare), a reverse proxy's user
+//! header (believed only with the proxy's shared secret, or from its own non-loopback
+//! address), and the web page's sessions with their CSRF tokens.
+//!
+//! Only people who signed in have server-side state: a session, bounded per user. Anybody
+//! else's login form is protected by a signed double-submit token — a random nonce in a
+//! cookie, and in the form the HMAC of that nonce under a per-process key — so no number of
+//! anonymous visits can push a session (or a pending login) out.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -11,12 +16,16 @@ use subtle::ConstantTimeEq as _;
 use tracing::warn;
 
 use super::problem::ApiError;
-use super::service::{Service, Session, MAX_SESSIONS};
+use super::service::{Service, Session};
 use crate::core::b64::b64url;
 use crate::issuer::error::IssuerError;
 
-/// The session cookie.
-const COOKIE: &str = "hwpass_session";
+/// The signed-in session's cookie.
+const SESSION_COOKIE: &str = "hwpass_session";
+/// The login form's CSRF nonce cookie.
+const LOGIN_COOKIE: &str = "hwpass_login";
+/// Session ids and nonces: 32 random bytes, base64url.
+const ID_LEN: usize = 43;
 
 impl Service {
     /// The admin whose bearer token this is. Every configured hash is compared, in constant
@@ -32,78 +41,149 @@ impl Service {
         found
     }
 
-    /// The user a trusted reverse proxy vouches for, if the request came from one.
+    /// The user a reverse proxy vouches for: its header, believed only when the request
+    /// carries the proxy's shared secret (when one is configured) and comes from one of its
+    /// addresses (when those are configured). Each header must be there once.
     pub(super) fn proxy_user(&self, peer: IpAddr, headers: &HeaderMap) -> Option<String> {
-        let (name, trusted) = self.cfg.serve.proxy.as_ref()?;
-        let value = headers.get(name.as_str())?;
-        if !trusted.contains(&peer) {
-            warn!(%peer, header = %name, "ignoring a proxy user header from an address not in [serve.proxy] trusted");
+        let proxy = self.cfg.serve.proxy.as_ref()?;
+        let value = single(headers, &proxy.header)?;
+        if !proxy.trusted.is_empty() && !proxy.trusted.contains(&peer) {
+            warn!(%peer, header = %proxy.header, "ignoring a proxy user header from an address not in [serve.proxy] trusted");
             return None;
+        }
+        if let Some((name, hash)) = &proxy.secret {
+            // Hashing first makes the compare independent of the presented length.
+            let presented: Option<[u8; 32]> =
+                single(headers, name).map(|v| Sha256::digest(v.as_bytes()).into());
+            if !presented.is_some_and(|p| bool::from(p.ct_eq(hash))) {
+                warn!(%peer, header = %proxy.header, "ignoring a proxy user header without the proxy's secret");
+                return None;
+            }
         }
         value
             .to_str()
             .ok()
             .map(str::trim)
-            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .filter(|v| !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control))
             .map(|v| format!("proxy:{v}"))
     }
 
-    /// The admin behind an API call: a bearer token, or a trusted proxy's header.
+    /// The admin behind an API call: a bearer token (the scheme in any case, RFC 7235 §2.1),
+    /// or the proxy's header.
     pub(super) fn api_user(&self, peer: IpAddr, headers: &HeaderMap) -> Result<String, ApiError> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let token = value
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .ok_or(ApiError::Unauthorized(
                     "the Authorization header must be `Bearer <admin token>`",
                 ))?;
-            return self
-                .admin_by_token(token.trim())
-                .ok_or(ApiError::Unauthorized(
-                    "the bearer token is not an admin token of this issuer",
-                ));
+            return self.admin_by_token(token).ok_or(ApiError::Unauthorized(
+                "the bearer token is not an admin token of this issuer",
+            ));
         }
         self.proxy_user(peer, headers).ok_or(ApiError::Unauthorized(
             "this endpoint needs an admin bearer token",
         ))
     }
 
-    pub(super) fn csrf_token(&self, sid: &str) -> String {
+    /// HMAC-SHA-256 of `value` under the per-process key, for `purpose`.
+    fn mac(&self, purpose: &str, value: &str) -> String {
         // Invariant: HMAC accepts keys of any length.
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.csrf_key).unwrap_or_else(|_| unreachable!());
-        mac.update(sid.as_bytes());
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
         b64url(&mac.finalize().into_bytes())
     }
 
-    pub(super) fn csrf_ok(&self, sid: &str, given: &str) -> bool {
-        bool::from(self.csrf_token(sid).as_bytes().ct_eq(given.as_bytes()))
+    /// Cookies are `Secure` under TLS and behind a TLS-terminating proxy; then they also carry
+    /// the `__Host-` prefix, which a browser accepts only from a secure origin, without a
+    /// Domain and for Path=/ — no sibling host can plant one.
+    pub(super) fn secure_cookies(&self) -> bool {
+        self.tls || self.cfg.serve.behind_tls_proxy
     }
+
+    fn cookie_name(&self, base: &str) -> String {
+        if self.secure_cookies() {
+            format!("__Host-{base}")
+        } else {
+            base.to_string()
+        }
+    }
+
+    fn cookie(&self, base: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
+        let secure = if self.secure_cookies() {
+            "; Secure"
+        } else {
+            ""
+        };
+        let age = max_age
+            .map(|a| format!("; Max-Age={a}"))
+            .unwrap_or_default();
+        let v = format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}",
+            self.cookie_name(base)
+        );
+        // Invariant: names and values are base64url or ASCII.
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// The one value of a header; none when it is missing or given more than once.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
 }
 
 fn session_key(sid: &str) -> String {
     hex::encode(Sha256::digest(sid.as_bytes()))
 }
 
-fn cookie_sid(headers: &HeaderMap) -> Option<String> {
+/// A cookie's value: a random id of the expected length, or nothing.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
-        .filter(|v| v.len() == 43)
+        .filter(|v| {
+            v.len() == ID_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
-/// A browser's session: found from its cookie, or new (then the response sets the cookie).
+fn random_id() -> Result<String, ApiError> {
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| ApiError::Issuer(IssuerError::Internal(format!("random: {e}"))))?;
+    Ok(b64url(&raw))
+}
+
+/// A browser as the page sees it.
 #[derive(Debug)]
 pub(super) struct WebSession {
-    pub(super) sid: String,
-    pub(super) fresh: bool,
+    /// The signed-in session's id; none for anybody else (no server-side state for them).
+    pub(super) sid: Option<String>,
+    /// Who: a signed-in admin, or the user a proxy vouches for.
     pub(super) user: Option<String>,
+    /// The CSRF token this browser's forms carry: an HMAC of the session id, or of the login
+    /// nonce in its cookie.
+    pub(super) csrf: String,
+    /// The token is bound to a cookie the browser sent (a form from a browser without one
+    /// cannot be genuine).
+    pub(super) bound: bool,
+    /// A new login nonce cookie, for a browser that sent none.
+    pub(super) set_cookie: Option<HeaderValue>,
 }
 
 impl Service {
@@ -113,80 +193,72 @@ impl Service {
         headers: &HeaderMap,
         now: i64,
     ) -> Result<WebSession, ApiError> {
-        let proxy = self.proxy_user(peer, headers);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sid) = cookie_sid(headers) {
-            if let Some(s) = sessions.get(&session_key(&sid)) {
-                if s.expires > now {
-                    let user = s.user.clone().or(proxy);
-                    return Ok(WebSession {
-                        sid,
-                        fresh: false,
-                        user,
-                    });
-                }
+        if let Some(sid) = cookie_value(headers, &self.cookie_name(SESSION_COOKIE)) {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = sessions.get(&session_key(&sid)).filter(|s| s.expires > now) {
+                return Ok(WebSession {
+                    csrf: self.mac("session", &sid),
+                    user: Some(s.user.clone()),
+                    sid: Some(sid),
+                    bound: true,
+                    set_cookie: None,
+                });
             }
         }
-        let sid = self.new_session(&mut sessions, None, now)?;
+        let (nonce, bound) = match cookie_value(headers, &self.cookie_name(LOGIN_COOKIE)) {
+            Some(n) => (n, true),
+            None => (random_id()?, false),
+        };
         Ok(WebSession {
-            sid,
-            fresh: true,
-            user: proxy,
+            sid: None,
+            user: self.proxy_user(peer, headers),
+            csrf: self.mac("login", &nonce),
+            set_cookie: (!bound).then(|| self.cookie(LOGIN_COOKIE, &nonce, None)),
+            bound,
         })
     }
 
-    pub(super) fn new_session(
-        &self,
-        sessions: &mut HashMap<String, Session>,
-        user: Option<String>,
-        now: i64,
-    ) -> Result<String, ApiError> {
-        if sessions.len() >= MAX_SESSIONS {
-            sessions.retain(|_, s| s.expires > now);
-            if sessions.len() >= MAX_SESSIONS {
-                // Anonymous sessions go first; admins stay logged in.
-                sessions.retain(|_, s| s.user.is_some());
-            }
+    /// Whether a posted form's token is this browser's.
+    pub(super) fn csrf_ok(&self, ws: &WebSession, given: &str) -> bool {
+        ws.bound && bool::from(ws.csrf.as_bytes().ct_eq(given.as_bytes()))
+    }
+
+    /// Signs `user` in with a new session id; returns the cookies to set. Expired sessions
+    /// are dropped, and the user's oldest beyond `max_sessions_per_user` ended.
+    pub(super) fn sign_in(&self, user: String, now: i64) -> Result<[HeaderValue; 2], ApiError> {
+        let sid = random_id()?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, s| s.expires > now);
+        let mut mine: Vec<(u64, String)> = sessions
+            .iter()
+            .filter(|(_, s)| s.user == user)
+            .map(|(k, s)| (s.serial, k.clone()))
+            .collect();
+        mine.sort_unstable();
+        let keep = self.cfg.serve.max_sessions_per_user.saturating_sub(1);
+        for (_, key) in mine.iter().take(mine.len().saturating_sub(keep)) {
+            sessions.remove(key);
         }
-        let mut raw = [0u8; 32];
-        getrandom::getrandom(&mut raw)
-            .map_err(|e| ApiError::Issuer(IssuerError::Internal(format!("random: {e}"))))?;
-        let sid = b64url(&raw);
+        let serial = sessions.values().map(|s| s.serial).max().unwrap_or(0) + 1;
         sessions.insert(
             session_key(&sid),
             Session {
                 user,
-                expires: now + self.cfg.serve.session_lifetime,
+                serial,
+                expires: now.saturating_add(self.cfg.serve.session_lifetime),
             },
         );
-        Ok(sid)
+        Ok([
+            self.cookie(SESSION_COOKIE, &sid, Some(self.cfg.serve.session_lifetime)),
+            self.cookie(LOGIN_COOKIE, "", Some(0)),
+        ])
     }
 
-    /// Logs a session in: a new session id replaces the old one (no session fixation).
-    pub(super) fn promote(
-        &self,
-        old_sid: &str,
-        user: String,
-        now: i64,
-    ) -> Result<String, ApiError> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.remove(&session_key(old_sid));
-        self.new_session(&mut sessions, Some(user), now)
-    }
-
-    pub(super) fn end_session(&self, sid: &str) {
+    /// Ends a session; returns the cookie that clears it.
+    pub(super) fn sign_out(&self, sid: &str) -> HeaderValue {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.remove(&session_key(sid));
-    }
-
-    pub(super) fn set_cookie(&self, sid: &str) -> HeaderValue {
-        let secure = if self.tls { "; Secure" } else { "" };
-        let v = format!(
-            "{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-            self.cfg.serve.session_lifetime
-        );
-        // Invariant: the session id is base64url and the rest is ASCII.
-        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+        self.cookie(SESSION_COOKIE, "", Some(0))
     }
 }
 
@@ -195,20 +267,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_session_cookie_is_found_among_others_and_must_be_43_characters() {
-        let sid = "a".repeat(43);
+    fn cookies_are_found_among_others_and_must_be_random_ids() {
+        let sid = "a".repeat(ID_LEN);
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
-            HeaderValue::from_str(&format!("theme=dark; {COOKIE}={sid}")).unwrap(),
+            HeaderValue::from_str(&format!("theme=dark; {SESSION_COOKIE}={sid}")).unwrap(),
         );
-        assert_eq!(cookie_sid(&h).as_deref(), Some(sid.as_str()));
-        let mut short = HeaderMap::new();
-        short.append(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("{COOKIE}=abc")).unwrap(),
+        assert_eq!(
+            cookie_value(&h, SESSION_COOKIE).as_deref(),
+            Some(sid.as_str())
         );
-        assert_eq!(cookie_sid(&short), None);
+        for bad in ["abc".to_string(), format!("{}=", "a".repeat(42))] {
+            let mut h = HeaderMap::new();
+            h.append(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("{SESSION_COOKIE}={bad}")).unwrap(),
+            );
+            assert_eq!(cookie_value(&h, SESSION_COOKIE), None, "{bad}");
+        }
         assert_ne!(session_key(&sid), sid, "only a hash of the id is kept");
+    }
+
+    #[test]
+    fn a_header_given_twice_is_no_header() {
+        let mut h = HeaderMap::new();
+        h.append("x-remote-user", HeaderValue::from_static("a"));
+        assert!(single(&h, "x-remote-user").is_some());
+        h.append("x-remote-user", HeaderValue::from_static("b"));
+        assert!(single(&h, "x-remote-user").is_none());
     }
 }

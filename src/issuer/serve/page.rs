@@ -3,17 +3,19 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Form, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use super::auth::WebSession;
-use super::problem::{form, typed, ApiError};
+use super::form::{parse_form, Fields};
+use super::problem::{decorate, typed, ApiError};
 use super::service::{blocking, issue, now, recent, revoke, Revocation, Shared};
 use crate::core::claims::{Attestation, BindingKind};
 use crate::core::time::{format_duration, format_time};
+use crate::issuer::error::IssuerError;
+use crate::issuer::policy::PolicyError;
 use crate::issuer::sign;
 
 /// Lifetimes offered on the review page (those within policy are shown).
@@ -44,9 +46,9 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// A whole page, with the session cookie set when the session is new.
+/// A whole page, with the login nonce cookie set for a browser that had none.
 fn render(svc: &Shared, ws: &WebSession, status: StatusCode, title: &str, body: &str) -> Response {
-    let csrf = svc.csrf_token(&ws.sid);
+    let csrf = esc(&ws.csrf);
     let who = match &ws.user {
         Some(u) => format!(
             r#"<span class="who">signed in as <b>{}</b></span><form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" value="{csrf}"><button type="submit" class="link" id="logout">Sign out</button></form>"#,
@@ -68,17 +70,18 @@ fn render(svc: &Shared, ws: &WebSession, status: StatusCode, title: &str, body: 
         aud = esc(&svc.cfg.aud),
     );
     let mut resp = typed((status, html), "text/html; charset=utf-8");
-    if ws.fresh {
+    if let Some(cookie) = &ws.set_cookie {
         resp.headers_mut()
-            .insert(header::SET_COOKIE, svc.set_cookie(&ws.sid));
+            .insert(header::SET_COOKIE, cookie.clone());
     }
+    decorate(&mut resp, status);
     resp
 }
 
-fn csrf_field(svc: &Shared, ws: &WebSession) -> String {
+fn csrf_field(ws: &WebSession) -> String {
     format!(
         r#"<input type="hidden" name="csrf" value="{}">"#,
-        svc.csrf_token(&ws.sid)
+        esc(&ws.csrf)
     )
 }
 
@@ -92,6 +95,7 @@ fn see_other(to: &str) -> Response {
 
 /// An error shown as a page (the API answers problem+json instead).
 fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
+    e.log();
     let (status, _, title, detail) = e.parts();
     let body = format!(
         r#"<p class="error" id="error">{}</p><p><a href="/">Back</a></p>"#,
@@ -100,45 +104,43 @@ fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
     render(svc, ws, status, title, &body)
 }
 
-/// The checks every form post passes: an existing session and its CSRF token.
-fn check_form(svc: &Shared, ws: &WebSession, csrf: &str) -> Result<(), ApiError> {
-    if ws.fresh || !svc.csrf_ok(&ws.sid, csrf) {
-        return Err(ApiError::Csrf);
-    }
-    Ok(())
-}
-
 fn session(svc: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<WebSession, ApiError> {
     svc.web_session(peer.ip(), headers, now()?)
 }
 
-/// Form fields that carry the session's CSRF token (missing: empty, so refused like a wrong one).
-pub(super) trait CsrfForm {
-    fn csrf(&self) -> &str;
-}
-
-macro_rules! csrf_forms {
-    ($($t:ty),*) => {$(
-        impl CsrfForm for $t {
-            fn csrf(&self) -> &str {
-                &self.csrf
-            }
-        }
-    )*};
-}
-csrf_forms!(LoginForm, CsrfOnly, ReviewForm, SignForm, RevokeForm);
-
-/// A form post: the session and the fields, once the form parsed and its CSRF token matches
-/// the session; otherwise the error page to answer with.
-fn posted<T: CsrfForm>(
+/// A form post: the browser and the fields, once the body parsed as the form `allowed`
+/// describes and its CSRF token is this browser's; otherwise the error page to answer with.
+fn posted(
     svc: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,
-    f: Result<Form<T>, FormRejection>,
-) -> Result<Result<(WebSession, T), Response>, ApiError> {
+    body: &Bytes,
+    allowed: &[&'static str],
+) -> Result<Result<(WebSession, Fields), Response>, ApiError> {
     let ws = session(svc, peer, headers)?;
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let fields = if is_form {
+        parse_form(body, allowed).map_err(|e| ApiError::BadInput(format!("form: {e}")))
+    } else {
+        Err(ApiError::BadInput(
+            "send the form as application/x-www-form-urlencoded".into(),
+        ))
+    };
     Ok(
-        match form(f).and_then(|f| check_form(svc, &ws, f.csrf()).map(|()| f)) {
+        match fields.and_then(|f| {
+            if svc.csrf_ok(&ws, f.get("csrf").unwrap_or_default()) {
+                Ok(f)
+            } else {
+                Err(ApiError::Csrf)
+            }
+        }) {
             Ok(f) => Ok((ws, f)),
             Err(e) => Err(error_page(svc, &ws, &e)),
         },
@@ -170,7 +172,7 @@ fn login_page(svc: &Shared, ws: &WebSession, status: StatusCode, error: Option<&
 <input type="password" id="token" name="token" autocomplete="off" required>
 <p class="help">The token from <code>hwpass-issuer admin-token</code>; the server keeps only its SHA-256.</p>
 <button type="submit" id="login">Sign in</button></form>"#,
-        csrf = csrf_field(svc, ws)
+        csrf = csrf_field(ws)
     );
     render(svc, ws, status, "Sign in", &body)
 }
@@ -180,7 +182,7 @@ async fn home_page(
     ws: &WebSession,
     notice: Option<String>,
 ) -> Result<Response, ApiError> {
-    let csrf = csrf_field(svc, ws);
+    let csrf = csrf_field(ws);
     let now = now()?;
     let rows = recent(svc, 20).await?;
     let mut table = String::new();
@@ -202,7 +204,7 @@ async fn home_page(
             sub = esc(&rec.sub),
             dev = esc(rec.dev.as_deref().unwrap_or("—")),
             kind = rec.kind.as_str(),
-            att = rec.att.as_str(),
+            att = att_shown(rec.att),
             exp = esc(&format_time(rec.exp)),
             jti = esc(&rec.jti),
         ));
@@ -225,30 +227,46 @@ async fn home_page(
     Ok(render(svc, ws, StatusCode::OK, "Sign a pass", &body))
 }
 
-#[derive(Deserialize)]
-pub(super) struct LoginForm {
-    #[serde(default)]
-    csrf: String,
-    token: String,
+/// Unpacks a form post, or returns the page to answer with.
+macro_rules! form_or_page {
+    ($svc:expr, $peer:expr, $headers:expr, $body:expr, $allowed:expr) => {
+        match posted(&$svc, $peer, &$headers, &$body, $allowed)? {
+            Ok(p) => p,
+            Err(page) => return Ok(page),
+        }
+    };
+}
+
+/// Unpacks a required field, or returns the error page.
+macro_rules! field_or_page {
+    ($svc:expr, $ws:expr, $f:expr, $name:expr) => {
+        match $f.required($name) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = ApiError::BadInput(format!("form: {e}"));
+                return Ok(error_page(&$svc, &$ws, &e));
+            }
+        }
+    };
 }
 
 pub(super) async fn login(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    f: Result<Form<LoginForm>, FormRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = match posted(&svc, peer, &headers, f)? {
-        Ok(p) => p,
-        Err(page) => return Ok(page),
-    };
-    match svc.admin_by_token(f.token.trim()) {
+    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "token"]);
+    let token = field_or_page!(svc, ws, f, "token");
+    match svc.admin_by_token(token.trim()) {
         Some(user) => {
             tracing::info!(user = %user, "web sign-in");
-            let sid = svc.promote(&ws.sid, user, now()?)?;
+            // A new session id at sign-in: nothing a browser held before becomes a session.
+            let cookies = svc.sign_in(user, now()?)?;
             let mut resp = see_other("/");
-            resp.headers_mut()
-                .insert(header::SET_COOKIE, svc.set_cookie(&sid));
+            for c in cookies {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
             Ok(resp)
         }
         None => {
@@ -263,47 +281,32 @@ pub(super) async fn login(
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub(super) async fn logout(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    f: Result<Form<CsrfOnly>, FormRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, _) = match posted(&svc, peer, &headers, f)? {
-        Ok(p) => p,
-        Err(page) => return Ok(page),
-    };
-    svc.end_session(&ws.sid);
-    Ok(see_other("/"))
-}
-
-#[derive(Deserialize)]
-pub(super) struct ReviewForm {
-    #[serde(default)]
-    csrf: String,
-    request: String,
+    let (ws, _) = form_or_page!(svc, peer, headers, body, &["csrf"]);
+    let mut resp = see_other("/");
+    if let Some(sid) = &ws.sid {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, svc.sign_out(sid));
+    }
+    Ok(resp)
 }
 
 pub(super) async fn review(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    f: Result<Form<ReviewForm>, FormRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = match posted(&svc, peer, &headers, f)? {
-        Ok(p) => p,
-        Err(page) => return Ok(page),
-    };
+    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "request"]);
     if ws.user.is_none() {
         return Ok(see_other("/"));
     }
-    let request = f.request.trim().to_string();
+    let request = field_or_page!(svc, ws, f, "request").trim().to_string();
     let now = now()?;
     // Approving needs no HSM: it shows exactly what Sign would issue, attestation included.
     let req2 = request.clone();
@@ -339,13 +342,16 @@ pub(super) async fn review(
             "software key — the weaker binding",
             "none (software keys have no attestation)".to_string(),
         ),
+        // What was verified is the EK certificate (or allow-list) and the AK's certification
+        // of this key; that the key is in *that* TPM is proven only when the TPM activates the
+        // credential the pass is sealed in.
         (BindingKind::Tpm, Attestation::EkCert) => (
-            "TPM",
-            "verified: EK certificate chains to a trusted TPM maker CA, and the TPM certified this key; the pass is delivered sealed to that TPM".into(),
+            "TPM (evidence verified, activation pending)",
+            "ek-cert, activation pending: the EK certificate chains to a trusted TPM maker CA and an attestation key certified this key. That the key lives in that TPM is proven only when the TPM activates the credential: the pass is delivered sealed to it, so only that TPM can open it".into(),
         ),
         (BindingKind::Tpm, Attestation::EkAllowlist) => (
-            "TPM",
-            "verified: EK on this issuer's allow-list, and the TPM certified this key; the pass is delivered sealed to that TPM".into(),
+            "TPM (evidence verified, activation pending)",
+            "ek-allowlist, activation pending: the EK is on this issuer's allow-list and an attestation key certified this key. That the key lives in that TPM is proven only when the TPM activates the credential: the pass is delivered sealed to it, so only that TPM can open it".into(),
         ),
         (BindingKind::Tpm, Attestation::None) => (
             "TPM (the request's word)",
@@ -371,7 +377,7 @@ pub(super) async fn review(
         attestation = esc(&attestation),
         jkt = esc(&c.cnf.jkt),
         max = format_duration(max),
-        csrf = csrf_field(&svc, &ws),
+        csrf = csrf_field(&ws),
         request = esc(&request),
     );
     Ok(render(
@@ -383,29 +389,42 @@ pub(super) async fn review(
     ))
 }
 
-#[derive(Deserialize)]
-pub(super) struct SignForm {
-    #[serde(default)]
-    csrf: String,
-    request: String,
-    lifetime: i64,
+/// The lifetime chosen on the review page: whole seconds, 1 s … the policy's largest
+/// maximum (the binding's own maximum is the policy's to enforce, answered as the same 422).
+fn lifetime(svc: &Shared, text: &str) -> Result<i64, ApiError> {
+    let max = svc.cfg.policy.max_lifetime;
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| {
+            ApiError::BadLifetime(format!(
+                "the lifetime must be a whole number of seconds from 1 to {max} ({})",
+                format_duration(max)
+            ))
+        })
 }
 
 pub(super) async fn sign(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    f: Result<Form<SignForm>, FormRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = match posted(&svc, peer, &headers, f)? {
-        Ok(p) => p,
-        Err(page) => return Ok(page),
-    };
+    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "request", "lifetime"]);
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
     };
-    let out = match issue(&svc, f.request, Some(f.lifetime), &format!("web:{user}")).await {
+    let request = field_or_page!(svc, ws, f, "request");
+    let lifetime = match lifetime(&svc, &field_or_page!(svc, ws, f, "lifetime")) {
+        Ok(l) => l,
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    };
+    let out = match issue(&svc, request, Some(lifetime), &format!("web:{user}")).await {
         Ok(o) => o,
+        Err(ApiError::Issuer(IssuerError::Policy(e @ PolicyError::LifetimeTooLong { .. }))) => {
+            return Ok(error_page(&svc, &ws, &ApiError::BadLifetime(e.to_string())))
+        }
         Err(e) => return Ok(error_page(&svc, &ws, &e)),
     };
     let c = &out.claims;
@@ -435,6 +454,14 @@ pub(super) async fn sign(
     Ok(render(&svc, &ws, StatusCode::OK, "Pass signed", &body))
 }
 
+/// An attestation as the page shows it: exactly what was verified.
+fn att_shown(att: Attestation) -> String {
+    match att {
+        Attestation::None => "none".into(),
+        verified => format!("{}, activation pending", verified.as_str()),
+    }
+}
+
 /// The pass as an inline SVG QR code (byte mode, error correction L: up to 2 953 bytes).
 fn qr_svg(text: &str) -> Option<String> {
     let code =
@@ -448,28 +475,19 @@ fn qr_svg(text: &str) -> Option<String> {
     svg.find("<svg").map(|i| svg[i..].to_string())
 }
 
-#[derive(Deserialize)]
-pub(super) struct RevokeForm {
-    #[serde(default)]
-    csrf: String,
-    jti: String,
-}
-
 pub(super) async fn revoke_form(
     State(svc): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    f: Result<Form<RevokeForm>, FormRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = match posted(&svc, peer, &headers, f)? {
-        Ok(p) => p,
-        Err(page) => return Ok(page),
-    };
+    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "jti"]);
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
     };
+    let jti = field_or_page!(svc, ws, f, "jti");
     let what = Revocation {
-        pass: Some(f.jti.clone()),
+        pass: Some(jti.clone()),
         device: None,
         reason: None,
     };
@@ -477,7 +495,7 @@ pub(super) async fn revoke_form(
         Ok(r) => {
             let notice = format!(
                 "Revoked pass {} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
-                f.jti, r.seq
+                jti, r.seq
             );
             home_page(&svc, &ws, Some(notice)).await
         }

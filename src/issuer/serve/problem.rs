@@ -1,8 +1,6 @@
 //! Errors as the client sees them: RFC 9457 problem details (`application/problem+json`, type
 //! `urn:hwpass:problem:<slug>`) for the API, and the same parts for the page's error pages.
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::Form;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
@@ -19,6 +17,14 @@ pub(super) enum ApiError {
     Csrf,
     /// The body is not what the endpoint takes.
     BadInput(String),
+    /// A lifetime asked for on the page outside 1 s … the policy's maximum for the binding.
+    BadLifetime(String),
+    /// The body did not arrive within the body timeout.
+    SlowBody,
+    /// The body is larger than any endpoint takes.
+    TooLarge,
+    /// This peer has too many requests in progress.
+    Busy,
     /// No such thing.
     NotFound(String),
     /// The sign flow refused or failed.
@@ -53,6 +59,30 @@ impl ApiError {
                 "Malformed input",
                 d.clone(),
             ),
+            Self::BadLifetime(d) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-lifetime",
+                "Lifetime refused",
+                d.clone(),
+            ),
+            Self::SlowBody => (
+                StatusCode::REQUEST_TIMEOUT,
+                "slow-body",
+                "Request body too slow",
+                "the request body did not arrive in time".into(),
+            ),
+            Self::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Request body too large",
+                "the request body is larger than this service takes".into(),
+            ),
+            Self::Busy => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "Too many requests",
+                "too many requests from your address are in progress; retry in a moment".into(),
+            ),
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", "Not found", d.clone()),
             Self::Issuer(e) => {
                 let (status, slug, title) = match e {
@@ -77,13 +107,33 @@ impl ApiError {
                         "audit",
                         "Audit log unavailable; no pass was issued",
                     ),
-                    E::Config { .. } | E::Revocation(_) | E::Internal(_) | E::TooLarge { .. } => (
+                    _ => (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",
                         "Internal error",
                     ),
                 };
-                (status, slug, title, e.to_string())
+                // What went wrong inside stays in the log: a client (maybe anonymous) is not
+                // shown file paths, parser messages or device codes.
+                let detail = match slug {
+                    "hsm" => "the HSM did not sign; try again later (the issuer's log says why)",
+                    "audit" => "the audit log could not be written, so no pass was issued (the issuer's log says why)",
+                    "internal" => "the issuer could not complete this (its log says why)",
+                    _ => return (status, slug, title, e.to_string()),
+                };
+                (status, slug, title, detail.into())
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// Logs what the client is not told: the whole error behind a server-side failure.
+    pub(super) fn log(&self) {
+        if let Self::Issuer(e) = self {
+            let (status, slug, ..) = self.parts();
+            if status.is_server_error() {
+                warn!(problem = slug, error = %e, "request failed");
             }
         }
     }
@@ -91,10 +141,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let (status, slug, title, detail) = self.parts();
-        if status.is_server_error() {
-            warn!(problem = slug, %detail, "request failed");
-        }
         let body = serde_json::json!({
             "type": format!("urn:hwpass:problem:{slug}"),
             "title": title,
@@ -102,12 +150,7 @@ impl IntoResponse for ApiError {
             "detail": detail,
         });
         let mut resp = typed((status, body.to_string()), "application/problem+json");
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"hwpass\""),
-            );
-        }
+        decorate(&mut resp, status);
         resp
     }
 }
@@ -120,8 +163,23 @@ pub(super) fn typed(body: impl IntoResponse, kind: &'static str) -> Response {
     resp
 }
 
-/// Form extraction with the refusal as problem details (axum's default is plain text).
-pub(super) fn form<T>(f: Result<Form<T>, FormRejection>) -> Result<T, ApiError> {
-    f.map(|Form(v)| v)
-        .map_err(|e| ApiError::BadInput(e.body_text()))
+/// The headers a refusal with `status` carries, whether as problem+json or as a page.
+pub(super) fn decorate(resp: &mut Response, status: StatusCode) {
+    let h = resp.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hwpass\""),
+            );
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // The rest of the body was never read: the connection cannot carry another request.
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
 }

@@ -2,6 +2,7 @@
 //! approve and sign on the blocking pool, wait for the audit commit, then answer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,6 @@ use crate::issuer::store::{AuditRecord, AuditStore, RevocationStore, Revoked};
 
 /// Largest request body accepted (a request is at most 8 KiB; forms carry one).
 pub(super) const MAX_BODY: usize = 64 * 1024;
-/// Most web sessions kept at once (expired ones are dropped first).
-pub(super) const MAX_SESSIONS: usize = 10_000;
 
 /// Everything a handler needs.
 pub(super) struct Service {
@@ -31,9 +30,15 @@ pub(super) struct Service {
     pub(super) audit: Committer,
     pub(super) audit_store: Arc<dyn AuditStore>,
     pub(super) register: Arc<dyn RevocationStore>,
+    /// Web sessions of signed-in admins, by the SHA-256 of their id. Anonymous visitors
+    /// have none: their login form is protected by a signed cookie instead.
     pub(super) sessions: Mutex<HashMap<String, Session>>,
+    /// Keys the CSRF tokens (HMAC), per process.
     pub(super) csrf_key: [u8; 32],
+    /// The listener speaks TLS.
     pub(super) tls: bool,
+    /// Requests in progress, per peer address.
+    pub(super) in_flight: Mutex<HashMap<IpAddr, usize>>,
     /// The last signed deny list: its sequence number, when it was signed, the list.
     pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
 }
@@ -44,9 +49,12 @@ const DENYLIST_REUSE_SECS: i64 = 300;
 
 pub(super) type Shared = Arc<Service>;
 
+/// A signed-in admin's web session.
 #[derive(Debug, Clone)]
 pub(super) struct Session {
-    pub(super) user: Option<String>,
+    pub(super) user: String,
+    /// Order of sign-in (the user's oldest session ends first).
+    pub(super) serial: u64,
     pub(super) expires: i64,
 }
 

@@ -1,4 +1,5 @@
-//! Starting and stopping the service: keys, listener, TLS, routes, middleware, signals.
+//! Starting and stopping the service: process hardening, keys, listener, TLS, connection
+//! limits, routes, middleware, signals.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use super::api;
 use super::committer::Committer;
+use super::limits::{per_request, LimitAcceptor};
 use super::page;
 use super::problem::ApiError;
 use super::service::{Service, Shared, MAX_BODY};
@@ -21,6 +23,54 @@ use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
 use crate::issuer::sign;
+
+/// What [`harden_process`] made sure of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Hardened {
+    /// The process is not dumpable (`PR_SET_DUMPABLE` 0): no core dump, and other processes
+    /// of the same user can neither ptrace it nor read its memory or `/proc/PID/environ`.
+    pub not_dumpable: bool,
+    /// `RLIMIT_CORE` is 0 (soft and hard).
+    pub no_core_limit: bool,
+}
+
+/// Keeps secrets out of core dumps: `PR_SET_DUMPABLE` 0 and `RLIMIT_CORE` 0, then reads both
+/// back. Call it before the PIN is read.
+pub fn harden_process() -> std::io::Result<Hardened> {
+    use rustix::process::{
+        dumpable_behavior, getrlimit, set_dumpable_behavior, setrlimit, DumpableBehavior, Resource,
+        Rlimit,
+    };
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    let core = getrlimit(Resource::Core);
+    Ok(Hardened {
+        not_dumpable: dumpable_behavior()? == DumpableBehavior::NotDumpable,
+        no_core_limit: core.current == Some(0) && core.maximum == Some(0),
+    })
+}
+
+/// Connections the process can hold: `max_connections`, but no more than its file
+/// descriptor limit leaves room for beside the HSM, the audit log and the runtime (a
+/// connection refused by the cap is closed at once; one refused by `EMFILE` would wait).
+fn connection_cap(configured: usize) -> usize {
+    const RESERVE: u64 = 64;
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match nofile {
+        Some(n) => {
+            let room = usize::try_from(n.saturating_sub(RESERVE)).unwrap_or(usize::MAX);
+            configured.min(room.max(1))
+        }
+        None => configured,
+    }
+}
 
 /// Runs the service until SIGINT or SIGTERM, then stops accepting and lets requests in flight
 /// finish (up to 10 s). `ready` receives the address actually listened on.
@@ -67,8 +117,23 @@ pub fn run(
         sessions: Mutex::new(HashMap::new()),
         csrf_key,
         tls: tls.is_some(),
+        in_flight: Mutex::new(HashMap::new()),
         denylist: Mutex::new(None),
     });
+    let limits = svc.cfg.serve.limits.clone();
+    let max_connections = connection_cap(limits.max_connections);
+    if max_connections < limits.max_connections {
+        warn!(
+            configured = limits.max_connections,
+            max_connections,
+            "max_connections lowered to what the open-file limit (ulimit -n) leaves room for"
+        );
+    }
+    let acceptor = LimitAcceptor::new(
+        max_connections,
+        limits.max_connections_per_ip,
+        limits.idle_timeout,
+    );
     let app = router(svc.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -97,14 +162,25 @@ pub fn run(
                             &e,
                         )
                     })?;
-                let server = axum_server::from_tcp_rustls(listener, config)
-                    .map_err(|e| internal("listener", &e))?;
+                // HTTP/1.1 only (its header-read timeout is what cuts slow clients).
+                let mut inner = (*config.get_inner()).clone();
+                inner.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(inner));
+                let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                    .handshake_timeout(limits.header_read_timeout)
+                    .acceptor(acceptor);
+                let server = axum_server::from_tcp(listener)
+                    .map_err(|e| internal("listener", &e))?
+                    .acceptor(tls);
+                let server = tune(server, &limits);
                 ready(&url);
                 server.handle(handle).serve(make).await
             }
             None => {
-                let server =
-                    axum_server::from_tcp(listener).map_err(|e| internal("listener", &e))?;
+                let server = axum_server::from_tcp(listener)
+                    .map_err(|e| internal("listener", &e))?
+                    .acceptor(acceptor);
+                let server = tune(server, &limits);
                 ready(&url);
                 server.handle(handle).serve(make).await
             }
@@ -113,6 +189,26 @@ pub fn run(
         info!("stopped");
         Ok(())
     })
+}
+
+/// HTTP/1.1 only, with the head of each request (and the wait for the next one on a
+/// kept-alive connection) bounded by `header_read_timeout`, and at most 64 KiB of head.
+fn tune<Acc>(
+    mut server: axum_server::Server<SocketAddr, Acc>,
+    limits: &crate::issuer::config::Limits,
+) -> axum_server::Server<SocketAddr, Acc> {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    server
+        .http1_only()
+        .first_request_timeout(limits.header_read_timeout)
+        .accept_error_handler(|peer, e| {
+            tracing::debug!(peer = ?peer, error = %e, "connection not accepted");
+        })
 }
 
 async fn shutdown_signal() {
@@ -131,6 +227,7 @@ async fn shutdown_signal() {
 }
 
 fn router(svc: Shared) -> Router {
+    let hsts = svc.secure_cookies();
     Router::new()
         .route("/", get(page::home))
         .route("/login", post(page::login))
@@ -148,14 +245,24 @@ fn router(svc: Shared) -> Router {
         .route("/v1/openapi.json", get(api::api_openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(axum::middleware::from_fn(log_and_harden))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            svc.clone(),
+            per_request,
+        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            log_and_harden(hsts, req, next)
+        }))
         .with_state(svc)
 }
 
 /// Logs each request (method, path, status, time — never bodies or headers) and adds the
-/// security headers every response carries.
-async fn log_and_harden(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// security headers every response carries (HSTS when browsers reach it over TLS).
+async fn log_and_harden(
+    hsts: bool,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let peer = req
         .extensions()
@@ -175,6 +282,12 @@ async fn log_and_harden(req: axum::extract::Request, next: axum::middleware::Nex
         ),
     ] {
         h.insert(name, HeaderValue::from_static(value));
+    }
+    if hsts {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
     info!(
         %method,
