@@ -323,6 +323,9 @@ pub struct Quirks {
     pub sessions_peak: usize,
     /// The template `keygen` used, when a key was created in this process.
     pub template: Option<KeyTemplate>,
+    /// The generic code with which the module reported a lost login or session, if it did
+    /// (found out by asking the session with C_GetSessionInfo).
+    pub loss_reported_as: Option<RvError>,
 }
 
 /// Settings for one token that the key URI does not carry.
@@ -343,6 +346,7 @@ struct Observed {
     logged_in: bool,
     refused_sessions_at: Option<usize>,
     template: Option<KeyTemplate>,
+    loss_reported_as: Option<RvError>,
     /// A PIN the token refused: never presented again in this process, so hwpass adds nothing
     /// to the token's failed-login counter beyond the one attempt a person made.
     refused_pin: Option<SecretString>,
@@ -546,6 +550,7 @@ impl Hsm {
                 logged_in: false,
                 refused_sessions_at: None,
                 template: None,
+                loss_reported_as: None,
                 refused_pin: None,
             }),
         };
@@ -582,6 +587,7 @@ impl Hsm {
             session_cap: pool.cap,
             sessions_peak: pool.peak,
             template: observed.template,
+            loss_reported_as: observed.loss_reported_as,
         })
     }
 
@@ -709,6 +715,16 @@ impl Hsm {
         }
     }
 
+    /// Records that the module reported a lost session or login with `rv`.
+    fn note_generic_loss(&self, rv: RvError) -> Result<(), Pkcs11Error> {
+        self.token
+            .observed
+            .lock()
+            .map_err(|_| poisoned())?
+            .loss_reported_as = Some(rv);
+        Ok(())
+    }
+
     /// Forgets every idle pooled session after the module lost them (they are already gone on
     /// its side: closing them again would only log errors).
     fn forget_idle_sessions(&self) -> Result<(), Pkcs11Error> {
@@ -790,7 +806,14 @@ impl Hsm {
                 // (CKA_DECRYPT, CKA_UNWRAP) or fix themselves (CKA_PRIVATE on a public key):
                 // retry with only what the key must have; what the module chose for the rest
                 // is read back below, never assumed.
-                Err(CkError::Pkcs11(rv, _)) if template_refused(rv) => {
+                //
+                // tpm2-pkcs11 1.9 refuses hwpass's full template with CKR_GENERAL_ERROR ("User
+                // specified and TPM specified attr mismatch" for CKA_VERIFY on the public key),
+                // so a general error from the full template is retried too; a module that is
+                // really failing fails the minimum template as well, and that error is kept.
+                Err(CkError::Pkcs11(rv, _))
+                    if template_refused(rv) || rv == RvError::GeneralError =>
+                {
                     let handles = session
                         .generate_key_pair(&Mechanism::EccKeyPairGen, &min_public, &min_private)
                         .map_err(|e| Pkcs11Error::from_ck(e, "generate the key pair"))?;
@@ -1156,6 +1179,25 @@ impl Pkcs11Key {
         let handle = *self.handle.lock().map_err(|_| poisoned())?;
         let rv = match op(lease.session(), handle) {
             Err(CkError::Pkcs11(rv, _)) if session_lost(rv) => rv,
+            // Quirk: some modules report a lost login with a generic code (Kryoptic 1.5.4
+            // answers C_SignInit with CKR_GENERAL_ERROR after a logout elsewhere in the
+            // application). Ask the session itself before giving up.
+            Err(CkError::Pkcs11(rv, function)) => match lease.session().get_session_info() {
+                Err(CkError::Pkcs11(lost, _)) if session_lost(lost) => {
+                    self.hsm.note_generic_loss(rv)?;
+                    lost
+                }
+                Ok(info)
+                    if matches!(
+                        info.session_state(),
+                        SessionState::RoPublic | SessionState::RwPublic
+                    ) =>
+                {
+                    self.hsm.note_generic_loss(rv)?;
+                    RvError::UserNotLoggedIn
+                }
+                _ => return Err(Pkcs11Error::from_ck(CkError::Pkcs11(rv, function), doing)),
+            },
             other => return other.map_err(|e| Pkcs11Error::from_ck(e, doing)),
         };
         // Whatever was lost, the login may be gone with it.
@@ -1289,6 +1331,12 @@ impl IssuerKey for Pkcs11Key {
                 ),
             ),
         ];
+        if let Some(rv) = q.loss_reported_as {
+            quirks.push((
+                "lost_login",
+                format!("reported as {:?}; recovered", CkrName(rv)),
+            ));
+        }
         if let Some(t) = q.template {
             quirks.push((
                 "template",
@@ -1508,5 +1556,95 @@ mod tests {
             resolve_pin(&uri, &super::super::NoPrompt),
             Err(KeyError::Pin(_))
         ));
+    }
+    #[test]
+    fn ec_points_are_read_raw_or_der_wrapped() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let sec1 = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        assert_eq!(sec1.len(), 65);
+        // PKCS#11 v2.40: DER OCTET STRING (SoftHSM, Kryoptic and tpm2-pkcs11 for P-256).
+        let der = [&[0x04, 0x41][..], &sec1].concat();
+        // Non-minimal DER length some HSMs write.
+        let long = [&[0x04, 0x81, 0x41][..], &sec1].concat();
+        assert_eq!(ec_point_sec1(&der), Some((&sec1[..], EcPointEncoding::Der)));
+        assert_eq!(
+            ec_point_sec1(&long),
+            Some((&sec1[..], EcPointEncoding::Der))
+        );
+        // The bare point (Kryoptic's Edwards/Montgomery default, older HSMs).
+        assert_eq!(
+            ec_point_sec1(&sec1),
+            Some((&sec1[..], EcPointEncoding::Raw))
+        );
+        // Compressed, truncated, padded, or another tag: refused.
+        let compressed = key
+            .verifying_key()
+            .to_encoded_point(true)
+            .as_bytes()
+            .to_vec();
+        for bad in [
+            &compressed[..],
+            &sec1[..64],
+            &der[..66],
+            &[&der[..], &[0]].concat()[..],
+        ] {
+            assert_eq!(ec_point_sec1(bad), None, "{bad:02x?}");
+        }
+        let mut other_tag = sec1.clone();
+        other_tag[0] = 0x05;
+        assert_eq!(ec_point_sec1(&other_tag), None);
+    }
+
+    #[test]
+    fn weaknesses_name_every_flag_against_the_template() {
+        let good = KeyProtection {
+            token: true,
+            private: true,
+            sensitive: true,
+            extractable: false,
+            always_sensitive: true,
+            never_extractable: true,
+            sign: true,
+            decrypt: false,
+            derive: false,
+            unwrap: false,
+        };
+        assert!(good.weaknesses().is_empty());
+        let weak = KeyProtection {
+            extractable: true,
+            derive: true,
+            ..good
+        };
+        assert_eq!(weak.weaknesses(), ["CKA_EXTRACTABLE", "CKA_DERIVE"]);
+        let e = Pkcs11Error::WeakKey {
+            flags: weak.weaknesses(),
+        };
+        assert!(e.to_string().contains("CKA_EXTRACTABLE, CKA_DERIVE"), "{e}");
+    }
+
+    #[test]
+    fn refused_templates_and_lost_sessions_are_told_apart() {
+        for rv in [
+            RvError::AttributeTypeInvalid,
+            RvError::AttributeValueInvalid,
+            RvError::AttributeReadOnly,
+            RvError::TemplateInconsistent,
+        ] {
+            assert!(template_refused(rv) && !session_lost(rv), "{rv:?}");
+        }
+        for rv in [
+            RvError::SessionHandleInvalid,
+            RvError::UserNotLoggedIn,
+            RvError::CryptokiNotInitialized,
+        ] {
+            assert!(session_lost(rv) && !template_refused(rv), "{rv:?}");
+        }
+        // A wrong PIN is neither: it is never retried.
+        assert!(!session_lost(RvError::PinIncorrect) && !template_refused(RvError::PinIncorrect));
+        assert_eq!(SignMechanism::EcdsaSha256.as_str(), "CKM_ECDSA_SHA256");
     }
 }
