@@ -145,8 +145,12 @@ software_max_lifetime = "2d"
             print(f"| {fig} | {ours} | {base} | {ratio} | {goal} | {'yes' if met else 'no'} |")
 
         L = med["L"]
+        # The ratio of each run (ours and L measured in the same run), min / median / max.
+        ratios = [o / l for o, l in zip(rows["ours"], rows["L"])]
+        rmin, rmed, rmax = min(ratios), statistics.median(ratios), max(ratios)
         row("passes/s, `sign --batch`, 2 workers, 10 000 requests", f"{med['ours']:.0f}", f"L = {L:.0f} raw C_Sign/s",
-            f"{med['ours'] / L:.2f}", "≥ 0.8 × L", med["ours"] >= 0.8 * L)
+            f"{rmin:.2f} / {rmed:.2f} / {rmax:.2f} (min / median / max)", "median ≥ 0.8 × L, min ≥ 0.75",
+            rmed >= 0.8 and rmin >= 0.75)
         row("passes/s vs one `pkcs11-tool --sign` per pass", f"{med['ours']:.0f}", f"{med['p11tool']:.0f}",
             f"{med['ours'] / med['p11tool']:.0f}×", "≥ 50×", med["ours"] >= 50 * med["p11tool"])
         if med["python"]:
@@ -161,6 +165,8 @@ software_max_lifetime = "2d"
         row("pass size (characters)", str(len(soft_pass)), "—", "—", "≤ 600", len(soft_pass) <= 600)
         row("request without attestation (software key)", str(len(soft_req)), "—", "—", "≤ 700", len(soft_req) <= 700)
         row("TPM request with attestation evidence (EK public; no EK certificate here)", str(len(tpm_req)), "—", "—", "≤ 2 900", len(tpm_req) <= 2900)
+        print("\nEvery run, `sign --batch` / L: " + ", ".join(
+            f"{o:.0f}/{l:.0f} = {o / l:.2f}" for o, l in zip(rows["ours"], rows["L"])) + ".")
         print(f"\n1 worker: {med['ours1']:.0f} passes/s. ", end="")
         sizes = []
         for n in (1, 100, 10000):

@@ -47,7 +47,10 @@ pub use store::{
 pub mod internal {
     pub use super::attest::{parse_pem_certificates, verify as verify_evidence, Verified};
     pub use super::credential::{make_credential, rsa_ek};
-    pub use super::keys::pkcs11::{Hsm, Pkcs11Manager};
+    pub use super::keys::pkcs11::{
+        ec_point_sec1, EcPointEncoding, ExtraAttribute, Hsm, KeyTemplate, LoginScope,
+        Pkcs11Manager, SignMechanism, TokenOptions,
+    };
     pub use super::keys::pkcs11_uri::Pkcs11Uri;
     pub use super::serve::{encode_form, parse_form, Fields, FormError};
     #[cfg(fuzzing)]

@@ -497,6 +497,11 @@ struct KeySection {
     /// Labels of other keys in the same token that desktops trust too (key rotation).
     #[serde(default)]
     also_trusted: Vec<String>,
+    /// Keep at most this many sessions to the key store open (a YubiHSM 2 allows 16 for all
+    /// its applications; a network HSM partition may have a licensed maximum). Unset: the
+    /// token's own limit, or one session per signing thread.
+    #[serde(default)]
+    max_sessions: Option<usize>,
 }
 
 /// The issuer configuration, parsed and checked.
@@ -555,7 +560,14 @@ impl IssuerConfig {
             }
             (None, None) => return Err(err("missing [key] section with the key's uri".into())),
         };
-        let key = keys::manager(&key_section.uri).map_err(|e| err(e.to_string()))?;
+        if key_section.max_sessions == Some(0) {
+            return Err(err("[key] max_sessions must be at least 1".into()));
+        }
+        let key = keys::manager_with(
+            &key_section.uri,
+            &keys::KeyOptions::with_max_sessions(key_section.max_sessions),
+        )
+        .map_err(|e| err(e.to_string()))?;
         let policy = file.policy.resolve().map_err(err)?;
         if file.issuer.trim().is_empty() || file.audience.trim().is_empty() {
             return Err(err("issuer and audience must not be empty".into()));

@@ -27,7 +27,25 @@ pub struct Registration {
     /// The URI scheme, without the colon.
     pub scheme: &'static str,
     /// Parses a URI of this scheme into a manager; touches no device.
-    pub parse: fn(&str) -> Result<Arc<dyn KeyManager>, KeyError>,
+    pub parse: ParseFn,
+}
+
+/// How a [`Registration`] makes a manager from a URI and the key's other settings.
+pub type ParseFn = fn(&str, &KeyOptions) -> Result<Arc<dyn KeyManager>, KeyError>;
+
+/// Settings for a key that its URI does not carry (`[key]` in the config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyOptions {
+    /// Keep at most this many sessions (connections) to the key store open at once.
+    pub max_sessions: Option<usize>,
+}
+
+impl KeyOptions {
+    /// Options with a session limit.
+    pub fn with_max_sessions(max_sessions: Option<usize>) -> Self {
+        Self { max_sessions }
+    }
 }
 
 /// Every key manager family this build knows.
@@ -38,6 +56,11 @@ pub const REGISTRY: &[Registration] = &[Registration {
 
 /// Parses a key URI into the manager its scheme names: parse once, refuse an unknown scheme.
 pub fn manager(uri: &str) -> Result<Arc<dyn KeyManager>, KeyError> {
+    manager_with(uri, &KeyOptions::default())
+}
+
+/// [`manager`] with settings the URI does not carry.
+pub fn manager_with(uri: &str, options: &KeyOptions) -> Result<Arc<dyn KeyManager>, KeyError> {
     let scheme = uri.trim().split(':').next().unwrap_or_default();
     let reg = REGISTRY
         .iter()
@@ -46,7 +69,7 @@ pub fn manager(uri: &str) -> Result<Arc<dyn KeyManager>, KeyError> {
             scheme: scheme.to_string(),
             supported: REGISTRY.iter().map(|r| r.scheme).collect(),
         })?;
-    (reg.parse)(uri)
+    (reg.parse)(uri, options)
 }
 
 /// Why a key operation failed.
@@ -123,6 +146,11 @@ pub struct KeyFacts {
     pub usage: Vec<(&'static str, bool)>,
     /// Whether the private value could be read out (it must not).
     pub private_value_readable: bool,
+    /// What the key store says it is, in its own terms (PKCS#11: the module's manufacturer
+    /// and version, the token's label, manufacturer and model, …).
+    pub store: Vec<(&'static str, String)>,
+    /// How the key manager works around this store's behaviour: which quirks are in effect.
+    pub quirks: Vec<(&'static str, String)>,
 }
 
 impl KeyFacts {

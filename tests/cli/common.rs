@@ -93,12 +93,17 @@ pub struct SoftHsm {
 
 impl SoftHsm {
     pub fn new(label: &str) -> Self {
+        Self::with_pin(label, PIN)
+    }
+
+    /// A token with another user PIN.
+    pub fn with_pin(label: &str, pin: &str) -> Self {
         require("softhsm2-util", "softhsm2");
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(repo().join("softhsm/setup-token"))
             .arg(dir.path())
             .arg(label)
-            .env("HWPASS_PIN", PIN)
+            .env("HWPASS_PIN", pin)
             .output()
             .expect("run setup-token");
         assert!(

@@ -69,6 +69,8 @@ fn key_hint(e: &KeyError) -> Option<&'static str> {
         Pkcs11Error::NoKey { .. } => "run `hwpass-issuer keygen` or fix object= in the config",
         Pkcs11Error::AmbiguousKey { .. } => "add id= to the URI to pick one key",
         Pkcs11Error::Poisoned => "restart the issuer",
+        Pkcs11Error::NoMechanism => "use a token that signs with ECDSA on P-256 (docs/hsm.md lists tested modules)",
+        Pkcs11Error::WeakKey { .. } => "the module overrides hwpass's key template: check its key policy (docs/hsm.md) and run keygen again",
         Pkcs11Error::Call { rv, .. } => match rv {
             Ckr::PinIncorrect => "check the PIN — each wrong attempt counts towards the token's lock-out",
             Ckr::PinLocked => "the security officer must reset the user PIN",
@@ -77,6 +79,8 @@ fn key_hint(e: &KeyError) -> Option<&'static str> {
             Ckr::DeviceMemory | Ckr::HostMemory => "free space on the token",
             Ckr::TokenNotPresent | Ckr::DeviceRemoved => "reconnect the token and retry",
             Ckr::SessionHandleInvalid | Ckr::SessionClosed => "retry",
+            Ckr::SessionCount => "the HSM has no free session: lower [key] max_sessions or stop other clients of the token",
+            Ckr::DeviceError | Ckr::GeneralError | Ckr::FunctionFailed => "check that the HSM (or its network client's server) is running and reachable, then retry",
             _ => return None,
         },
         _ => return None,

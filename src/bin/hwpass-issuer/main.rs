@@ -167,10 +167,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let key = manager.create().map_err(key_fail)?;
             let kid = Jwk::new(*key.verifying_key()).thumbprint();
             let uri = manager.display_uri();
+            // Which template the module accepted (the flags were read back and checked).
+            let facts = key.describe().map_err(key_fail)?;
+            let template = facts
+                .quirks
+                .iter()
+                .find(|(n, _)| *n == "template")
+                .map(|(_, v)| v.clone());
             if json {
-                println!("{}", serde_json::json!({"kid": kid, "uri": uri}));
+                println!(
+                    "{}",
+                    serde_json::json!({"kid": kid, "uri": uri, "template": template})
+                );
             } else {
                 println!("created P-256 issuer key {uri} (kid {kid})");
+                if let Some(t) = &template {
+                    println!("key template: {t}");
+                }
                 println!("the private key is sensitive and not extractable; export the trust bundle with `hwpass-issuer jwks`");
                 if object.is_some() {
                     println!("for a rotation: add this label to [key] also_trusted, publish the trust bundle, and switch [key] uri to it once desktops have refreshed (README \"Key rotation\")");
@@ -203,6 +216,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "private_value_readable".into(),
                     facts.private_value_readable.into(),
                 );
+                let pairs = |list: &[(&str, String)]| {
+                    serde_json::Value::Object(
+                        list.iter()
+                            .map(|(n, v)| ((*n).to_string(), v.clone().into()))
+                            .collect(),
+                    )
+                };
+                out.insert("module".into(), pairs(&facts.store));
+                out.insert("quirks".into(), pairs(&facts.quirks));
                 println!("{}", serde_json::Value::Object(out));
             } else {
                 let flags = |list: &[(&str, bool)]| {
@@ -214,6 +236,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("key   {uri} (kid {kid})");
                 println!("flags {}", flags(&facts.protection));
                 println!("usage {}", flags(&facts.usage));
+                let value = |name: &str| {
+                    facts
+                        .store
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or("", |(_, v)| v.as_str())
+                };
+                println!(
+                    "module {} {} (library {}, Cryptoki {})",
+                    value("manufacturer"),
+                    value("library"),
+                    value("library_version"),
+                    value("cryptoki_version")
+                );
+                println!(
+                    "token  {:?}: {} {} (serial {}, firmware {})",
+                    value("token_label"),
+                    value("token_manufacturer"),
+                    value("token_model"),
+                    value("token_serial"),
+                    value("firmware_version")
+                );
+                for (name, what) in &facts.quirks {
+                    println!("quirk  {name}: {what}");
+                }
                 println!(
                     "private value readable through PKCS#11: {}",
                     if facts.private_value_readable {

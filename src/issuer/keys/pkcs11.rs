@@ -1,25 +1,28 @@
 //! The PKCS#11 (HSM) key manager. The only module that imports `cryptoki`.
 //!
 //! The issuer key is an EC P-256 key pair on the token, created here with CKA_TOKEN,
-//! CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE and sign-only; it is used through
-//! CKM_ECDSA over a SHA-256 digest computed here (CKM_ECDSA returns raw r‖s). Every failure
-//! keeps the PKCS#11 function and `CKR_*` code it came from ([`Pkcs11Error::Call`]).
+//! CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE and sign-only (read back, never assumed);
+//! it signs through CKM_ECDSA_SHA256 where the module offers it, else CKM_ECDSA over a
+//! SHA-256 digest computed here (both return raw r‖s), on sessions from a per-token pool that
+//! honours the token's and the config's session limit. Every module quirk hwpass handles is
+//! handled in this file ([`Quirks`]). Every failure keeps the PKCS#11 function and `CKR_*`
+//! code it came from ([`Pkcs11Error::Call`]).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::{Limit, Slot};
 use p256::ecdsa::{Signature, VerifyingKey};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 
 use super::pkcs11_uri::{PinSource, Pkcs11Uri};
-use super::{IssuerKey, KeyError, KeyFacts, KeyManager, PinPrompt};
+use super::{IssuerKey, KeyError, KeyFacts, KeyManager, KeyOptions, PinPrompt};
 use crate::core::jwk::Jwk;
 use crate::core::jws::verify_es256;
 use crate::core::signer::{signature_from_scalars, SignError, Signer};
@@ -119,6 +122,16 @@ pub enum Pkcs11Error {
     /// The token returned a value that is not a valid key or signature.
     #[error("the HSM returned a malformed {0}")]
     Malformed(&'static str),
+    /// The token offers neither CKM_ECDSA_SHA256 nor CKM_ECDSA for signing with P-256.
+    #[error("the HSM token offers no ECDSA signing mechanism for P-256 keys (neither CKM_ECDSA_SHA256 nor CKM_ECDSA)")]
+    NoMechanism,
+    /// A key the token generated is weaker than required even after correcting it; it was
+    /// destroyed.
+    #[error("the HSM generated a key with {} set against hwpass's template; the key was destroyed", flags.join(", "))]
+    WeakKey {
+        /// The attributes with the wrong value.
+        flags: Vec<&'static str>,
+    },
 }
 
 impl Pkcs11Error {
@@ -190,12 +203,182 @@ impl std::fmt::Debug for CkrName {
 /// DER of the prime256v1 OID, the CKA_EC_PARAMS of a P-256 key.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
+// ---------------------------------------------------------------------------------------------
+// Module quirks. Every PKCS#11 module differs from the standard somewhere; each difference
+// hwpass meets is handled here, named after the behaviour, and reported by `key-info`
+// ([`Quirks`]). docs/hsm.md lists which module shows which.
+// ---------------------------------------------------------------------------------------------
+
+/// How a module signs with ECDSA P-256, chosen once per token with C_GetMechanismInfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignMechanism {
+    /// CKM_ECDSA_SHA256: the module hashes the message itself (Kryoptic, tpm2-pkcs11, most
+    /// network HSMs).
+    EcdsaSha256,
+    /// CKM_ECDSA over a SHA-256 digest computed here: the module has no CKM_ECDSA_SHA256
+    /// (SoftHSM 2.6.1) or does not offer it for signing P-256 keys.
+    Ecdsa,
+}
+
+impl SignMechanism {
+    /// The `CKM_*` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaSha256 => "CKM_ECDSA_SHA256",
+            Self::Ecdsa => "CKM_ECDSA",
+        }
+    }
+}
+
+/// How a module encodes CKA_EC_POINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EcPointEncoding {
+    /// PKCS#11 v2.40 §2.3.3: a DER OCTET STRING around `04‖X‖Y` (SoftHSM, tpm2-pkcs11).
+    Der,
+    /// The bare `04‖X‖Y` (Kryoptic unless KRYOPTIC_EC_POINT_ENCODING=Der, some older HSMs).
+    Raw,
+}
+
+/// Reads the SEC1 uncompressed point out of CKA_EC_POINT in either encoding a module uses.
+/// P-256 points are 65 bytes, so the DER length is always the short form `0x41`; a
+/// non-minimal long form (`81 41`) that some modules write is accepted too.
+pub fn ec_point_sec1(value: &[u8]) -> Option<(&[u8], EcPointEncoding)> {
+    match value {
+        [0x04, 0x41, rest @ ..] | [0x04, 0x81, 0x41, rest @ ..] if rest.len() == 65 => {
+            Some((rest, EcPointEncoding::Der))
+        }
+        [0x04, ..] if value.len() == 65 => Some((value, EcPointEncoding::Raw)),
+        _ => None,
+    }
+}
+
+/// How a module scopes a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoginScope {
+    /// Not seen yet (one session so far).
+    Unknown,
+    /// PKCS#11 v2.40 §5.6: one C_Login covers every session of the application; a new session
+    /// starts logged in (SoftHSM, Kryoptic, tpm2-pkcs11, p11-kit's remote module).
+    Token,
+    /// A new session started logged out although another one was logged in: the module wants a
+    /// login per session, and hwpass logs each new session in.
+    Session,
+}
+
+/// Which key template a module accepted at `keygen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyTemplate {
+    /// hwpass's full template: every usage flag stated (CKA_DECRYPT, CKA_DERIVE, CKA_UNWRAP
+    /// false, the public key CKA_VERIFY and not CKA_PRIVATE).
+    Full,
+    /// The module refused the full template (with this code); the minimum one was accepted:
+    /// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_SIGN, label and id.
+    /// The flags it left to the module's defaults were read back and corrected or refused.
+    Minimum {
+        /// What the full template got.
+        refused: RvError,
+    },
+}
+
+/// The module and token, as they describe themselves (C_GetInfo, C_GetTokenInfo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ModuleIdentity {
+    pub library_manufacturer: String,
+    pub library_description: String,
+    pub library_version: String,
+    pub cryptoki_version: String,
+    pub token_label: String,
+    pub token_manufacturer: String,
+    pub token_model: String,
+    pub token_serial: String,
+    pub hardware_version: String,
+    pub firmware_version: String,
+}
+
+/// The module behaviours in effect for one token, as `key-info` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quirks {
+    /// How signatures are made.
+    pub mechanism: SignMechanism,
+    /// How CKA_EC_POINT came back (once a public key was read).
+    pub ec_point: Option<EcPointEncoding>,
+    /// How a login is scoped.
+    pub login: LoginScope,
+    /// Whether C_Login said CKR_USER_ALREADY_LOGGED_IN (counted as success).
+    pub already_logged_in: bool,
+    /// The token's own session limit (ulMaxSessionCount), if it states one.
+    pub token_max_sessions: Option<u64>,
+    /// The limit configured for the key (`[key] max_sessions`).
+    pub configured_max_sessions: Option<usize>,
+    /// The limit the module enforced with CKR_SESSION_COUNT although it stated none lower.
+    pub refused_sessions_at: Option<usize>,
+    /// The number of sessions hwpass keeps open at most: the lowest of the above.
+    pub session_cap: Option<usize>,
+    /// The most sessions open at once so far.
+    pub sessions_peak: usize,
+    /// The template `keygen` used, when a key was created in this process.
+    pub template: Option<KeyTemplate>,
+    /// The generic code with which the module reported a lost login or session, if it did
+    /// (found out by asking the session with C_GetSessionInfo).
+    pub loss_reported_as: Option<RvError>,
+}
+
+/// Settings for one token that the key URI does not carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenOptions {
+    /// Keep at most this many sessions open (the YubiHSM 2 allows 16 per device, shared by
+    /// every application using it; a network HSM partition often has a licensed maximum).
+    pub max_sessions: Option<usize>,
+}
+
+/// What hwpass learned about the token while using it.
+#[derive(Debug)]
+struct Observed {
+    ec_point: Option<EcPointEncoding>,
+    login: LoginScope,
+    already_logged_in: bool,
+    /// Whether the application is logged in, as far as hwpass knows.
+    logged_in: bool,
+    refused_sessions_at: Option<usize>,
+    template: Option<KeyTemplate>,
+    loss_reported_as: Option<RvError>,
+    /// A PIN the token refused: never presented again in this process, so hwpass adds nothing
+    /// to the token's failed-login counter beyond the one attempt a person made.
+    refused_pin: Option<SecretString>,
+}
+
+/// Signing sessions, at most `cap` of them, shared by every key handle on the token.
+#[derive(Debug)]
+struct Pool {
+    idle: Vec<Session>,
+    open: usize,
+    cap: Option<usize>,
+    peak: usize,
+}
+
+/// One token's shared state: identity, chosen mechanism, the session pool, observations.
+struct Token {
+    identity: ModuleIdentity,
+    mechanism: SignMechanism,
+    token_max_sessions: Option<u64>,
+    configured_max_sessions: Option<usize>,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+    observed: Mutex<Observed>,
+}
+
 /// An initialized PKCS#11 module and the slot holding the token the URI names.
 #[derive(Clone)]
 pub struct Hsm {
     ctx: Pkcs11,
     slot: Slot,
     uri: Pkcs11Uri,
+    token: Arc<Token>,
 }
 
 impl std::fmt::Debug for Hsm {
@@ -217,11 +400,65 @@ pub struct KeyProtection {
     pub sign: bool,
     pub decrypt: bool,
     pub derive: bool,
+    pub unwrap: bool,
+}
+
+impl KeyProtection {
+    /// The flags that differ from what an issuer key must have (token, private, sensitive, not
+    /// extractable, sign, and not decrypt, derive or unwrap).
+    pub fn weaknesses(&self) -> Vec<&'static str> {
+        [
+            ("CKA_TOKEN", !self.token),
+            ("CKA_PRIVATE", !self.private),
+            ("CKA_SENSITIVE", !self.sensitive),
+            ("CKA_EXTRACTABLE", self.extractable),
+            ("CKA_SIGN", !self.sign),
+            ("CKA_DECRYPT", self.decrypt),
+            ("CKA_DERIVE", self.derive),
+            ("CKA_UNWRAP", self.unwrap),
+        ]
+        .into_iter()
+        .filter(|(_, bad)| *bad)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// Codes with which a module refuses a template it does not understand or allow.
+fn template_refused(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::AttributeTypeInvalid
+            | RvError::AttributeValueInvalid
+            | RvError::AttributeReadOnly
+            | RvError::TemplateInconsistent
+    )
+}
+
+/// Codes after which the session (or the login, or the key handle) is gone but the token may
+/// still be there: the token was reset, the module re-initialised, an idle timeout closed the
+/// session, another part of the application logged out, a network HSM client reconnected.
+fn session_lost(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::UserNotLoggedIn
+            | RvError::KeyHandleInvalid
+            | RvError::ObjectHandleInvalid
+            | RvError::CryptokiNotInitialized
+            | RvError::DeviceRemoved
+    )
 }
 
 impl Hsm {
     /// Loads the module and finds the token. Fails with one sentence per cause.
     pub fn open(uri: &Pkcs11Uri) -> Result<Self, Pkcs11Error> {
+        Self::open_with(uri, &TokenOptions::default())
+    }
+
+    /// [`Self::open`] with settings for the token.
+    pub fn open_with(uri: &Pkcs11Uri, options: &TokenOptions) -> Result<Self, Pkcs11Error> {
         if !uri.module_path.exists() {
             return Err(Pkcs11Error::ModuleMissing {
                 path: uri.module_path.clone(),
@@ -231,10 +468,7 @@ impl Hsm {
             path: uri.module_path.clone(),
             detail: e.to_string(),
         })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(Pkcs11Error::from_ck(e, "initialize the PKCS#11 module")),
-        }
+        initialize(&ctx)?;
         let slots = ctx
             .get_slots_with_token()
             .map_err(|e| Pkcs11Error::from_ck(e, "list the HSM slots"))?;
@@ -260,23 +494,101 @@ impl Hsm {
                         uri: uri.to_string(),
                     });
                 }
-                found = Some(slot);
+                found = Some((slot, info));
             }
         }
-        let slot = found.ok_or_else(|| Pkcs11Error::NoToken {
+        let (slot, info) = found.ok_or_else(|| Pkcs11Error::NoToken {
             uri: uri.to_string(),
             module: uri.module_path.clone(),
         })?;
+        let library = ctx
+            .get_library_info()
+            .map_err(|e| Pkcs11Error::from_ck(e, "read the module information"))?;
+        let identity = ModuleIdentity {
+            library_manufacturer: library.manufacturer_id().trim().to_string(),
+            library_description: library.library_description().trim().to_string(),
+            library_version: library.library_version().to_string(),
+            cryptoki_version: library.cryptoki_version().to_string(),
+            token_label: info.label().trim().to_string(),
+            token_manufacturer: info.manufacturer_id().trim().to_string(),
+            token_model: info.model().trim().to_string(),
+            token_serial: info.serial_number().trim().to_string(),
+            hardware_version: info.hardware_version().to_string(),
+            firmware_version: info.firmware_version().to_string(),
+        };
+        // ulMaxSessionCount: CK_EFFECTIVELY_INFINITE and CK_UNAVAILABLE_INFORMATION state no
+        // limit; a few modules say 0 for "unlimited", which is no limit either.
+        let token_max_sessions = match info.max_session_count() {
+            Limit::Max(n) if n > 0 => Some(n),
+            _ => None,
+        };
+        let configured_max_sessions = options.max_sessions.filter(|n| *n > 0);
+        let cap = [
+            token_max_sessions.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            configured_max_sessions,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mechanism = choose_mechanism(&ctx, slot)?;
+        let token = Token {
+            identity,
+            mechanism,
+            token_max_sessions,
+            configured_max_sessions,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                open: 0,
+                cap,
+                peak: 0,
+            }),
+            returned: Condvar::new(),
+            observed: Mutex::new(Observed {
+                ec_point: None,
+                login: LoginScope::Unknown,
+                already_logged_in: false,
+                logged_in: false,
+                refused_sessions_at: None,
+                template: None,
+                loss_reported_as: None,
+                refused_pin: None,
+            }),
+        };
         Ok(Self {
             ctx,
             slot,
             uri: uri.clone(),
+            token: Arc::new(token),
         })
     }
 
     /// The URI this HSM was opened with.
     pub fn uri(&self) -> &Pkcs11Uri {
         &self.uri
+    }
+
+    /// The module and token as they describe themselves.
+    pub fn identity(&self) -> &ModuleIdentity {
+        &self.token.identity
+    }
+
+    /// The module behaviours in effect so far.
+    pub fn quirks(&self) -> Result<Quirks, Pkcs11Error> {
+        let observed = self.token.observed.lock().map_err(|_| poisoned())?;
+        let pool = self.token.pool.lock().map_err(|_| poisoned())?;
+        Ok(Quirks {
+            mechanism: self.token.mechanism,
+            ec_point: observed.ec_point,
+            login: observed.login,
+            already_logged_in: observed.already_logged_in,
+            token_max_sessions: self.token.token_max_sessions,
+            configured_max_sessions: self.token.configured_max_sessions,
+            refused_sessions_at: observed.refused_sessions_at,
+            session_cap: pool.cap,
+            sessions_peak: pool.peak,
+            template: observed.template,
+            loss_reported_as: observed.loss_reported_as,
+        })
     }
 
     /// The same token, addressing the key `uri` names instead (key rotation: several issuer
@@ -286,11 +598,62 @@ impl Hsm {
             ctx: self.ctx.clone(),
             slot: self.slot,
             uri,
+            token: self.token.clone(),
         }
     }
 
-    /// Opens a session and logs the user in. CKR_USER_ALREADY_LOGGED_IN counts as success (a
-    /// login is per application, not per session).
+    /// Logs the user in on a new session, once per application where the module keeps the
+    /// login per token (the standard), per session where it does not.
+    /// `fresh`: the session was just opened (only then does a logged-out state tell the login
+    /// scope).
+    fn login(&self, session: &Session, pin: &SecretString, fresh: bool) -> Result<(), Pkcs11Error> {
+        let mut observed = self.token.observed.lock().map_err(|_| poisoned())?;
+        if observed
+            .refused_pin
+            .as_ref()
+            .is_some_and(|r| r.expose_secret() == pin.expose_secret())
+        {
+            // Quirk-proofing the lock-out counter: this PIN was refused once already.
+            return Err(Pkcs11Error::Call {
+                function: Function::Login,
+                rv: RvError::PinIncorrect,
+                doing: "log in to the HSM token",
+            });
+        }
+        let state = session.get_session_info().map(|i| i.session_state());
+        if let Ok(SessionState::RoUser | SessionState::RwUser) = state {
+            if observed.logged_in && observed.login == LoginScope::Unknown {
+                observed.login = LoginScope::Token;
+            }
+            observed.logged_in = true;
+            return Ok(());
+        }
+        if fresh && observed.logged_in && state.is_ok() {
+            // A new session that starts logged out while another is logged in.
+            observed.login = LoginScope::Session;
+        }
+        match session.login(UserType::User, Some(pin)) {
+            Ok(()) => {}
+            // Some modules keep the login per token but report new sessions as public (and
+            // some cannot report at all): CKR_USER_ALREADY_LOGGED_IN then is success.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                observed.already_logged_in = true;
+            }
+            Err(CkError::Pkcs11(RvError::PinIncorrect, f)) => {
+                observed.refused_pin = Some(pin.clone());
+                return Err(Pkcs11Error::Call {
+                    function: f,
+                    rv: RvError::PinIncorrect,
+                    doing: "log in to the HSM token",
+                });
+            }
+            Err(e) => return Err(Pkcs11Error::from_ck(e, "log in to the HSM token")),
+        }
+        observed.logged_in = true;
+        Ok(())
+    }
+
+    /// Opens a session outside the signing pool and logs the user in (keygen).
     fn session(&self, pin: &SecretString, rw: bool) -> Result<Session, Pkcs11Error> {
         let session = if rw {
             self.ctx.open_rw_session(self.slot)
@@ -298,14 +661,99 @@ impl Hsm {
             self.ctx.open_ro_session(self.slot)
         }
         .map_err(|e| Pkcs11Error::from_ck(e, "open an HSM session"))?;
-        match session.login(UserType::User, Some(pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(Pkcs11Error::from_ck(e, "log in to the HSM token")),
+        self.login(&session, pin, true)?;
+        Ok(session)
+    }
+
+    /// A logged-in signing session from the pool: an idle one, a new one while fewer than the
+    /// cap are open, or the next one returned. A module that refuses a session with
+    /// CKR_SESSION_COUNT although it stated no lower limit lowers the cap to what it allowed.
+    fn lease(&self, pin: &SecretString) -> Result<Lease<'_>, Pkcs11Error> {
+        let token = &self.token;
+        let mut pool = token.pool.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(session) = pool.idle.pop() {
+                return Ok(Lease {
+                    hsm: self,
+                    session: Some(session),
+                });
+            }
+            if pool.cap.is_none_or(|cap| pool.open < cap) {
+                pool.open += 1;
+                pool.peak = pool.peak.max(pool.open);
+                drop(pool);
+                let opened = self
+                    .ctx
+                    .open_ro_session(self.slot)
+                    .map_err(|e| Pkcs11Error::from_ck(e, "open an HSM session"))
+                    .and_then(|s| self.login(&s, pin, true).map(|()| s));
+                pool = token.pool.lock().map_err(|_| poisoned())?;
+                match opened {
+                    Ok(session) => {
+                        return Ok(Lease {
+                            hsm: self,
+                            session: Some(session),
+                        })
+                    }
+                    Err(e) => {
+                        pool.open -= 1;
+                        token.returned.notify_one();
+                        if e.rv() == Some(RvError::SessionCount) && pool.open > 0 {
+                            pool.cap = Some(pool.open);
+                            token
+                                .observed
+                                .lock()
+                                .map_err(|_| poisoned())?
+                                .refused_sessions_at = Some(pool.open);
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            pool = token.returned.wait(pool).map_err(|_| poisoned())?;
         }
     }
 
+    /// Records that the module reported a lost session or login with `rv`.
+    fn note_generic_loss(&self, rv: RvError) -> Result<(), Pkcs11Error> {
+        self.token
+            .observed
+            .lock()
+            .map_err(|_| poisoned())?
+            .loss_reported_as = Some(rv);
+        Ok(())
+    }
+
+    /// Forgets every idle pooled session after the module lost them (they are already gone on
+    /// its side: closing them again would only log errors).
+    fn forget_idle_sessions(&self) -> Result<(), Pkcs11Error> {
+        let mut pool = self.token.pool.lock().map_err(|_| poisoned())?;
+        let idle = std::mem::take(&mut pool.idle);
+        pool.open -= idle.len();
+        for session in idle {
+            std::mem::forget(session);
+        }
+        self.token.returned.notify_all();
+        Ok(())
+    }
+
     /// Creates the key pair the URI names. Refuses if any object already has its label or id.
+    /// The full template first; a module that refuses it gets the minimum one; either way the
+    /// attributes are read back, corrected where the module allows, and a key that is still
+    /// weaker than required is destroyed and refused ([`Pkcs11Error::WeakKey`]).
     pub fn generate(&self, pin: &SecretString) -> Result<Pkcs11Key, Pkcs11Error> {
+        self.generate_with(pin, &[])
+    }
+
+    /// [`Self::generate`] with extra attributes in the full private-key template: a test that a
+    /// module refusing the full template gets the minimum one.
+    #[doc(hidden)]
+    pub fn generate_with(
+        &self,
+        pin: &SecretString,
+        extra_private: &[ExtraAttribute],
+    ) -> Result<Pkcs11Key, Pkcs11Error> {
         let session = self.session(pin, true)?;
         let existing = session
             .find_objects(&self.selector(None))
@@ -327,37 +775,97 @@ impl Hsm {
                 id
             }
         };
-        let public = [
+        let min_public = vec![
             Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
             Attribute::EcParams(P256_PARAMS.to_vec()),
             Attribute::Label(label.clone()),
             Attribute::Id(id.clone()),
         ];
-        let private = [
+        let min_private = vec![
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
-            Attribute::Decrypt(false),
-            Attribute::Derive(false),
-            Attribute::Unwrap(false),
             Attribute::Label(label),
             Attribute::Id(id),
         ];
-        let (pub_handle, priv_handle) = session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-            .map_err(|e| Pkcs11Error::from_ck(e, "generate the key pair"))?;
-        let verifying = read_public(&session, pub_handle)?;
-        Ok(Pkcs11Key::new(
-            self.clone(),
-            pin.clone(),
-            session,
-            priv_handle,
-            verifying,
-        ))
+        let mut public = min_public.clone();
+        public.extend([Attribute::Private(false), Attribute::Verify(true)]);
+        let mut private = min_private.clone();
+        private.extend([
+            Attribute::Decrypt(false),
+            Attribute::Derive(false),
+            Attribute::Unwrap(false),
+        ]);
+        private.extend(extra_private.iter().map(ExtraAttribute::attribute));
+        let (template, (pub_handle, priv_handle)) =
+            match session.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private) {
+                Ok(handles) => (KeyTemplate::Full, handles),
+                // Some modules refuse attributes they consider meaningless for an EC key
+                // (CKA_DECRYPT, CKA_UNWRAP) or fix themselves (CKA_PRIVATE on a public key):
+                // retry with only what the key must have; what the module chose for the rest
+                // is read back below, never assumed.
+                //
+                // tpm2-pkcs11 1.9 refuses hwpass's full template with CKR_GENERAL_ERROR ("User
+                // specified and TPM specified attr mismatch" for CKA_VERIFY on the public key),
+                // so a general error from the full template is retried too; a module that is
+                // really failing fails the minimum template as well, and that error is kept.
+                Err(CkError::Pkcs11(rv, _))
+                    if template_refused(rv) || rv == RvError::GeneralError =>
+                {
+                    let handles = session
+                        .generate_key_pair(&Mechanism::EccKeyPairGen, &min_public, &min_private)
+                        .map_err(|e| Pkcs11Error::from_ck(e, "generate the key pair"))?;
+                    (KeyTemplate::Minimum { refused: rv }, handles)
+                }
+                Err(e) => return Err(Pkcs11Error::from_ck(e, "generate the key pair")),
+            };
+        self.token.observed.lock().map_err(|_| poisoned())?.template = Some(template);
+        let checked = self.check_new_key(&session, priv_handle, pub_handle);
+        let verifying = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                // Never leave a weak or unreadable key behind under the issuer's label.
+                let _ = session.destroy_object(priv_handle);
+                let _ = session.destroy_object(pub_handle);
+                return Err(e);
+            }
+        };
+        drop(session);
+        Pkcs11Key::new(self.clone(), pin.clone(), priv_handle, verifying)
+    }
+
+    /// Reads a new key's flags back, turns off usages the module defaulted on (where it lets
+    /// us), and refuses a key that stays weaker than required.
+    fn check_new_key(
+        &self,
+        session: &Session,
+        private: ObjectHandle,
+        public: ObjectHandle,
+    ) -> Result<VerifyingKey, Pkcs11Error> {
+        let mut protection = read_protection(session, private)?;
+        let usages: Vec<Attribute> = [
+            (protection.decrypt, Attribute::Decrypt(false)),
+            (protection.derive, Attribute::Derive(false)),
+            (protection.unwrap, Attribute::Unwrap(false)),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, a)| a)
+        .collect();
+        if !usages.is_empty() {
+            // One at a time: a module may refuse to change one and accept another.
+            for a in usages {
+                let _ = session.update_attributes(private, &[a]);
+            }
+            protection = read_protection(session, private)?;
+        }
+        let weak = protection.weaknesses();
+        if !weak.is_empty() {
+            return Err(Pkcs11Error::WeakKey { flags: weak });
+        }
+        self.read_public(session, public)
     }
 
     /// Reads the public key the URI names; needs no PIN (public objects are not CKA_PRIVATE).
@@ -367,27 +875,22 @@ impl Hsm {
             .open_ro_session(self.slot)
             .map_err(|e| Pkcs11Error::from_ck(e, "open an HSM session"))?;
         let public = self.find_one(&session, ObjectClass::PUBLIC_KEY)?;
-        read_public(&session, public)
+        self.read_public(&session, public)
     }
 
     /// Opens the existing key pair the URI names and checks that its public and private halves
-    /// belong together (one test signature).
+    /// belong together (one test signature). Its sessions come from the token's pool.
     pub fn open_key(&self, pin: &SecretString) -> Result<Pkcs11Key, Pkcs11Error> {
-        let session = self.session(pin, false)?;
-        let private = self.find_one(&session, ObjectClass::PRIVATE_KEY)?;
-        let public = self.find_one(&session, ObjectClass::PUBLIC_KEY)?;
-        let verifying = read_public(&session, public)?;
-        let key = Pkcs11Key::new(self.clone(), pin.clone(), session, private, verifying);
-        let probe = b"hwpass key pair consistency check";
-        let raw = key.sign_digest(&Sha256::digest(probe))?;
-        let sig = signature_from_scalars(&raw[..32], &raw[32..])
-            .map_err(|_| Pkcs11Error::Malformed("signature"))?;
-        verify_es256(&verifying, probe, &sig.to_bytes()).map_err(|_| {
-            Pkcs11Error::Inconsistent {
-                uri: self.uri.to_string(),
-            }
-        })?;
-        Ok(key)
+        let (private, verifying) = {
+            let lease = self.lease(pin)?;
+            // A pooled session may have lost its login (a logout elsewhere in the
+            // application); a logged-in one costs only C_GetSessionInfo here.
+            self.login(lease.session(), pin, false)?;
+            let private = self.find_one(lease.session(), ObjectClass::PRIVATE_KEY)?;
+            let public = self.find_one(lease.session(), ObjectClass::PUBLIC_KEY)?;
+            (private, self.read_public(lease.session(), public)?)
+        };
+        Pkcs11Key::new(self.clone(), pin.clone(), private, verifying)
     }
 
     /// Logs this application out of the token (PKCS#11 logins are per application, so every
@@ -401,6 +904,25 @@ impl Hsm {
         session
             .logout()
             .map_err(|e| Pkcs11Error::from_ck(e, "log out of the HSM token"))
+    }
+
+    /// Finalizes and re-initializes the module, as a token reset, another library in the
+    /// process or a network HSM client reconnecting would: every session, login and object
+    /// handle is lost. Keys opened before open new sessions on their next use.
+    #[doc(hidden)]
+    pub fn reset_module(&self) -> Result<(), Pkcs11Error> {
+        self.ctx
+            .clone()
+            .finalize()
+            .map_err(|e| Pkcs11Error::from_ck(e, "finalize the PKCS#11 module"))?;
+        initialize(&self.ctx)
+    }
+
+    /// Sessions open now and at most so far, and the cap.
+    #[doc(hidden)]
+    pub fn session_counts(&self) -> (usize, usize, Option<usize>) {
+        let pool = self.token.pool.lock().unwrap_or_else(|p| p.into_inner());
+        (pool.open, pool.peak, pool.cap)
     }
 
     fn selector(&self, class: Option<ObjectClass>) -> Vec<Attribute> {
@@ -440,38 +962,171 @@ impl Hsm {
             }),
         }
     }
+
+    fn read_public(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<VerifyingKey, Pkcs11Error> {
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])
+            .map_err(|e| Pkcs11Error::from_ck(e, "read the public key"))?;
+        let mut point = None;
+        for a in attrs {
+            match a {
+                Attribute::EcParams(p) if p != P256_PARAMS => return Err(Pkcs11Error::NotP256),
+                Attribute::EcPoint(p) => point = Some(p),
+                _ => {}
+            }
+        }
+        let point = point.ok_or(Pkcs11Error::Malformed("public key"))?;
+        let (raw, encoding) = ec_point_sec1(&point).ok_or(Pkcs11Error::Malformed("public key"))?;
+        self.token.observed.lock().map_err(|_| poisoned())?.ec_point = Some(encoding);
+        VerifyingKey::from_sec1_bytes(raw).map_err(|_| Pkcs11Error::Malformed("public key"))
+    }
 }
 
-fn read_public(session: &Session, handle: ObjectHandle) -> Result<VerifyingKey, Pkcs11Error> {
+/// C_Initialize; a module already initialised in this process is fine.
+fn initialize(ctx: &Pkcs11) -> Result<(), Pkcs11Error> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(Pkcs11Error::from_ck(e, "initialize the PKCS#11 module")),
+    }
+}
+
+/// The best way this token signs with P-256: CKM_ECDSA_SHA256 when C_GetMechanismInfo says it
+/// signs with a 256-bit key, else CKM_ECDSA. A module that cannot list its mechanisms gets
+/// CKM_ECDSA, which every EC module has.
+fn choose_mechanism(ctx: &Pkcs11, slot: Slot) -> Result<SignMechanism, Pkcs11Error> {
+    let Ok(list) = ctx.get_mechanism_list(slot) else {
+        return Ok(SignMechanism::Ecdsa);
+    };
+    let signs_p256 = |m: MechanismType| {
+        list.contains(&m)
+            && ctx.get_mechanism_info(slot, m).is_ok_and(|info| {
+                // Key sizes are in bits for EC; some modules leave them 0 (unstated).
+                let (min, max) = (info.min_key_size(), info.max_key_size());
+                info.sign() && (max == 0 || (min <= 256 && 256 <= max))
+            })
+    };
+    if signs_p256(MechanismType::ECDSA_SHA256) {
+        Ok(SignMechanism::EcdsaSha256)
+    } else if signs_p256(MechanismType::ECDSA) {
+        Ok(SignMechanism::Ecdsa)
+    } else {
+        Err(Pkcs11Error::NoMechanism)
+    }
+}
+
+fn read_protection(session: &Session, handle: ObjectHandle) -> Result<KeyProtection, Pkcs11Error> {
+    let types = [
+        AttributeType::Token,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
+        AttributeType::AlwaysSensitive,
+        AttributeType::NeverExtractable,
+        AttributeType::Sign,
+        AttributeType::Decrypt,
+        AttributeType::Derive,
+        AttributeType::Unwrap,
+    ];
     let attrs = session
-        .get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])
-        .map_err(|e| Pkcs11Error::from_ck(e, "read the public key"))?;
-    let mut point = None;
+        .get_attributes(handle, &types)
+        .map_err(|e| Pkcs11Error::from_ck(e, "read the key attributes"))?;
+    // A flag the module does not report counts as the unsafe value.
+    let mut p = KeyProtection {
+        token: false,
+        private: false,
+        sensitive: false,
+        extractable: true,
+        always_sensitive: false,
+        never_extractable: false,
+        sign: false,
+        decrypt: true,
+        derive: true,
+        unwrap: true,
+    };
     for a in attrs {
         match a {
-            Attribute::EcParams(p) if p != P256_PARAMS => return Err(Pkcs11Error::NotP256),
-            Attribute::EcPoint(p) => point = Some(p),
+            Attribute::Token(v) => p.token = v,
+            Attribute::Private(v) => p.private = v,
+            Attribute::Sensitive(v) => p.sensitive = v,
+            Attribute::Extractable(v) => p.extractable = v,
+            Attribute::AlwaysSensitive(v) => p.always_sensitive = v,
+            Attribute::NeverExtractable(v) => p.never_extractable = v,
+            Attribute::Sign(v) => p.sign = v,
+            Attribute::Decrypt(v) => p.decrypt = v,
+            Attribute::Derive(v) => p.derive = v,
+            Attribute::Unwrap(v) => p.unwrap = v,
             _ => {}
         }
     }
-    let point = point.ok_or(Pkcs11Error::Malformed("public key"))?;
-    // PKCS#11 v2.40 §2.3.3: CKA_EC_POINT is the DER OCTET STRING around 04‖X‖Y; a few modules
-    // return the bare point, which we accept as well.
-    let raw = match point.as_slice() {
-        [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest,
-        bare if bare.len() == 65 => bare,
-        _ => return Err(Pkcs11Error::Malformed("public key")),
-    };
-    VerifyingKey::from_sec1_bytes(raw).map_err(|_| Pkcs11Error::Malformed("public key"))
+    Ok(p)
 }
 
-/// An issuer key inside the HSM, with a logged-in session.
+/// An attribute a test adds to the full key template.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum ExtraAttribute {
+    /// CKA_ALWAYS_SENSITIVE, which the module sets itself: SoftHSM refuses it in a template
+    /// (CKR_ATTRIBUTE_READ_ONLY), as some HSMs refuse attributes hwpass's full template has.
+    AlwaysSensitive,
+}
+
+impl ExtraAttribute {
+    fn attribute(&self) -> Attribute {
+        match self {
+            Self::AlwaysSensitive => Attribute::AlwaysSensitive(true),
+        }
+    }
+}
+
+/// A pooled session lent to one caller; back to the pool on drop.
+struct Lease<'a> {
+    hsm: &'a Hsm,
+    session: Option<Session>,
+}
+
+impl Lease<'_> {
+    fn session(&self) -> &Session {
+        // Invariant: `session` is Some until drop or discard.
+        self.session.as_ref().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The module lost this session: forget it (and the idle ones, lost with it).
+    fn discard(mut self) -> Result<(), Pkcs11Error> {
+        if let Some(s) = self.session.take() {
+            std::mem::forget(s);
+            let mut pool = self.hsm.token.pool.lock().map_err(|_| poisoned())?;
+            pool.open -= 1;
+        }
+        self.hsm.forget_idle_sessions()
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let mut pool = self
+                .hsm
+                .token
+                .pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pool.idle.push(s);
+            self.hsm.token.returned.notify_one();
+        }
+    }
+}
+
+/// An issuer key inside the HSM. It signs on a session borrowed from its token's pool for
+/// each signature, so any number of handles share at most the token's session cap.
 pub struct Pkcs11Key {
-    /// The session and the private key's handle in it; replaced when the token drops the
-    /// session.
-    live: Mutex<(Session, ObjectHandle)>,
     hsm: Hsm,
     pin: SecretString,
+    /// The private key's handle; found again when the module lost it.
+    handle: Mutex<ObjectHandle>,
     verifying: VerifyingKey,
 }
 
@@ -482,78 +1137,137 @@ impl std::fmt::Debug for Pkcs11Key {
 }
 
 impl Pkcs11Key {
+    /// The key, after one test signature that shows its halves belong together.
     fn new(
         hsm: Hsm,
         pin: SecretString,
-        session: Session,
         handle: ObjectHandle,
         verifying: VerifyingKey,
-    ) -> Self {
-        Self {
-            live: Mutex::new((session, handle)),
+    ) -> Result<Self, Pkcs11Error> {
+        let key = Self {
             hsm,
             pin,
+            handle: Mutex::new(handle),
             verifying,
+        };
+        let probe = b"hwpass key pair consistency check";
+        let raw = key.sign_raw(probe)?;
+        let sig = signature_from_scalars(&raw[..32], &raw[32..])
+            .map_err(|_| Pkcs11Error::Malformed("signature"))?;
+        verify_es256(&verifying, probe, &sig.to_bytes()).map_err(|_| {
+            Pkcs11Error::Inconsistent {
+                uri: key.hsm.uri.to_string(),
+            }
+        })?;
+        Ok(key)
+    }
+
+    /// The token this key is on.
+    pub fn hsm(&self) -> &Hsm {
+        &self.hsm
+    }
+
+    /// Runs `op` with a pooled session and the key's handle. When the module lost the session,
+    /// the login or the handle, it opens a new session, logs in, finds the key and runs `op`
+    /// once more.
+    fn with_key<R>(
+        &self,
+        doing: &'static str,
+        op: impl Fn(&Session, ObjectHandle) -> Result<R, CkError>,
+    ) -> Result<R, Pkcs11Error> {
+        let lease = self.hsm.lease(&self.pin)?;
+        let handle = *self.handle.lock().map_err(|_| poisoned())?;
+        let rv = match op(lease.session(), handle) {
+            Err(CkError::Pkcs11(rv, _)) if session_lost(rv) => rv,
+            // Quirk: some modules report a lost login with a generic code (Kryoptic 1.5.4
+            // answers C_SignInit with CKR_GENERAL_ERROR after a logout elsewhere in the
+            // application). Ask the session itself before giving up.
+            Err(CkError::Pkcs11(rv, function)) => match lease.session().get_session_info() {
+                Err(CkError::Pkcs11(lost, _)) if session_lost(lost) => {
+                    self.hsm.note_generic_loss(rv)?;
+                    lost
+                }
+                Ok(info)
+                    if matches!(
+                        info.session_state(),
+                        SessionState::RoPublic | SessionState::RwPublic
+                    ) =>
+                {
+                    self.hsm.note_generic_loss(rv)?;
+                    RvError::UserNotLoggedIn
+                }
+                _ => return Err(Pkcs11Error::from_ck(CkError::Pkcs11(rv, function), doing)),
+            },
+            other => return other.map_err(|e| Pkcs11Error::from_ck(e, doing)),
+        };
+        // Whatever was lost, the login may be gone with it.
+        self.hsm
+            .token
+            .observed
+            .lock()
+            .map_err(|_| poisoned())?
+            .logged_in = false;
+        let lease = match rv {
+            // A logout elsewhere in the application: the session is there, the login is not
+            // (and with it the private key handle, on modules that hide private objects).
+            RvError::UserNotLoggedIn | RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => {
+                self.hsm.login(lease.session(), &self.pin, false)?;
+                lease
+            }
+            _ => {
+                lease.discard()?;
+                if rv == RvError::CryptokiNotInitialized {
+                    initialize(&self.hsm.ctx)?;
+                }
+                self.hsm.lease(&self.pin)?
+            }
+        };
+        let handle = self
+            .hsm
+            .find_one(lease.session(), ObjectClass::PRIVATE_KEY)?;
+        *self.handle.lock().map_err(|_| poisoned())? = handle;
+        op(lease.session(), handle).map_err(|e| Pkcs11Error::from_ck(e, doing))
+    }
+
+    /// Signs `msg` with the token's mechanism: r‖s, 64 bytes.
+    fn sign_raw(&self, msg: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
+        let digest;
+        let (mechanism, data) = match self.hsm.token.mechanism {
+            SignMechanism::EcdsaSha256 => (Mechanism::EcdsaSha256, msg),
+            SignMechanism::Ecdsa => {
+                digest = Sha256::digest(msg);
+                (Mechanism::Ecdsa, &digest[..])
+            }
+        };
+        let raw = self.with_key("sign in the HSM", |s, h| s.sign(&mechanism, h, data))?;
+        if raw.len() != 64 {
+            return Err(Pkcs11Error::Malformed("signature"));
         }
+        Ok(raw)
     }
 
     /// Reads back how the private key is protected.
     pub fn protection(&self) -> Result<KeyProtection, Pkcs11Error> {
-        let live = self.live.lock().map_err(|_| poisoned())?;
-        let (session, handle) = (&live.0, live.1);
-        let types = [
-            AttributeType::Token,
-            AttributeType::Private,
-            AttributeType::Sensitive,
-            AttributeType::Extractable,
-            AttributeType::AlwaysSensitive,
-            AttributeType::NeverExtractable,
-            AttributeType::Sign,
-            AttributeType::Decrypt,
-            AttributeType::Derive,
-        ];
-        let attrs = session
-            .get_attributes(handle, &types)
-            .map_err(|e| Pkcs11Error::from_ck(e, "read the key attributes"))?;
-        let mut p = KeyProtection {
-            token: false,
-            private: false,
-            sensitive: false,
-            extractable: true,
-            always_sensitive: false,
-            never_extractable: false,
-            sign: false,
-            decrypt: true,
-            derive: true,
-        };
-        for a in attrs {
-            match a {
-                Attribute::Token(v) => p.token = v,
-                Attribute::Private(v) => p.private = v,
-                Attribute::Sensitive(v) => p.sensitive = v,
-                Attribute::Extractable(v) => p.extractable = v,
-                Attribute::AlwaysSensitive(v) => p.always_sensitive = v,
-                Attribute::NeverExtractable(v) => p.never_extractable = v,
-                Attribute::Sign(v) => p.sign = v,
-                Attribute::Decrypt(v) => p.decrypt = v,
-                Attribute::Derive(v) => p.derive = v,
-                _ => {}
-            }
-        }
-        Ok(p)
+        self.with_key("read the key attributes", |s, h| {
+            read_protection(s, h).map_err(|e| match e {
+                Pkcs11Error::Call { function, rv, .. } => CkError::Pkcs11(rv, function),
+                _ => CkError::Pkcs11(RvError::GeneralError, Function::GetAttributeValue),
+            })
+        })
     }
 
     /// Tries to read the private value; `Ok(None)` when the token refuses, as it must.
     pub fn try_extract_private_value(&self) -> Result<Option<Vec<u8>>, Pkcs11Error> {
-        let live = self.live.lock().map_err(|_| poisoned())?;
-        match live.0.get_attributes(live.1, &[AttributeType::Value]) {
-            Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            })),
-            Err(CkError::Pkcs11(RvError::AttributeSensitive, _)) => Ok(None),
-            Err(e) => Err(Pkcs11Error::from_ck(e, "read the key value")),
-        }
+        self.with_key("read the key value", |s, h| {
+            match s.get_attributes(h, &[AttributeType::Value]) {
+                Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                })),
+                Err(CkError::Pkcs11(RvError::AttributeSensitive, _)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 }
 
@@ -563,45 +1277,77 @@ impl Signer for Pkcs11Key {
     }
 
     fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignError> {
-        self.sign_digest(&Sha256::digest(msg))
+        self.sign_raw(msg)
             .map_err(SignError::device)
             .and_then(|raw| signature_from_scalars(&raw[..32], &raw[32..]))
-    }
-}
-
-impl Pkcs11Key {
-    /// CKM_ECDSA over a digest: r‖s, 64 bytes.
-    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, Pkcs11Error> {
-        let mut live = self.live.lock().map_err(|_| poisoned())?;
-        let raw = match live.0.sign(&Mechanism::Ecdsa, live.1, digest) {
-            // The token dropped the session (token reset, idle timeout, a logout elsewhere in
-            // the application): open a new one, log in, find the key again, retry once.
-            Err(CkError::Pkcs11(
-                RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::UserNotLoggedIn
-                | RvError::KeyHandleInvalid
-                | RvError::ObjectHandleInvalid,
-                _,
-            )) => {
-                let session = self.hsm.session(&self.pin, false)?;
-                let handle = self.hsm.find_one(&session, ObjectClass::PRIVATE_KEY)?;
-                *live = (session, handle);
-                live.0.sign(&Mechanism::Ecdsa, live.1, digest)
-            }
-            other => other,
-        }
-        .map_err(|e| Pkcs11Error::from_ck(e, "sign in the HSM"))?;
-        if raw.len() != 64 {
-            return Err(Pkcs11Error::Malformed("signature"));
-        }
-        Ok(raw)
     }
 }
 
 impl IssuerKey for Pkcs11Key {
     fn describe(&self) -> Result<KeyFacts, KeyError> {
         let p = self.protection()?;
+        let private_value_readable = self.try_extract_private_value()?.is_some();
+        let id = self.hsm.identity().clone();
+        let q = self.hsm.quirks()?;
+        let sessions = |n: Option<usize>| n.map_or("no limit".to_string(), |n| n.to_string());
+        let mut quirks = vec![
+            (
+                "mechanism",
+                match q.mechanism {
+                    SignMechanism::EcdsaSha256 => "CKM_ECDSA_SHA256 (hashed in the module)",
+                    SignMechanism::Ecdsa => "CKM_ECDSA (SHA-256 hashed by hwpass)",
+                }
+                .to_string(),
+            ),
+            (
+                "ec_point",
+                match q.ec_point {
+                    Some(EcPointEncoding::Der) => "DER OCTET STRING",
+                    Some(EcPointEncoding::Raw) => "raw 04‖X‖Y (no DER wrapping)",
+                    None => "not read",
+                }
+                .to_string(),
+            ),
+            (
+                "login",
+                match (q.login, q.already_logged_in) {
+                    (LoginScope::Session, _) => "per session",
+                    (_, true) => "per token (CKR_USER_ALREADY_LOGGED_IN seen)",
+                    (LoginScope::Token, false) => "per token",
+                    (_, false) => "per token (one session so far)",
+                }
+                .to_string(),
+            ),
+            (
+                "max_sessions",
+                format!(
+                    "{} (token: {}, configured: {}{})",
+                    sessions(q.session_cap),
+                    q.token_max_sessions
+                        .map_or("no limit".into(), |n| n.to_string()),
+                    sessions(q.configured_max_sessions),
+                    q.refused_sessions_at
+                        .map_or(String::new(), |n| format!(", CKR_SESSION_COUNT after {n}")),
+                ),
+            ),
+        ];
+        if let Some(rv) = q.loss_reported_as {
+            quirks.push((
+                "lost_login",
+                format!("reported as {:?}; recovered", CkrName(rv)),
+            ));
+        }
+        if let Some(t) = q.template {
+            quirks.push((
+                "template",
+                match t {
+                    KeyTemplate::Full => "full".to_string(),
+                    KeyTemplate::Minimum { refused } => {
+                        format!("minimum (the full one got {:?})", CkrName(refused))
+                    }
+                },
+            ));
+        }
         Ok(KeyFacts {
             protection: vec![
                 ("token", p.token),
@@ -615,17 +1361,33 @@ impl IssuerKey for Pkcs11Key {
                 ("sign", p.sign),
                 ("decrypt", p.decrypt),
                 ("derive", p.derive),
+                ("unwrap", p.unwrap),
             ],
-            private_value_readable: self.try_extract_private_value()?.is_some(),
+            private_value_readable,
+            store: vec![
+                ("manufacturer", id.library_manufacturer),
+                ("library", id.library_description),
+                ("library_version", id.library_version),
+                ("cryptoki_version", id.cryptoki_version),
+                ("token_label", id.token_label),
+                ("token_manufacturer", id.token_manufacturer),
+                ("token_model", id.token_model),
+                ("token_serial", id.token_serial),
+                ("firmware_version", id.firmware_version),
+                ("hardware_version", id.hardware_version),
+            ],
+            quirks,
         })
     }
 }
 
 /// The [`KeyManager`] for `pkcs11:` URIs. Parsing touches no device; the module is loaded and
-/// the token found on first use, once per process (every label of the same token shares it).
+/// the token found on first use, once per process (every label of the same token shares it,
+/// and its session pool).
 #[derive(Debug)]
 pub struct Pkcs11Manager {
     uri: Pkcs11Uri,
+    options: TokenOptions,
     shared: Arc<Shared>,
 }
 
@@ -643,9 +1405,12 @@ impl std::fmt::Debug for Shared {
 
 impl Pkcs11Manager {
     /// The [`super::Registration`] entry: parses a `pkcs11:` URI.
-    pub fn parse(uri: &str) -> Result<Arc<dyn KeyManager>, KeyError> {
+    pub fn parse(uri: &str, options: &KeyOptions) -> Result<Arc<dyn KeyManager>, KeyError> {
         Ok(Arc::new(Self {
             uri: Pkcs11Uri::parse(uri)?,
+            options: TokenOptions {
+                max_sessions: options.max_sessions,
+            },
             shared: Arc::default(),
         }))
     }
@@ -656,7 +1421,7 @@ impl Pkcs11Manager {
         let base = match hsm.as_ref() {
             Some(h) => h.clone(),
             None => {
-                let h = Hsm::open(&self.uri)?;
+                let h = Hsm::open_with(&self.uri, &self.options)?;
                 *hsm = Some(h.clone());
                 h
             }
@@ -689,6 +1454,7 @@ impl KeyManager for Pkcs11Manager {
         uri.id = None;
         Arc::new(Self {
             uri,
+            options: self.options.clone(),
             shared: self.shared.clone(),
         })
     }
@@ -852,5 +1618,96 @@ mod tests {
             resolve_pin(&uri, &super::super::NoPrompt),
             Err(KeyError::Pin(_))
         ));
+    }
+
+    #[test]
+    fn ec_points_are_read_raw_or_der_wrapped() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let sec1 = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        assert_eq!(sec1.len(), 65);
+        // PKCS#11 v2.40: DER OCTET STRING (SoftHSM, Kryoptic and tpm2-pkcs11 for P-256).
+        let der = [&[0x04, 0x41][..], &sec1].concat();
+        // Non-minimal DER length some HSMs write.
+        let long = [&[0x04, 0x81, 0x41][..], &sec1].concat();
+        assert_eq!(ec_point_sec1(&der), Some((&sec1[..], EcPointEncoding::Der)));
+        assert_eq!(
+            ec_point_sec1(&long),
+            Some((&sec1[..], EcPointEncoding::Der))
+        );
+        // The bare point (Kryoptic's Edwards/Montgomery default, older HSMs).
+        assert_eq!(
+            ec_point_sec1(&sec1),
+            Some((&sec1[..], EcPointEncoding::Raw))
+        );
+        // Compressed, truncated, padded, or another tag: refused.
+        let compressed = key
+            .verifying_key()
+            .to_encoded_point(true)
+            .as_bytes()
+            .to_vec();
+        for bad in [
+            &compressed[..],
+            &sec1[..64],
+            &der[..66],
+            &[&der[..], &[0]].concat()[..],
+        ] {
+            assert_eq!(ec_point_sec1(bad), None, "{bad:02x?}");
+        }
+        let mut other_tag = sec1.clone();
+        other_tag[0] = 0x05;
+        assert_eq!(ec_point_sec1(&other_tag), None);
+    }
+
+    #[test]
+    fn weaknesses_name_every_flag_against_the_template() {
+        let good = KeyProtection {
+            token: true,
+            private: true,
+            sensitive: true,
+            extractable: false,
+            always_sensitive: true,
+            never_extractable: true,
+            sign: true,
+            decrypt: false,
+            derive: false,
+            unwrap: false,
+        };
+        assert!(good.weaknesses().is_empty());
+        let weak = KeyProtection {
+            extractable: true,
+            derive: true,
+            ..good
+        };
+        assert_eq!(weak.weaknesses(), ["CKA_EXTRACTABLE", "CKA_DERIVE"]);
+        let e = Pkcs11Error::WeakKey {
+            flags: weak.weaknesses(),
+        };
+        assert!(e.to_string().contains("CKA_EXTRACTABLE, CKA_DERIVE"), "{e}");
+    }
+
+    #[test]
+    fn refused_templates_and_lost_sessions_are_told_apart() {
+        for rv in [
+            RvError::AttributeTypeInvalid,
+            RvError::AttributeValueInvalid,
+            RvError::AttributeReadOnly,
+            RvError::TemplateInconsistent,
+        ] {
+            assert!(template_refused(rv) && !session_lost(rv), "{rv:?}");
+        }
+        for rv in [
+            RvError::SessionHandleInvalid,
+            RvError::UserNotLoggedIn,
+            RvError::CryptokiNotInitialized,
+        ] {
+            assert!(session_lost(rv) && !template_refused(rv), "{rv:?}");
+        }
+        // A wrong PIN is neither: it is never retried.
+        assert!(!session_lost(RvError::PinIncorrect) && !template_refused(RvError::PinIncorrect));
+        assert_eq!(SignMechanism::EcdsaSha256.as_str(), "CKM_ECDSA_SHA256");
     }
 }
