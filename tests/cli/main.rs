@@ -9,6 +9,7 @@ mod desktop_software;
 mod desktop_tpm;
 mod desktop_trust;
 mod durability;
+mod idp;
 mod interop;
 mod issuer;
 mod matrix;
