@@ -773,6 +773,10 @@ pub struct IdpOptions {
     pub consent: bool,
     /// The RFC 8628 `interval` the device authorization response announces, in seconds.
     pub device_poll_interval: u64,
+    /// The provider's clock starts at this time (epoch seconds, e.g. [`NOW`]) and runs forward,
+    /// so its tokens live on the timeline of binaries run with `HWPASS_FAKE_NOW`; `None`: the
+    /// real clock.
+    pub now: Option<i64>,
 }
 
 impl Default for IdpOptions {
@@ -783,6 +787,7 @@ impl Default for IdpOptions {
             hostile: None,
             consent: false,
             device_poll_interval: 1,
+            now: None,
         }
     }
 }
@@ -893,6 +898,7 @@ impl Idp {
             "hostile": options.hostile.map(Hostile::as_str),
             "consent": options.consent,
             "device_poll_interval": options.device_poll_interval,
+            "now": options.now,
             "control_token": control_token,
         });
         let path = dir.path().join("idp.json");

@@ -112,11 +112,22 @@ fn get_json(url: &str) -> serde_json::Value {
 }
 
 /// Verifies an ID token as a relying party would: signature by the key its `kid` names in the
-/// provider's JWKS (fetched now), `iss`, `aud`, `exp`; returns the claims.
+/// provider's JWKS (fetched now), `iss`, `aud`, `exp` (against the real clock); returns the
+/// claims.
 fn verify_id_token(
     idp: &Idp,
     token: &str,
     audience: &str,
+) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
+    verify_id_token_at(idp, token, audience, None)
+}
+
+/// [`verify_id_token`] with `exp` checked against `now` (epoch seconds) when given.
+fn verify_id_token_at(
+    idp: &Idp,
+    token: &str,
+    audience: &str,
+    now: Option<i64>,
 ) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
     let jwks: JwkSet = serde_json::from_value(get_json(&format!("{}/jwks", idp.issuer()))).unwrap();
     let header = decode_header(token)?;
@@ -132,7 +143,14 @@ fn verify_id_token(
     v.set_issuer(&[idp.issuer()]);
     v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     v.leeway = 5;
-    decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk)?, &v).map(|d| d.claims)
+    v.validate_exp = now.is_none();
+    let claims = decode::<serde_json::Value>(token, &DecodingKey::from_jwk(jwk)?, &v)?.claims;
+    if let Some(now) = now {
+        if claims["exp"].as_i64().unwrap() <= now {
+            return Err(ErrorKind::ExpiredSignature.into());
+        }
+    }
+    Ok(claims)
 }
 
 /// Runs tests/browser/idp_flow.py; returns its JSON summary.
@@ -391,7 +409,15 @@ fn callback_listener(deadline: Instant) -> (String, std::sync::mpsc::Receiver<St
 fn authorization_code_with_pkce_in_chromium_then_the_code_is_exchanged() {
     let carol = IdpUser::new("carol", &["hwpass-admins"]);
     let (redirect_uri, callbacks) = callback_listener(Instant::now() + Duration::from_secs(90));
-    let idp = Idp::start(std::slice::from_ref(&carol), &[&redirect_uri]);
+    // On the timeline of the binaries' injected clock.
+    let idp = Idp::start_with(
+        std::slice::from_ref(&carol),
+        IdpOptions {
+            web_redirect_uris: vec![redirect_uri.clone()],
+            now: Some(NOW),
+            ..IdpOptions::default()
+        },
+    );
     let d = idp.discovery();
     let verifier = random_b64(32);
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
@@ -478,12 +504,18 @@ fn authorization_code_with_pkce_in_chromium_then_the_code_is_exchanged() {
     );
     let (status, tokens) = exchange(&verifier, &secret);
     assert_eq!(status, 200, "{tokens}");
-    let claims = verify_id_token(
+    let claims = verify_id_token_at(
         &idp,
         tokens["id_token"].as_str().unwrap(),
         Idp::WEB_CLIENT_ID,
+        Some(NOW + 60),
     )
     .unwrap();
+    let iat = claims["iat"].as_i64().unwrap();
+    assert!(
+        (NOW..NOW + 120).contains(&iat),
+        "iat {iat} on the injected clock"
+    );
     assert_eq!(claims["sub"], "carol");
     assert_eq!(claims["nonce"], nonce.as_str());
     assert_eq!(claims["email"], "carol@corp.example");
@@ -501,7 +533,15 @@ fn authorization_code_with_pkce_in_chromium_then_the_code_is_exchanged() {
 fn a_code_exchanged_with_the_wrong_pkce_verifier_is_refused() {
     let dave = IdpUser::new("dave", &["staff"]);
     let (redirect_uri, callbacks) = callback_listener(Instant::now() + Duration::from_secs(90));
-    let idp = Idp::start(std::slice::from_ref(&dave), &[&redirect_uri]);
+    // A provider clock years behind the browser's: its cookies must still hold the sign-in.
+    let idp = Idp::start_with(
+        std::slice::from_ref(&dave),
+        IdpOptions {
+            web_redirect_uris: vec![redirect_uri.clone()],
+            now: Some(NOW - 10 * 365 * 86_400),
+            ..IdpOptions::default()
+        },
+    );
     let d = idp.discovery();
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(
         b"the-real-verifier-0123456789abcdefghijklmno",

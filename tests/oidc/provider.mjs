@@ -18,6 +18,16 @@ if (portArg === undefined || configPath === undefined || !/^\d+$/.test(portArg))
   process.exit(2);
 }
 const config = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+
+// The provider's clock: real time, or (config `now`, epoch seconds) a clock that starts there
+// and runs forward, so the IdP lives on the same timeline as binaries with an injected "now".
+// node-oidc-provider reads the time only through Date.now.
+const clockOffsetMs = config.now === undefined || config.now === null
+  ? 0 : config.now * 1000 - Date.now();
+if (clockOffsetMs !== 0) {
+  const realNow = Date.now.bind(Date);
+  Date.now = () => realNow() + clockOffsetMs;
+}
 const users = config.users ?? [];
 const HOSTILE_MODES = new Set([
   'wrong_audience', 'expired', 'wrong_issuer', 'wrong_nonce', 'bad_signature', 'unknown_key',
@@ -126,6 +136,7 @@ let callback;
 const server = http.createServer((req, res) => {
   const path = (req.url ?? '/').split('?')[0];
   res.on('finish', () => process.stderr.write(`${req.method} ${path} ${res.statusCode}\n`));
+  if (clockOffsetMs !== 0) keepCookiesForTheBrowserSession(res);
   if (path.startsWith('/interaction/')) {
     interaction(req, res, path).catch((e) => fail(res, e));
   } else if (path.startsWith('/__control/')) {
@@ -134,6 +145,22 @@ const server = http.createServer((req, res) => {
     callback(req, res);
   }
 });
+
+// With a shifted clock, cookie expiry dates would be on the provider's timeline, not the
+// browser's (in the past: dropped at once): drop them, so cookies last as long as the browser
+// session (each test has its own profile); the provider still expires sessions on its own.
+function keepCookiesForTheBrowserSession(res) {
+  // At the last moment: node-oidc-provider appends the session's expiry to the header late.
+  const { writeHead } = res;
+  const strip = (c) => String(c).replace(/;\s*(expires|max-age)=[^;]*/gi, '');
+  res.writeHead = function writeHeadWithoutCookieExpiry(...args) {
+    const cookies = res.getHeader('set-cookie');
+    if (cookies !== undefined) {
+      res.setHeader('set-cookie', Array.isArray(cookies) ? cookies.map(strip) : strip(cookies));
+    }
+    return writeHead.apply(res, args);
+  };
+}
 
 function fail(res, e) {
   process.stderr.write(`error: ${e?.stack ?? e}\n`);
