@@ -696,3 +696,406 @@ pub fn write_tpm2b(path: &Path, body: &[u8]) {
     bytes.extend_from_slice(body);
     std::fs::write(path, bytes).unwrap();
 }
+
+/// A person at the test OpenID Provider (tests/oidc/provider.mjs): `id` is the `sub`.
+#[derive(Debug, Clone)]
+pub struct IdpUser {
+    pub id: String,
+    pub email: String,
+    pub preferred_username: String,
+    pub groups: Vec<String>,
+    pub password: String,
+}
+
+impl IdpUser {
+    /// `id` with email `id@corp.example`, preferred_username `id` and a random password.
+    pub fn new(id: &str, groups: &[&str]) -> Self {
+        let mut pw = [0u8; 12];
+        getrandom::getrandom(&mut pw).expect("random");
+        Self {
+            id: id.into(),
+            email: format!("{id}@corp.example"),
+            preferred_username: id.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            password: format!("pw-{}", hex::encode(pw)),
+        }
+    }
+}
+
+/// What an ID token from the provider is made to be wrong in (all of them, from both clients,
+/// until switched off). All but `BadSignature` and `UnknownKey` carry a valid signature by a
+/// key in the provider's JWKS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// `aud` is `hostile-other-client`.
+    WrongAudience,
+    /// `exp` 5 minutes in the past (`iat` 10 minutes).
+    Expired,
+    /// `iss` is the issuer with `/hostile` appended.
+    WrongIssuer,
+    /// `nonce` is `hostile-nonce` (present even when none was sent).
+    WrongNonce,
+    /// One bit of the signature flipped.
+    BadSignature,
+    /// Signed by a key the JWKS never publishes (kid `hostile-unpublished-key`).
+    UnknownKey,
+}
+
+impl Hostile {
+    pub const ALL: [Hostile; 6] = [
+        Hostile::WrongAudience,
+        Hostile::Expired,
+        Hostile::WrongIssuer,
+        Hostile::WrongNonce,
+        Hostile::BadSignature,
+        Hostile::UnknownKey,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hostile::WrongAudience => "wrong_audience",
+            Hostile::Expired => "expired",
+            Hostile::WrongIssuer => "wrong_issuer",
+            Hostile::WrongNonce => "wrong_nonce",
+            Hostile::BadSignature => "bad_signature",
+            Hostile::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+/// How to start an [`Idp`] besides its users.
+#[derive(Debug, Clone)]
+pub struct IdpOptions {
+    /// Redirect URIs of the confidential web client (the issuing service's callback).
+    pub web_redirect_uris: Vec<String>,
+    /// oidc-provider `ttl` entries in seconds (`IdToken`, `AccessToken`, `AuthorizationCode`,
+    /// `DeviceCode`, `Interaction`, `Session`, `Grant`, `RefreshToken`); the script's defaults
+    /// are 300 s (60 s for codes).
+    pub ttl: Vec<(&'static str, u64)>,
+    /// Hostile ID tokens from the start (see also [`Idp::set_hostile`]).
+    pub hostile: Option<Hostile>,
+    /// Show a consent page (buttons `#approve`, `#deny`); by default the apps are
+    /// admin-consented, as corporate apps are.
+    pub consent: bool,
+    /// The RFC 8628 `interval` the device authorization response announces, in seconds.
+    pub device_poll_interval: u64,
+    /// The provider's clock starts at this time (epoch seconds, e.g. [`NOW`]) and runs forward,
+    /// so its tokens live on the timeline of binaries run with `HWPASS_FAKE_NOW`; `None`: the
+    /// real clock.
+    pub now: Option<i64>,
+}
+
+impl Default for IdpOptions {
+    fn default() -> Self {
+        Self {
+            web_redirect_uris: Vec::new(),
+            ttl: Vec::new(),
+            hostile: None,
+            consent: false,
+            device_poll_interval: 1,
+            now: None,
+        }
+    }
+}
+
+/// A real OpenID Provider (node-oidc-provider, tests/oidc/) of its own on a free loopback port,
+/// killed on drop. Two clients: the confidential web client [`Idp::WEB_CLIENT_ID`]
+/// (authorization code + PKCE, `client_secret_basic` or `_post`) and the public native desktop
+/// client [`Idp::DESKTOP_CLIENT_ID`] (device authorization grant, refresh tokens). ID tokens
+/// carry `email`, `preferred_username` (scopes `email`, `profile`) and `groups` (scope
+/// `groups`); PKCE S256 is required. tests/oidc/README.md documents the pages' element ids.
+pub struct Idp {
+    child: Option<std::process::Child>,
+    dir: TempDir,
+    config: PathBuf,
+    issuer: String,
+    port: u16,
+    control_token: String,
+    web_secret: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    pub users: Vec<IdpUser>,
+}
+
+impl std::fmt::Debug for Idp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idp").field("issuer", &self.issuer).finish()
+    }
+}
+
+impl Idp {
+    pub const WEB_CLIENT_ID: &'static str = "hwpass-web";
+    pub const DESKTOP_CLIENT_ID: &'static str = "hwpass-desktop";
+    /// How long start-up may take (node, key generation) before the test fails.
+    const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// An IdP with `users` whose web client accepts `web_redirect_uris`.
+    pub fn start(users: &[IdpUser], web_redirect_uris: &[&str]) -> Self {
+        Self::start_with(
+            users,
+            IdpOptions {
+                web_redirect_uris: web_redirect_uris.iter().map(|u| u.to_string()).collect(),
+                ..IdpOptions::default()
+            },
+        )
+    }
+
+    pub fn start_with(users: &[IdpUser], options: IdpOptions) -> Self {
+        require("node", "nodejs");
+        let oidc = repo().join("tests/oidc");
+        let wanted: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(oidc.join("package.json")).unwrap())
+                .unwrap();
+        let wanted = wanted["dependencies"]["oidc-provider"].as_str().unwrap();
+        let installed =
+            std::fs::read_to_string(oidc.join("node_modules/oidc-provider/package.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let installed = installed.as_ref().and_then(|v| v["version"].as_str());
+        assert_eq!(
+            installed,
+            Some(wanted),
+            "oidc-provider {wanted} is not installed in tests/oidc/node_modules: run ci/setup \
+             (it runs `npm ci` there; needs the Debian packages nodejs and npm)"
+        );
+        let random = |n: usize| {
+            let mut b = vec![0u8; n];
+            getrandom::getrandom(&mut b).expect("random");
+            hex::encode(b)
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let web_secret = random(32);
+        let control_token = random(16);
+        let user_json: Vec<serde_json::Value> = users
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "id": u.id, "email": u.email, "preferred_username": u.preferred_username,
+                    "groups": u.groups, "password": u.password,
+                })
+            })
+            .collect();
+        let ttl: serde_json::Map<String, serde_json::Value> = options
+            .ttl
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        let config = serde_json::json!({
+            "users": user_json,
+            "clients": [
+                {
+                    "client_id": Self::WEB_CLIENT_ID,
+                    "client_name": "hwpass issuing service",
+                    "client_secret": web_secret,
+                    "redirect_uris": options.web_redirect_uris,
+                    "grant_types": ["authorization_code"],
+                    "response_types": ["code"],
+                },
+                {
+                    "client_id": Self::DESKTOP_CLIENT_ID,
+                    "client_name": "hwpass desktop",
+                    "application_type": "native",
+                    "token_endpoint_auth_method": "none",
+                    "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+                    "response_types": [],
+                    "redirect_uris": [],
+                },
+            ],
+            "ttl": ttl,
+            "hostile": options.hostile.map(Hostile::as_str),
+            "consent": options.consent,
+            "device_poll_interval": options.device_poll_interval,
+            "now": options.now,
+            "control_token": control_token,
+        });
+        let path = dir.path().join("idp.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).expect("write config");
+        let mut idp = Self {
+            child: None,
+            dir,
+            config: path,
+            issuer: String::new(),
+            port: 0,
+            control_token,
+            web_secret,
+            log: Default::default(),
+            users: users.to_vec(),
+        };
+        idp.launch(0);
+        idp
+    }
+
+    fn launch(&mut self, port: u16) {
+        use std::io::BufRead as _;
+        let mut child = Command::new("node")
+            .arg(repo().join("tests/oidc/provider.mjs"))
+            .arg(port.to_string())
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line.unwrap_or_default());
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let first = rx.recv_timeout(Self::START_DEADLINE).unwrap_or_default();
+        let Some(issuer) = first.trim().strip_prefix("ready ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the OpenID Provider did not start: {first:?}\n{}",
+                self.log()
+            );
+        };
+        self.port = issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the issuer URL");
+        self.issuer = issuer.to_string();
+        self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:PORT`, exactly as the provider writes `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn web_client_secret(&self) -> &str {
+        &self.web_secret
+    }
+
+    /// The web client's secret in a file of its own (mode 0600), as a service config names it.
+    pub fn web_client_secret_file(&self) -> PathBuf {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.dir.path().join("web-client-secret");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("write secret file");
+        f.write_all(self.web_secret.as_bytes()).unwrap();
+        path
+    }
+
+    /// The user with this id.
+    pub fn user(&self, id: &str) -> &IdpUser {
+        self.users
+            .iter()
+            .find(|u| u.id == id)
+            .unwrap_or_else(|| panic!("no IdP user {id}"))
+    }
+
+    /// An agent for the provider's endpoints (no redirects followed, bounded time).
+    pub fn agent() -> ureq::Agent {
+        ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+    }
+
+    /// The discovery document.
+    pub fn discovery(&self) -> serde_json::Value {
+        let url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let body = Self::agent()
+            .get(&url)
+            .call()
+            .expect("discovery")
+            .into_string()
+            .unwrap();
+        serde_json::from_str(&body).expect("discovery is JSON")
+    }
+
+    /// Makes every ID token from now on hostile in this way (`None`: genuine again).
+    pub fn set_hostile(&self, mode: Option<Hostile>) {
+        let resp = Self::agent()
+            .post(&format!("{}/__control/hostile", self.issuer))
+            .set("Authorization", &format!("Bearer {}", self.control_token))
+            .set("Content-Type", "application/json")
+            .send_string(&serde_json::json!({ "mode": mode.map(Hostile::as_str) }).to_string())
+            .expect("set hostile mode");
+        assert_eq!(resp.status(), 204);
+    }
+
+    /// Registers one more confidential web client through dynamic client registration (RFC
+    /// 7591), for a redirect URI known only once the service listens; returns its id and
+    /// secret.
+    pub fn register_web_client(&self, redirect_uri: &str) -> (String, String) {
+        let resp = Self::agent()
+            .post(&format!("{}/reg", self.issuer))
+            .set("Authorization", &format!("Bearer {}", self.control_token))
+            .set("Content-Type", "application/json")
+            .send_string(
+                &serde_json::json!({
+                    "redirect_uris": [redirect_uri],
+                    "grant_types": ["authorization_code"],
+                    "response_types": ["code"],
+                    "client_name": "hwpass issuing service (registered)",
+                })
+                .to_string(),
+            )
+            .expect("register client");
+        let v: serde_json::Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+        (
+            v["client_id"].as_str().unwrap().to_string(),
+            v["client_secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Stops the provider (the IdP is down); [`Self::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the provider again on the same port and issuer, with the same users and clients
+    /// but new signing keys (new `kid`s: a key rotation) and no sessions or codes.
+    pub fn restart(&mut self) {
+        self.stop();
+        let issuer = std::mem::take(&mut self.issuer);
+        self.launch(self.port);
+        assert_eq!(self.issuer, issuer, "same issuer after restart");
+    }
+
+    /// What the provider logged: warnings, and method and path of each request (never a query
+    /// string, a body or a secret).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- OpenID Provider log ({}):\n{}", self.issuer, self.log());
+        }
+    }
+}
+
+/// Fails (never skips) unless headless Chromium, chromedriver and Selenium are installed.
+pub fn require_browser() {
+    require("chromium", "chromium");
+    require("chromedriver", "chromium-driver");
+    assert!(
+        Path::new("/usr/lib/python3/dist-packages/selenium").is_dir(),
+        "selenium is not installed: install the Debian package python3-selenium (run ci/setup)"
+    );
+}

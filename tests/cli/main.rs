@@ -12,6 +12,7 @@ mod desktop_tpm;
 mod desktop_trust;
 mod durability;
 mod hsm_conformance;
+mod idp;
 mod interop;
 mod issuer;
 mod matrix;
