@@ -60,7 +60,9 @@ pub mod denylist {
 /// The clock and standard input as the binaries read them.
 #[cfg(any(feature = "desktop", feature = "issuer"))]
 pub mod os {
-    pub use crate::sys::{now, read_stdin, read_token_arg, write_atomic, FAKE_NOW_ENV};
+    pub use crate::sys::{
+        now, read_document, read_stdin, read_token_arg, write_atomic, FAKE_NOW_ENV,
+    };
 }
 
 /// Fuzz entry points for parsers of untrusted input that are not public API (`cargo fuzz`

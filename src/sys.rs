@@ -108,6 +108,35 @@ pub fn read_token_arg(arg: Option<&str>) -> Result<String, String> {
     }
 }
 
+/// Reads a document the person gave: `-` (or nothing) for standard input, the path of an
+/// existing file, or the text itself; at most `limit` bytes. An argument that looks like a
+/// path but names no file is refused, saying so (it is a typo, not a token).
+pub fn read_document(arg: Option<&str>, limit: usize, what: &str) -> Result<String, String> {
+    let arg = match arg {
+        None | Some("-") => return read_stdin(limit),
+        Some(a) => a,
+    };
+    let path = Path::new(arg);
+    if path.is_file() {
+        use std::io::Read as _;
+        let mut text = String::new();
+        File::open(path)
+            .and_then(|f| f.take(limit as u64).read_to_string(&mut text))
+            .map_err(|e| format!("cannot read {what} from {arg}: {e}"))?;
+        return Ok(text);
+    }
+    let pathlike = arg.contains('/')
+        || [".txt", ".jwt", ".jwks", ".json", ".pass", ".req"]
+            .iter()
+            .any(|x| arg.ends_with(x));
+    if pathlike {
+        return Err(format!(
+            "there is no file {arg}; give the {what} itself (quoted), a file that holds it, or - to paste it on standard input"
+        ));
+    }
+    Ok(arg.to_string())
+}
+
 /// Reads at most `limit` bytes of stdin (more is left unread, and the strict parsers refuse
 /// the cut text), trimmed.
 pub fn read_stdin(limit: usize) -> Result<String, String> {

@@ -1,6 +1,7 @@
 //! Why a token or document was refused: one clear sentence each, signature failures opaque.
 
 use crate::core::claims::TextProblem;
+use crate::core::paste::DocKind;
 use crate::core::time::format_time;
 
 /// Why a token was refused. Each variant is one clear sentence; signature failures stay opaque.
@@ -82,6 +83,14 @@ pub enum TokenError {
         claim: &'static str,
         /// Its value.
         value: i64,
+    },
+    /// A document of another kind where a token of this kind was expected.
+    #[error("this is {}, not {}", found.describe(), expected.describe())]
+    WrongDocument {
+        /// What was given.
+        found: DocKind,
+        /// What was expected.
+        expected: DocKind,
     },
     /// Claims that make no sense together.
     #[error("token claims are inconsistent: {0}")]

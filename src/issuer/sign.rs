@@ -10,8 +10,10 @@ use super::store::{
 };
 use crate::core::b64::b64url_decode;
 use crate::core::claims::{Attestation, BindingKind, Confirmation, HardwareBinding, PassClaims};
+use crate::core::error::TokenError;
 use crate::core::jwk::{Jwk, Jwks};
-use crate::core::jws::{sign_pass_as, verify_request, MAX_TOKEN_LEN};
+use crate::core::jws::{sign_pass_as, verify_request, LEEWAY_SECS, MAX_TOKEN_LEN};
+use crate::core::paste::{clean, identify, DocKind};
 use crate::core::signer::{random_jti, Signer};
 
 /// The longest delivery (a pass sealed to a TPM) a desktop takes: `hwpass install -` reads at
@@ -139,6 +141,9 @@ pub struct Approved {
     pub claims: PassClaims,
     /// The attested TPM the pass is delivered sealed to, if the request carried evidence.
     pub deliver_to: Option<attest::Verified>,
+    /// How far ahead of this issuer's clock the requesting desktop's time mark is, in seconds,
+    /// when it is (its clock ran ahead once): tell the person; this pass resets the mark.
+    pub clock_ahead: Option<i64>,
 }
 
 /// Verifies a request and applies the policy. Needs no HSM, so refusals cost no PIN entry.
@@ -148,7 +153,20 @@ pub fn approve(
     lifetime: Option<i64>,
     now: i64,
 ) -> Result<Approved, IssuerError> {
-    let req = verify_request(request, now)?;
+    // What mail and chat do to a pasted request is undone first; the verification stays
+    // strict. Another kind of document is named for what it is.
+    let request = clean(request);
+    match identify(&request) {
+        DocKind::Request | DocKind::Unknown => {}
+        found => {
+            return Err(TokenError::WrongDocument {
+                found,
+                expected: DocKind::Request,
+            }
+            .into())
+        }
+    }
+    let req = verify_request(&request, now)?;
     let validity = cfg.policy.decide(&req.claims, lifetime, now)?;
     let deliver_to = match (&req.claims.att, req.claims.kind) {
         (Some(_), BindingKind::Software) => return Err(AttestError::Unexpected.into()),
@@ -182,7 +200,15 @@ pub fn approve(
         // Echoed so the desktop knows this pass answers its current state.
         stm: req.claims.stm,
     };
-    Ok(Approved { claims, deliver_to })
+    let clock_ahead = claims
+        .stm
+        .map(|m| m.hw.saturating_sub(now))
+        .filter(|&ahead| ahead > LEEWAY_SECS);
+    Ok(Approved {
+        claims,
+        deliver_to,
+        clock_ahead,
+    })
 }
 
 /// Signs approved passes with the HSM key, appends their audit records and a checkpoint

@@ -418,3 +418,50 @@ fn refresh_remembers_its_server() {
         "{r:?}"
     );
 }
+
+#[test]
+fn the_issuer_takes_mangled_requests_names_other_documents_and_says_when_a_clock_ran_ahead() {
+    let (issuer, _trust, desk, _sim) = setup(false);
+    let request = desk.request("ann@corp", &[]);
+    // Wrapped, quoted or mail-quoted, on stdin or as a file: signed.
+    for (what, text) in mangled(&request) {
+        let r = issuer.sign(&text, NOW, &[]);
+        assert_eq!(r.code, 0, "{what}: {r:?}");
+    }
+    let file = desk.dir.path().join("request.txt");
+    std::fs::write(&file, &mangled(&request)[1].1).unwrap();
+    let r = issuer.run(&["sign", file.to_str().unwrap()], None);
+    assert_eq!(r.code, 0, "{r:?}");
+    // A pass where the request belongs is named, with what to do.
+    let pass = r.line();
+    let r = issuer.sign(&pass, NOW, &[]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("this is an access pass, not a pass request")
+            && r.stderr.contains("hwpass install"),
+        "{r:?}"
+    );
+    // A cut request is damage in transit.
+    let r = issuer.sign(&request[..request.len() - 20], NOW, &[]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("damaged on its way"), "{r:?}");
+    // A desktop whose clock ran five hours ahead: the issuer says so when it signs.
+    desk.install(&pass, NOW).ok();
+    assert_eq!(desk.check(NOW + 5 * HOUR).0, 0);
+    let mut cmd = desk.cmd(NOW + 60);
+    cmd.args(["request", "--subject", "ann@corp"]);
+    let ahead = run(cmd, None).ok().line();
+    let r = issuer.sign(&ahead, NOW + 120, &[]).ok();
+    assert!(r.stderr.contains("clock was 4h 58m ahead once"), "{r:?}");
+    // The same through the service's JSON API, wrapped as a mail client would.
+    let server = crate::service::Server::start(&issuer, "");
+    let body = serde_json::json!({ "request": mangled(&ahead)[4].1 }).to_string();
+    let (status, _, reply) = server.post("/v1/passes", Some(&server.bearer()), &body);
+    assert_eq!(status, 201, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert!(
+        reply["clock_ahead_seconds"].as_i64().unwrap() > 4 * HOUR,
+        "{reply}"
+    );
+}

@@ -4,6 +4,7 @@
 use hwpass::issuer::{
     Access, AttestError, AuditError, CheckpointError, Ckr, IssuerError, KeyError, Pkcs11Error,
 };
+use hwpass::{DocKind, TokenError};
 
 /// An exit code, the one-sentence error, and what to do next.
 pub type Failure = (i32, String, Option<&'static str>);
@@ -12,6 +13,14 @@ pub type Failure = (i32, String, Option<&'static str>);
 pub fn fail(e: IssuerError) -> Failure {
     let hint = match &e {
         IssuerError::Config { .. } => Some("fix the config file (see hsm-config/softhsm.toml for a working example)"),
+        IssuerError::Request(TokenError::NotYetValid { .. }) => Some("the request is dated ahead of this issuer's clock: the person's computer clock is ahead; they should set it to the correct time and make a new request"),
+        IssuerError::Request(TokenError::WrongDocument { found, .. }) => Some(match found {
+            DocKind::Pass | DocKind::Delivery => "that is a pass this issuer signed: the person installs it with `hwpass install`; sign their request (`hwpass request`) instead",
+            DocKind::DenyList => "that is a deny list: desktops install it with `hwpass refresh`",
+            DocKind::TrustBundle => "that is the trust bundle desktops enrol with: sign a request from `hwpass request`",
+            _ => "sign the one-line request from `hwpass request`",
+        }),
+        IssuerError::Request(t) if t.is_transport_damage() => Some("the request was damaged on its way here (cut short or re-encoded): ask the person to send it again, whole"),
         IssuerError::Request(_) => Some("ask the person for a new request (`hwpass request`), pasted whole on one line"),
         IssuerError::Policy(_) => Some("sign with a shorter --valid-for, or change [policy] in the config"),
         IssuerError::Attest(AttestError::Missing) => {

@@ -359,10 +359,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             request,
             ..
         } => {
-            let request = util::read_token_arg(request.as_deref())
-                .map_err(|m| (exit::BAD_REQUEST, m, None))?;
+            let request =
+                util::read_document(request.as_deref(), hwpass::MAX_TOKEN_LEN * 4, "request")
+                    .map_err(|m| (exit::BAD_REQUEST, m, None))?;
             let now = now()?;
             let approved = issuer::approve(&cfg, &request, valid_for, now).map_err(fail)?;
+            if let Some(ahead) = approved.clock_ahead {
+                eprintln!(
+                    "hwpass-issuer: note: the requesting computer's clock was {} ahead once (it had recorded {}); tell the person to keep it right — installing this pass resets its time",
+                    format_duration(ahead),
+                    format_time(approved.claims.stm.map_or(0, |m| m.hw))
+                );
+            }
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
             let key = cfg.key.open().map_err(key_fail)?;
             let trust = issuer::audit_trust(&cfg).map_err(fail)?;

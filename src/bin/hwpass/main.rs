@@ -64,33 +64,9 @@ fn print_verdict(v: Verdict, json: bool) -> i32 {
     v.exit_code
 }
 
-/// Reads a document the person gave: `-` (or nothing) for standard input, the path of an
-/// existing file, or the text itself. At most `limit` bytes.
+/// Reads a document the person gave (see [`util::read_document`]).
 fn read_document(arg: Option<&str>, limit: usize, what: &str) -> Result<String, DesktopError> {
-    let arg = match arg {
-        None | Some("-") => return util::read_stdin(limit).map_err(DesktopError::Input),
-        Some(a) => a,
-    };
-    let path = std::path::Path::new(arg);
-    if path.is_file() {
-        use std::io::Read as _;
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(limit as u64).read_to_string(&mut text))
-            .map_err(|e| DesktopError::Input(format!("cannot read {what} from {arg}: {e}")))?;
-        return Ok(text);
-    }
-    // No such file: a path-looking argument is a typo, not a token.
-    if arg.contains('/')
-        || [".txt", ".jwt", ".jwks", ".json", ".pass"]
-            .iter()
-            .any(|x| arg.ends_with(x))
-    {
-        return Err(DesktopError::Input(format!(
-            "there is no file {arg}; give the {what} itself (quoted), a file that holds it, or - to paste it on standard input"
-        )));
-    }
-    Ok(arg.to_string())
+    util::read_document(arg, limit, what).map_err(DesktopError::Input)
 }
 
 fn run(cli: Cli) -> i32 {

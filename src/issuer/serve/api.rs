@@ -33,6 +33,9 @@ struct SignReply {
     att: Attestation,
     nbf: i64,
     exp: i64,
+    /// The requesting desktop's clock was this far ahead once (its time mark): tell the person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_ahead_seconds: Option<i64>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -82,6 +85,7 @@ pub(super) async fn api_sign(
         att: c.hwb.att,
         nbf: c.nbf,
         exp: c.exp,
+        clock_ahead_seconds: out.clock_ahead,
         pass: out.pass,
     };
     Ok((StatusCode::CREATED, axum::Json(reply)).into_response())

@@ -367,7 +367,7 @@ pub(super) async fn review(
 <tr><th>Device key (RFC 7638 thumbprint)</th><td><code id="f-jkt">{jkt}</code></td></tr>
 <tr><th>Largest lifetime for this binding</th><td>{max}</td></tr>
 </table>
-<form method="post" action="/sign" class="card">{csrf}
+{clock}<form method="post" action="/sign" class="card">{csrf}
 <input type="hidden" name="request" value="{request}">
 <label for="lifetime">Valid for</label>
 <select id="lifetime" name="lifetime">{options}</select>
@@ -379,6 +379,14 @@ pub(super) async fn review(
         max = format_duration(max),
         csrf = csrf_field(&ws),
         request = esc(&request),
+        clock = a
+            .clock_ahead
+            .map(|ahead| format!(
+                r#"<p class="notice" id="clock-ahead">This computer's clock was {} ahead once: it recorded {}. Tell the person to keep the clock right; installing this pass resets that time.</p>"#,
+                format_duration(ahead),
+                esc(&format_time(c.stm.map_or(0, |m| m.hw)))
+            ))
+            .unwrap_or_default(),
     );
     Ok(render(
         &svc,

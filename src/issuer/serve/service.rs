@@ -84,6 +84,8 @@ pub(super) struct Issued {
     pub(super) pass: String,
     pub(super) claims: PassClaims,
     pub(super) sealed: bool,
+    /// The requesting desktop's clock was this far ahead once (seconds).
+    pub(super) clock_ahead: Option<i64>,
 }
 
 /// Verifies, approves and signs on the blocking pool, then waits for the audit record's
@@ -108,6 +110,7 @@ pub(super) async fn issue(
     Ok(Issued {
         pass,
         sealed: approved.deliver_to.is_some(),
+        clock_ahead: approved.clock_ahead,
         claims: approved.claims,
     })
 }
