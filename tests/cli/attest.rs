@@ -47,7 +47,9 @@ fn software_make_credential_is_activated_by_the_tpm() {
     let Public::Rsa { unique, .. } = Public::unmarshall(&ek_pub[2..]).unwrap() else {
         panic!("EK is not RSA")
     };
-    let ek = hwpass::issuer::internal::rsa_ek(unique.value(), None).unwrap();
+    let ek = hwpass::issuer::EkPublic::Rsa2048(
+        hwpass::issuer::internal::rsa_ek(unique.value(), None).unwrap(),
+    );
     let ak_name = std::fs::read(p("ak.name")).unwrap();
     let secret: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
 
@@ -525,7 +527,7 @@ mod with_tss {
         let policy = AttestationPolicy {
             require: true,
             roots,
-            allowlist: Vec::new(),
+            ..Default::default()
         };
         let jwk = Jwk::new(*device_key.verifying_key());
         assert_eq!(
