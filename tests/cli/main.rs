@@ -10,6 +10,7 @@ mod desktop_software;
 mod desktop_tpm;
 mod desktop_trust;
 mod durability;
+mod ek_chain;
 mod interop;
 mod issuer;
 mod matrix;

@@ -220,7 +220,7 @@ pub enum EkCertError {
         oid: ObjectIdentifier,
     },
     /// A signature does not verify with the issuer's key.
-    #[error("the EK certificate does not chain to a trusted TPM manufacturer CA: the signature on {cert} does not verify with the key of {issuer}")]
+    #[error("the EK certificate does not chain to a trusted TPM manufacturer CA: the signature on {cert} does not verify with the key of '{issuer}'")]
     BadSignature {
         /// The signed certificate.
         cert: CertRef,
