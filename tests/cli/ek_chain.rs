@@ -544,3 +544,118 @@ fn swtpm_ecc_p384_ek_certificate_is_accepted_end_to_end() {
     tpm.tool(&["tpm2_nvundefine", "0x01c00002", "-C", "p"]).ok();
     end_to_end(&tpm, &swtpm_issuer(&ca), SECP384R1_HEX);
 }
+
+#[test]
+fn ecc_p256_ek_certificate_in_the_low_range_is_used_end_to_end() {
+    // A TPM without any EK certificate gets one for its P-256 EK (template L-2) from the test
+    // hierarchy in NV 0x01c0000a, as a manufacturer would: the desktop sends it, the issuer
+    // makes an ECDH credential, and the desktop activates it with a P-256 EK it creates from
+    // the template (no persistent one), under the EK's PolicySecret policy.
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    tpm.tool(&[
+        "tpm2_createek",
+        "-c",
+        &p("ek.ctx"),
+        "-G",
+        "ecc",
+        "-u",
+        &p("ek.pub"),
+    ])
+    .ok();
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    let bytes = std::fs::read(p("ek.pub")).unwrap();
+    let Public::Ecc { unique, .. } = Public::unmarshall(&bytes[2..]).unwrap() else {
+        panic!("EK is not ECC")
+    };
+    let ek = EkKey {
+        der: [&[4u8][..], unique.x().value(), unique.y().value()].concat(),
+        alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
+    let (root, inter) = good_hierarchy();
+    let mut params = ek_params();
+    params.key_usages = vec![KeyUsagePurpose::KeyAgreement];
+    let cert = inter.sign_ek(&params, &ek);
+    std::fs::write(p("ek.der"), &cert).unwrap();
+    tpm.tool(&[
+        "tpm2_nvdefine",
+        "0x01c0000a",
+        "-C",
+        "o",
+        "-s",
+        &cert.len().to_string(),
+        "-a",
+        "ownerread|ownerwrite|authread|authwrite|no_da",
+    ])
+    .ok();
+    tpm.tool(&["tpm2_nvwrite", "0x01c0000a", "-C", "o", "-i", &p("ek.der")])
+        .ok();
+
+    let roots = dir.path().join("root.pem");
+    std::fs::write(&roots, pem(&[&root.der])).unwrap();
+    let inters = dir.path().join("inter.pem");
+    std::fs::write(&inters, pem(&[&inter.der])).unwrap();
+    let issuer = Issuer::with_ek_chain(&[roots], &[inters], "");
+    end_to_end(&tpm, &issuer, "2a8648ce3d030107");
+}
+
+mod facts {
+    //! What a verified EK certificate tells the issuer (for the audit record and the review
+    //! page), read through the library.
+
+    use super::*;
+    use hwpass::issuer::AttestationPolicy;
+
+    #[test]
+    fn swtpm_ek_certificates_name_the_tpm_and_their_chain() {
+        let ca = LocalCa::new();
+        let tpm = Swtpm::provisioned(&ca);
+        let issuer = Issuer::new();
+        let trust = issuer.setup();
+        let desk = Desktop::with_tpm(&trust, &tpm);
+        let certs = |path: PathBuf| {
+            hwpass::issuer::internal::parse_pem_certificates(
+                &std::fs::read_to_string(path).unwrap(),
+            )
+            .unwrap()
+        };
+        let policy = AttestationPolicy {
+            require: true,
+            roots: certs(ca.root()),
+            intermediates: certs(ca.intermediate()),
+            manufacturers: vec!["id:00001014".into()],
+            ..Default::default()
+        };
+        let file = desk.tpm_key_file();
+        let key = hwpass::desktop::internal::TpmDevice::open(&file, Some(&tpm.tcti())).unwrap();
+        let jwk = hwpass::Jwk::new(*hwpass::Signer::verifying_key(&key));
+        drop(key);
+        for kind in [hwpass::EkKind::Rsa2048, hwpass::EkKind::EccP384] {
+            if kind == hwpass::EkKind::EccP384 {
+                tpm.tool(&["tpm2_nvundefine", "0x01c00002", "-C", "p"]).ok();
+            }
+            let req = desk.request("eve@corp", &[]);
+            let payload = hwpass::decode(&req).unwrap().payload().unwrap();
+            let ev: hwpass::EvidenceClaims =
+                serde_json::from_value(payload["att"].clone()).unwrap();
+            let v = hwpass::issuer::internal::verify_evidence(&ev, &jwk, &policy, NOW).unwrap();
+            assert_eq!(v.ek_kind(), kind);
+            let tpm_id = v.tpm.expect("the TPM attributes");
+            assert_eq!(tpm_id.manufacturer, "id:00001014");
+            assert_eq!(tpm_id.model, "swtpm");
+            assert_eq!(tpm_id.version, "id:20191023");
+            assert_eq!(v.chain, ["CN=swtpm-localca", "CN=swtpm-localca-rootca"]);
+            let other = AttestationPolicy {
+                manufacturers: vec!["id:494E5443".into()],
+                ..policy.clone()
+            };
+            assert!(matches!(
+                hwpass::issuer::internal::verify_evidence(&ev, &jwk, &other, NOW),
+                Err(hwpass::issuer::AttestError::EkCertificate(
+                    hwpass::issuer::EkCertError::ManufacturerNotAllowed { .. }
+                ))
+            ));
+        }
+    }
+}
