@@ -100,8 +100,8 @@ pub struct AttestationPolicy {
     /// Accept EK certificates without an extended key usage extension (some vendors omit
     /// tcg-kp-EKCertificate); one with an EKU that lacks it is refused regardless.
     pub allow_missing_ek_eku: bool,
-    /// TPM manufacturers allowed (`id:` and 8 upper-case hex digits, see
-    /// [`normalize_manufacturer`]); empty allows every manufacturer a root vouches for.
+    /// TPM manufacturers allowed (`id:` and 8 upper-case hex digits, as the config normalizes
+    /// them); empty allows every manufacturer a root vouches for.
     pub manufacturers: Vec<String>,
 }
 

@@ -341,7 +341,7 @@ fn self_issued(cert: &Certificate) -> bool {
     cert.tbs_certificate.subject == cert.tbs_certificate.issuer
 }
 
-fn extension<'c>(cert: &'c Certificate, oid: ObjectIdentifier) -> Option<&'c [u8]> {
+fn extension(cert: &Certificate, oid: ObjectIdentifier) -> Option<&[u8]> {
     cert.tbs_certificate
         .extensions
         .as_deref()?
