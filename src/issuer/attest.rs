@@ -1,13 +1,15 @@
 //! Issuer-side verification of TPM attestation evidence, and the sealed delivery of a pass to
-//! the attested TPM. Pure: TPM wire structures come from [`crate::core::tpm_wire`], every
-//! primitive from RustCrypto; no TPM is needed on the issuer.
+//! the attested TPM. Pure: TPM wire structures come from [`crate::core::tpm_wire`], X.509 path
+//! validation from rustls-webpki (`ek_cert`), every other primitive from RustCrypto; no TPM is
+//! needed on the issuer.
 //!
 //! What a verified request proves: the device key named in the request is a fixedTPM,
 //! fixedParent, sensitiveDataOrigin signing key (`TPM2_Certify` by an attestation key whose
 //! attributes say it is a restricted, fixedTPM signing key), and the pass delivered with
 //! `TPM2_MakeCredential` can only be opened by the TPM holding the endorsement key that a
-//! trusted manufacturer CA certified (`ek-cert`) or that the admin allow-listed
-//! (`ek-allowlist`), and only with that attestation key loaded.
+//! trusted manufacturer CA certified (`ek-cert`: an RSA 2048, ECC P-256 or ECC P-384 EK whose
+//! certificate chains to a configured root and meets the TCG EK profile) or that the admin
+//! allow-listed (`ek-allowlist`), and only with that attestation key loaded.
 
 mod ek_cert;
 
