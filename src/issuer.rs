@@ -19,9 +19,10 @@ mod serve;
 mod sign;
 mod store;
 
-pub use attest::{AttestError, AttestationPolicy};
+pub use attest::{AttestError, AttestationPolicy, CertRef, EkCertError, TpmIdentity};
 pub use batch::{issue_batch, BatchItem, BatchOptions};
 pub use config::{IssuerConfig, Limits, ProxyConfig, ServeConfig, PROXY_SECRET_HEADER};
+pub use credential::EkPublic;
 pub use error::{exit, Access, IssuerError};
 pub use keys::pkcs11::{Ckr, PIN_ENV};
 pub use keys::pool::KeyPool;
@@ -46,7 +47,7 @@ pub use store::{
 #[doc(hidden)]
 pub mod internal {
     pub use super::attest::{parse_pem_certificates, verify as verify_evidence, Verified};
-    pub use super::credential::{make_credential, rsa_ek};
+    pub use super::credential::{kdfa, kdfe, make_credential, rsa_ek, MadeCredential};
     pub use super::keys::pkcs11::{
         ec_point_sec1, EcPointEncoding, ExtraAttribute, Hsm, KeyTemplate, LoginScope,
         Pkcs11Manager, SignMechanism, TokenOptions,

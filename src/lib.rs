@@ -30,8 +30,8 @@ mod sys;
 pub use crate::core::b64::{b64url, b64url_decode};
 pub use crate::core::claims::{
     check_text, Attestation, BindingKind, Confirmation, EvidenceClaims, HardwareBinding,
-    PassClaims, RequestClaims, TextProblem, DENYLIST_TYP, MAX_DEV_CHARS, MAX_SUB_CHARS, PASS_TYP,
-    REQUEST_TYP,
+    PassClaims, RequestClaims, TextProblem, DENYLIST_TYP, MAX_DEV_CHARS, MAX_EK_INTERMEDIATES,
+    MAX_EVIDENCE_CERT_LEN, MAX_SUB_CHARS, PASS_TYP, REQUEST_TYP,
 };
 pub use crate::core::delivery::{Delivery, DeliveryError, DELIVERY_PREFIX};
 pub use crate::core::denylist::{DenyList, RevokedPass, MAX_DENYLIST_LEN};
@@ -49,7 +49,7 @@ pub use crate::core::time::{
     format_duration, format_time, in_range, parse_duration, MAX_TIME, MIN_TIME,
 };
 pub use crate::core::tpm_wire::{
-    device_key_public, qualifying_data, verify_self_certify, TpmClock, WireError,
+    device_key_public, qualifying_data, verify_self_certify, EkKind, TpmClock, WireError,
 };
 
 /// The signed deny list: sign and verify.

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SUB_CHARS: usize = 256;
 /// Longest `dev`, in characters.
 pub const MAX_DEV_CHARS: usize = 128;
+/// Most CA certificates a request may carry to help chain its EK certificate
+/// ([`EvidenceClaims::eki`]).
+pub const MAX_EK_INTERMEDIATES: usize = 4;
+/// Largest certificate (EK certificate or carried intermediate) accepted in evidence, in DER
+/// bytes (EK and TPM-vendor CA certificates are 0.5–2 KiB).
+pub const MAX_EVIDENCE_CERT_LEN: usize = 4096;
 
 /// Why a text claim (`sub`, `dev`) was refused: it is shown to people, written to logs and
 /// audit records, and must not be able to mislead them.
@@ -214,6 +220,11 @@ pub struct EvidenceClaims {
     /// EK TPMT_PUBLIC, when there is no certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ekp: Option<String>,
+    /// CA certificates (DER) that help chain `ekc` to one of the issuer's trust anchors, at most
+    /// [`MAX_EK_INTERMEDIATES`] of at most [`MAX_EVIDENCE_CERT_LEN`] bytes each. Never
+    /// trusted by themselves: the issuer uses them only to build a path to its own anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eki: Option<Vec<String>>,
     /// AK TPMT_PUBLIC.
     pub ak: String,
     /// Device key TPMT_PUBLIC; absent when it is exactly [`crate::device_key_public`] of the

@@ -73,6 +73,68 @@ pub fn qualifying_data(jkt: &str) -> [u8; 32] {
         .into()
 }
 
+/// The endorsement keys hwpass delivers to: those of the TCG EK Credential Profile templates
+/// L-1 (RSA 2048), L-2 (ECC NIST P-256) and H-3 (ECC NIST P-384).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EkKind {
+    /// RSA 2048 (template L-1: nameAlg SHA-256, AES-128-CFB).
+    #[serde(rename = "rsa2048")]
+    Rsa2048,
+    /// ECC NIST P-256 (template L-2: nameAlg SHA-256, AES-128-CFB).
+    #[serde(rename = "ecc-p256")]
+    EccP256,
+    /// ECC NIST P-384 (template H-3: nameAlg SHA-384, AES-256-CFB).
+    #[serde(rename = "ecc-p384")]
+    EccP384,
+}
+
+impl EkKind {
+    /// A short name: `rsa2048`, `ecc-p256`, `ecc-p384`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rsa2048 => "rsa2048",
+            Self::EccP256 => "ecc-p256",
+            Self::EccP384 => "ecc-p384",
+        }
+    }
+
+    /// Which EK a credential's encrypted secret (TPM2B_ENCRYPTED_SECRET contents) was made
+    /// for, by its form: an RSA 2048 OAEP block is 256 bytes; an ECC secret is the ephemeral
+    /// TPMS_ECC_POINT, two coordinates of the curve's size (Part 1 §24.4, Annex C.6.3).
+    pub fn of_credential_secret(secret: &[u8]) -> Option<Self> {
+        if secret.len() == 256 {
+            return Some(Self::Rsa2048);
+        }
+        let mut r = Reader { b: secret };
+        let x = r.tpm2b().ok()?;
+        let y = r.tpm2b().ok()?;
+        r.end().ok()?;
+        match (x.len(), y.len()) {
+            (32, 32) => Some(Self::EccP256),
+            (48, 48) => Some(Self::EccP384),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for EkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// TPMS_ECC_POINT (Part 2 §11.2.5.2): `x` and `y`, each as a TPM2B_ECC_PARAMETER.
+#[cfg_attr(not(feature = "issuer"), allow(dead_code))]
+pub(crate) fn ecc_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + x.len() + y.len());
+    for c in [x, y] {
+        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
 const TPM_ALG_RSA: u16 = 0x0001;
 pub(crate) const TPM_ALG_SHA256: u16 = 0x000b;
 pub(crate) const TPM_ALG_NULL: u16 = 0x0010;
@@ -309,6 +371,27 @@ mod tests {
             point.x().map(|x| x.to_vec())
         );
         assert_eq!(p.name.len(), 34);
+    }
+
+    #[test]
+    fn credential_secrets_name_their_ek() {
+        assert_eq!(
+            EkKind::of_credential_secret(&[0; 256]),
+            Some(EkKind::Rsa2048)
+        );
+        assert_eq!(
+            EkKind::of_credential_secret(&ecc_point(&[1; 32], &[2; 32])),
+            Some(EkKind::EccP256)
+        );
+        assert_eq!(
+            EkKind::of_credential_secret(&ecc_point(&[1; 48], &[2; 48])),
+            Some(EkKind::EccP384)
+        );
+        assert_eq!(
+            EkKind::of_credential_secret(&ecc_point(&[1; 48], &[2; 32])),
+            None
+        );
+        assert_eq!(EkKind::of_credential_secret(&[0; 100]), None);
     }
 
     #[test]

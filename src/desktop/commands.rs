@@ -158,6 +158,7 @@ pub fn request(
         .map(|ev| EvidenceClaims {
             ekc: ev.ek_cert.as_deref().map(b64url),
             ekp: ev.ek_public.as_deref().map(b64url),
+            eki: None,
             ak: b64url(&ev.ak_public),
             // Left out when the issuer can rebuild it from the request's key (hwpass's template).
             key: (ev.key_public != device_key_public(&e.jwk)).then(|| b64url(&ev.key_public)),

@@ -151,7 +151,7 @@ pub trait Device: std::fmt::Debug {
 /// Attestation evidence for the device key (TPM wire formats, unparsed).
 #[derive(Debug, Clone)]
 pub struct Evidence {
-    /// The RSA EK certificate (DER), when the TPM has one.
+    /// The EK certificate (DER), when the TPM has one: RSA 2048, else ECC P-256, else P-384.
     pub ek_cert: Option<Vec<u8>>,
     /// The EK TPMT_PUBLIC, when there is no certificate.
     pub ek_public: Option<Vec<u8>>,

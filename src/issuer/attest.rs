@@ -1,31 +1,33 @@
 //! Issuer-side verification of TPM attestation evidence, and the sealed delivery of a pass to
-//! the attested TPM. Pure: TPM wire structures come from [`crate::core::tpm_wire`], every
-//! primitive from RustCrypto; no TPM is needed on the issuer.
+//! the attested TPM. Pure: TPM wire structures come from [`crate::core::tpm_wire`], X.509 path
+//! validation from rustls-webpki (`ek_cert`), every other primitive from RustCrypto; no TPM is
+//! needed on the issuer.
 //!
 //! What a verified request proves: the device key named in the request is a fixedTPM,
 //! fixedParent, sensitiveDataOrigin signing key (`TPM2_Certify` by an attestation key whose
 //! attributes say it is a restricted, fixedTPM signing key), and the pass delivered with
 //! `TPM2_MakeCredential` can only be opened by the TPM holding the endorsement key that a
-//! trusted manufacturer CA certified (`ek-cert`) or that the admin allow-listed
-//! (`ek-allowlist`), and only with that attestation key loaded.
+//! trusted manufacturer CA certified (`ek-cert`: an RSA 2048, ECC P-256 or ECC P-384 EK whose
+//! certificate chains to a configured root and meets the TCG EK profile) or that the admin
+//! allow-listed (`ek-allowlist`), and only with that attestation key loaded.
+
+mod ek_cert;
 
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-use rsa::pkcs1v15;
-use rsa::pkcs8::DecodePublicKey as _;
-use rsa::signature::Verifier as _;
-use rsa::RsaPublicKey;
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
-use x509_cert::der::{Decode as _, Encode as _};
+use sha2::{Digest as _, Sha256};
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
 
-use super::credential::{self, MadeCredential};
+pub use self::ek_cert::{display_name, normalize_manufacturer, CertRef, EkCertError, TpmIdentity};
+use super::credential::{self, EkPublic, MadeCredential};
 use crate::core::b64::b64url_decode;
-use crate::core::claims::{Attestation, EvidenceClaims};
+use crate::core::claims::{
+    Attestation, EvidenceClaims, MAX_EK_INTERMEDIATES, MAX_EVIDENCE_CERT_LEN,
+};
 use crate::core::delivery;
 use crate::core::jwk::Jwk;
 use crate::core::tpm_wire::{
-    attr, device_key_public, has, parse_certify, parse_public, qualifying_data, WireError,
+    attr, device_key_public, has, parse_certify, parse_public, qualifying_data, EkKind, WireError,
 };
 
 /// Why evidence was refused. Each is a distinct, clear refusal.
@@ -41,9 +43,9 @@ pub enum AttestError {
     /// A field is not decodable.
     #[error("attestation evidence is malformed: {0}")]
     Malformed(&'static str),
-    /// The EK certificate does not chain to a configured root.
-    #[error("the EK certificate does not chain to a trusted TPM manufacturer CA: {0}")]
-    UntrustedEk(String),
+    /// The EK certificate was refused: the certificate and the rule it breaks.
+    #[error(transparent)]
+    EkCertificate(#[from] EkCertError),
     /// The EK (no certificate) is not on the allow-list.
     #[error("the endorsement key {0} has no certificate and is not on the allow-list")]
     NotAllowListed(String),
@@ -85,15 +87,24 @@ impl From<WireError> for AttestError {
     }
 }
 
-/// What the issuer trusts.
+/// What the issuer trusts (`[attestation]` in the config).
 #[derive(Debug, Clone, Default)]
 pub struct AttestationPolicy {
     /// Refuse `tpm` requests without evidence.
     pub require: bool,
-    /// Trusted manufacturer CA certificates (roots and intermediates).
+    /// Trust anchors: TPM manufacturers' self-signed root CA certificates (`ek_roots`).
     pub roots: Vec<Certificate>,
+    /// CA certificates that may help build a path from an EK certificate to a root
+    /// (`ek_intermediates`): never trusted by themselves.
+    pub intermediates: Vec<Certificate>,
     /// Allowed EK names (hex of nameAlg ‖ SHA-256(TPMT_PUBLIC)), for TPMs without a certificate.
     pub allowlist: Vec<String>,
+    /// Accept EK certificates without an extended key usage extension (some vendors omit
+    /// tcg-kp-EKCertificate); one with an EKU that lacks it is refused regardless.
+    pub allow_missing_ek_eku: bool,
+    /// TPM manufacturers allowed (`id:` and 8 upper-case hex digits, as the config normalizes
+    /// them); empty allows every manufacturer a root vouches for.
+    pub manufacturers: Vec<String>,
 }
 
 impl AttestationPolicy {
@@ -104,113 +115,46 @@ impl AttestationPolicy {
     }
 }
 
-/// The result of a successful verification: how the key is vouched for, and where to send
-/// the pass.
+/// The result of a successful verification: how the key is vouched for, what the EK
+/// certificate says about the TPM, and where to send the pass.
 #[derive(Debug, Clone)]
 pub struct Verified {
     /// `ek-cert` or `ek-allowlist`.
     pub att: Attestation,
     /// The EK to encrypt the credential to.
-    pub ek: RsaPublicKey,
+    pub ek: EkPublic,
     /// The AK's name, which the credential is bound to.
     pub ak_name: Vec<u8>,
+    /// The TPM's manufacturer, model and firmware version from the EK certificate's
+    /// subjectAltName (`ek-cert` only), for the audit record and the review page.
+    pub tpm: Option<TpmIdentity>,
+    /// The validated path above the EK certificate (`ek-cert` only): the subjects of the
+    /// intermediates, then of the trust anchor.
+    pub chain: Vec<String>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// X.509 EK certificate chains
+impl Verified {
+    /// The kind of endorsement key the pass is sealed to.
+    pub fn ek_kind(&self) -> EkKind {
+        self.ek.kind()
+    }
+}
 
 /// Parses PEM text holding one or more certificates.
 pub fn parse_pem_certificates(text: &str) -> Result<Vec<Certificate>, String> {
     Certificate::load_pem_chain(text.as_bytes()).map_err(|e| format!("not PEM certificates: {e}"))
 }
 
-fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), String> {
-    let tbs = cert.tbs_certificate.to_der().map_err(|e| e.to_string())?;
-    let sig = cert
-        .signature
-        .as_bytes()
-        .ok_or("signature has unused bits")?;
-    let spki = issuer
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(|e| e.to_string())?;
-    let oid = cert.signature_algorithm.oid.to_string();
-    let bad = |_| "signature does not verify".to_string();
-    match oid.as_str() {
-        "1.2.840.113549.1.1.11" | "1.2.840.113549.1.1.12" | "1.2.840.113549.1.1.13" => {
-            let key =
-                RsaPublicKey::from_public_key_der(&spki).map_err(|_| "issuer key is not RSA")?;
-            let sig = pkcs1v15::Signature::try_from(sig).map_err(|_| "bad RSA signature")?;
-            match oid.as_str() {
-                "1.2.840.113549.1.1.11" => pkcs1v15::VerifyingKey::<Sha256>::new(key)
-                    .verify(&tbs, &sig)
-                    .map_err(bad),
-                "1.2.840.113549.1.1.12" => pkcs1v15::VerifyingKey::<Sha384>::new(key)
-                    .verify(&tbs, &sig)
-                    .map_err(bad),
-                _ => pkcs1v15::VerifyingKey::<Sha512>::new(key)
-                    .verify(&tbs, &sig)
-                    .map_err(bad),
-            }
-        }
-        "1.2.840.10045.4.3.2" => {
-            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
-                .map_err(|_| "issuer key is not P-256")?;
-            let sig = p256::ecdsa::Signature::from_der(sig).map_err(|_| "bad ECDSA signature")?;
-            key.verify_prehash(&Sha256::digest(&tbs), &sig).map_err(bad)
-        }
-        "1.2.840.10045.4.3.3" => {
-            let key = p384::ecdsa::VerifyingKey::from_public_key_der(&spki)
-                .map_err(|_| "issuer key is not P-384")?;
-            let sig = p384::ecdsa::Signature::from_der(sig).map_err(|_| "bad ECDSA signature")?;
-            key.verify_prehash(&Sha384::digest(&tbs), &sig).map_err(bad)
-        }
-        other => Err(format!("unsupported signature algorithm {other}")),
-    }
+/// Checks a certificate configured in `ek_roots` (see [`ek_cert`]): a CA certificate that may
+/// sign certificates.
+pub fn check_anchor(cert: &Certificate) -> Result<(), String> {
+    ek_cert::check_anchor(cert)
 }
 
-fn check_validity(cert: &Certificate, now: i64) -> Result<(), String> {
-    let v = &cert.tbs_certificate.validity;
-    let secs = |t: x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
-    if now < secs(v.not_before) || now > secs(v.not_after) {
-        return Err(format!(
-            "certificate {} is not valid now",
-            cert.tbs_certificate.subject
-        ));
-    }
-    Ok(())
+/// Whether a certificate is self-issued (subject = issuer): a root, not an intermediate.
+pub fn is_self_issued(cert: &Certificate) -> bool {
+    ek_cert::is_self_issued(cert)
 }
-
-/// Verifies that `ek_cert` chains, through the configured certificates, to a self-signed
-/// configured root, every certificate valid at `now`.
-fn verify_chain(ek_cert: &Certificate, trusted: &[Certificate], now: i64) -> Result<(), String> {
-    if trusted.is_empty() {
-        return Err("no EK roots are configured ([attestation] ek_roots)".into());
-    }
-    check_validity(ek_cert, now)?;
-    let mut current = ek_cert;
-    for _ in 0..4 {
-        let issuer = trusted
-            .iter()
-            .filter(|c| c.tbs_certificate.subject == current.tbs_certificate.issuer)
-            .find(|c| verify_signed_by(current, c).is_ok())
-            .ok_or_else(|| {
-                format!(
-                    "no trusted CA certificate signed {}",
-                    current.tbs_certificate.subject
-                )
-            })?;
-        check_validity(issuer, now)?;
-        if issuer.tbs_certificate.subject == issuer.tbs_certificate.issuer {
-            return Ok(());
-        }
-        current = issuer;
-    }
-    Err("the chain is longer than 4 certificates".into())
-}
-
-// ---------------------------------------------------------------------------------------------
 
 /// Verifies evidence for a request signed by `jwk`.
 pub fn verify(
@@ -222,20 +166,29 @@ pub fn verify(
     let field = |s: &str, what| b64url_decode(s).ok_or(AttestError::Malformed(what));
 
     // The endorsement key, and how it is vouched for.
-    let (att, ek) = match (&ev.ekc, &ev.ekp) {
+    let (att, ek, tpm, chain) = match (&ev.ekc, &ev.ekp) {
         (Some(der), None) => {
             let der = field(der, "EK certificate encoding")?;
-            let cert = Certificate::from_der(&der)
-                .map_err(|_| AttestError::Malformed("EK certificate is not DER X.509"))?;
-            verify_chain(&cert, &policy.roots, now).map_err(AttestError::UntrustedEk)?;
-            let spki = cert
-                .tbs_certificate
-                .subject_public_key_info
-                .to_der()
-                .map_err(|_| AttestError::Malformed("EK certificate key"))?;
-            let ek = RsaPublicKey::from_public_key_der(&spki)
-                .map_err(|_| AttestError::Malformed("EK certificate key is not RSA"))?;
-            (Attestation::EkCert, ek)
+            let carried = carried_intermediates(ev)?;
+            if der.len() > MAX_EVIDENCE_CERT_LEN {
+                return Err(EkCertError::Malformed {
+                    cert: CertRef::Ek,
+                    detail: format!("{} bytes, more than {MAX_EVIDENCE_CERT_LEN}", der.len()),
+                }
+                .into());
+            }
+            let facts = ek_cert::verify_ek_certificate(
+                &der,
+                &carried,
+                ek_cert::EkPolicy {
+                    roots: &policy.roots,
+                    intermediates: &policy.intermediates,
+                    allow_missing_eku: policy.allow_missing_ek_eku,
+                    manufacturers: &policy.manufacturers,
+                },
+                now,
+            )?;
+            (Attestation::EkCert, facts.key, Some(facts.tpm), facts.chain)
         }
         (None, Some(public)) => {
             let public = parse_public(&field(public, "EK public encoding")?)?;
@@ -247,10 +200,20 @@ pub fn verify(
             {
                 return Err(AttestError::NotAllowListed(name));
             }
+            if ev.eki.is_some() {
+                return Err(AttestError::Malformed(
+                    "CA certificates come with an EK certificate only",
+                ));
+            }
             let (modulus, exponent) = public.rsa.ok_or(AttestError::Malformed("EK is not RSA"))?;
             let ek = credential::rsa_ek(&modulus, Some(exponent))
                 .map_err(|e| AttestError::Credential(e.to_string()))?;
-            (Attestation::EkAllowlist, ek)
+            (
+                Attestation::EkAllowlist,
+                EkPublic::Rsa2048(ek),
+                None,
+                Vec::new(),
+            )
         }
         _ => {
             return Err(AttestError::Malformed(
@@ -311,7 +274,39 @@ pub fn verify(
         att,
         ek,
         ak_name: ak.name,
+        tpm,
+        chain,
     })
+}
+
+/// The CA certificates a request carries, decoded and bounded.
+fn carried_intermediates(ev: &EvidenceClaims) -> Result<Vec<Vec<u8>>, AttestError> {
+    let Some(list) = &ev.eki else {
+        return Ok(Vec::new());
+    };
+    if list.len() > MAX_EK_INTERMEDIATES {
+        return Err(EkCertError::TooManyIntermediates {
+            count: list.len(),
+            max: MAX_EK_INTERMEDIATES,
+        }
+        .into());
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let der = b64url_decode(c).ok_or(AttestError::Malformed("CA certificate encoding"))?;
+            if der.len() > MAX_EVIDENCE_CERT_LEN {
+                return Err(EkCertError::Malformed {
+                    cert: CertRef::Intermediate {
+                        subject: format!("#{} carried by the request", i + 1),
+                    },
+                    detail: format!("{} bytes, more than {MAX_EVIDENCE_CERT_LEN}", der.len()),
+                }
+                .into());
+            }
+            Ok(der)
+        })
+        .collect()
 }
 
 /// Seals `pass` so that only the attested TPM, with the attested AK, can open it

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::attest::{parse_pem_certificates, AttestationPolicy};
+use super::attest::{
+    check_anchor, display_name, is_self_issued, normalize_manufacturer, parse_pem_certificates,
+    AttestationPolicy,
+};
 use super::error::{Access, IssuerError};
 use super::keys::{self, KeyManager};
 use super::policy::{Policy, PolicyConfig};
@@ -481,12 +484,25 @@ struct AttestationSection {
     /// Refuse `tpm` requests without evidence.
     #[serde(default)]
     require: bool,
-    /// PEM files of trusted TPM manufacturer CA certificates (roots and intermediates).
+    /// PEM files of trusted TPM manufacturer root CA certificates: the trust anchors. An
+    /// intermediate listed here (not self-issued) is used as one of `ek_intermediates`.
     #[serde(default)]
     ek_roots: Vec<PathBuf>,
+    /// PEM files of TPM manufacturer intermediate CA certificates: used to build paths to a
+    /// root, never trusted by themselves.
+    #[serde(default)]
+    ek_intermediates: Vec<PathBuf>,
     /// File of allowed EK names (hex), one per line, `#` comments.
     #[serde(default)]
     ek_allowlist: Option<PathBuf>,
+    /// Accept EK certificates without the tcg-kp-EKCertificate extended key usage extension
+    /// (for vendors known to omit it).
+    #[serde(default)]
+    allow_missing_ek_eku: bool,
+    /// Allowed TPM manufacturers, `id:` and the TCG vendor ID in hex (`id:494E5443`); empty
+    /// or absent allows any.
+    #[serde(default)]
+    manufacturers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,16 +591,49 @@ impl IssuerConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut attestation = AttestationPolicy {
             require: file.attestation.require,
+            allow_missing_ek_eku: file.attestation.allow_missing_ek_eku,
             ..Default::default()
         };
-        for root in &file.attestation.ek_roots {
-            let root = base.join(root);
-            check_not_writable(&root)?;
-            let text = std::fs::read_to_string(&root)
-                .map_err(|e| err(format!("{}: {e}", root.display())))?;
-            let certs = parse_pem_certificates(&text)
-                .map_err(|e| err(format!("{}: {e}", root.display())))?;
-            attestation.roots.extend(certs);
+        let read_pem = |file: &PathBuf| {
+            let file = base.join(file);
+            check_not_writable(&file)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| err(format!("{}: {e}", file.display())))?;
+            parse_pem_certificates(&text).map_err(|e| err(format!("{}: {e}", file.display())))
+        };
+        for file_name in &file.attestation.ek_roots {
+            for cert in read_pem(file_name)? {
+                if !is_self_issued(&cert) {
+                    // Earlier configs listed intermediates here: they stay usable, as
+                    // intermediates (never as anchors).
+                    notices.push(format!(
+                        "{}: [attestation] ek_roots lists '{}', which is not a root (not self-issued): it is used as an intermediate; move it to ek_intermediates",
+                        path.display(),
+                        display_name(&cert.tbs_certificate.subject)
+                    ));
+                    attestation.intermediates.push(cert);
+                    continue;
+                }
+                check_anchor(&cert).map_err(|e| {
+                    err(format!(
+                        "[attestation] ek_roots in {}: {e}",
+                        base.join(file_name).display()
+                    ))
+                })?;
+                attestation.roots.push(cert);
+            }
+        }
+        for file_name in &file.attestation.ek_intermediates {
+            attestation.intermediates.extend(read_pem(file_name)?);
+        }
+        for m in &file.attestation.manufacturers {
+            attestation
+                .manufacturers
+                .push(normalize_manufacturer(m).ok_or_else(|| {
+                    err(format!(
+                        "[attestation] manufacturers: {m:?} is not \"id:\" and 8 hex digits (the TCG vendor ID, e.g. \"id:494E5443\")"
+                    ))
+                })?);
         }
         if let Some(list) = &file.attestation.ek_allowlist {
             let list = base.join(list);

@@ -47,7 +47,9 @@ fn software_make_credential_is_activated_by_the_tpm() {
     let Public::Rsa { unique, .. } = Public::unmarshall(&ek_pub[2..]).unwrap() else {
         panic!("EK is not RSA")
     };
-    let ek = hwpass::issuer::internal::rsa_ek(unique.value(), None).unwrap();
+    let ek = hwpass::issuer::EkPublic::Rsa2048(
+        hwpass::issuer::internal::rsa_ek(unique.value(), None).unwrap(),
+    );
     let ak_name = std::fs::read(p("ak.name")).unwrap();
     let secret: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
 
@@ -525,7 +527,7 @@ mod with_tss {
         let policy = AttestationPolicy {
             require: true,
             roots,
-            allowlist: Vec::new(),
+            ..Default::default()
         };
         let jwk = Jwk::new(*device_key.verifying_key());
         assert_eq!(
@@ -551,4 +553,158 @@ mod with_tss {
         drop(device_key);
         assert!(tpm.transient_handles().is_empty());
     }
+}
+
+/// The ECC EKs' MakeCredential (ECDH with an ephemeral key, KDFe, KDFa, AES-CFB, HMAC),
+/// checked by the TPM itself: swtpm's ActivateCredential releases exactly hwpass's
+/// credential with a P-256 EK (template L-2, made by tpm2_createek) and with the P-384 EK
+/// swtpm_setup persists (template H-3: SHA-384, AES-256), refuses it for another name, and
+/// opens tpm2-tools' own `tpm2_makecredential` output of the same form the same way.
+#[test]
+fn software_ecc_make_credential_is_activated_by_the_tpm_like_tpm2_tools() {
+    use hwpass::issuer::EkPublic;
+
+    let ca = LocalCa::new();
+    let tpm = Swtpm::provisioned(&ca);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    tpm.tool(&[
+        "tpm2_createek",
+        "-c",
+        &p("ek256.ctx"),
+        "-G",
+        "ecc",
+        "-u",
+        &p("ek256.pub"),
+    ])
+    .ok();
+    tpm.tool(&["tpm2_readpublic", "-c", "0x81010016", "-o", &p("ek384.pub")])
+        .ok();
+    tpm.tool(&[
+        "tpm2_createak",
+        "-C",
+        "0x81010001",
+        "-c",
+        &p("ak.ctx"),
+        "-G",
+        "ecc",
+        "-g",
+        "sha256",
+        "-s",
+        "ecdsa",
+        "-u",
+        &p("ak.pub"),
+        "-n",
+        &p("ak.name"),
+    ])
+    .ok();
+    tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+    let ak_name = std::fs::read(p("ak.name")).unwrap();
+    let secret: [u8; 32] = std::array::from_fn(|i| (i * 11) as u8);
+    std::fs::write(p("secret"), secret).unwrap();
+
+    // (EK public file, EK context for the TPM, whether its policy needs PolicySecret).
+    for (public, context, policy) in [
+        (p("ek256.pub"), p("ek256.ctx"), true),
+        (p("ek384.pub"), "0x81010016".to_string(), false),
+    ] {
+        let bytes = std::fs::read(&public).unwrap();
+        let Public::Ecc { unique, .. } = Public::unmarshall(&bytes[2..]).unwrap() else {
+            panic!("EK is not ECC")
+        };
+        let sec1 = [&[4u8][..], unique.x().value(), unique.y().value()].concat();
+        let (ek, coordinate) = match unique.x().value().len() {
+            32 => (
+                EkPublic::P256(p256::PublicKey::from_sec1_bytes(&sec1).unwrap()),
+                32,
+            ),
+            _ => (
+                EkPublic::P384(p384::PublicKey::from_sec1_bytes(&sec1).unwrap()),
+                48,
+            ),
+        };
+        let activate = |cred: &[u8]| {
+            std::fs::write(p("cred"), cred).unwrap();
+            let _ = std::fs::remove_file(p("out"));
+            let mut args = vec![
+                "tpm2_activatecredential".to_string(),
+                "-c".into(),
+                p("ak.ctx"),
+                "-C".into(),
+                context.clone(),
+                "-i".into(),
+                p("cred"),
+                "-o".into(),
+                p("out"),
+            ];
+            if policy {
+                tpm.tool(&[
+                    "tpm2_startauthsession",
+                    "--policy-session",
+                    "-S",
+                    &p("s.ctx"),
+                ])
+                .ok();
+                tpm.tool(&["tpm2_policysecret", "-S", &p("s.ctx"), "-c", "e"])
+                    .ok();
+                args.extend(["-P".into(), format!("session:{}", p("s.ctx"))]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = tpm.tool(&args);
+            if policy {
+                let _ = tpm.tool(&["tpm2_flushcontext", &p("s.ctx")]);
+            }
+            tpm.tool(&["tpm2_flushcontext", "-t"]).ok();
+            (r, std::fs::read(p("out")).ok())
+        };
+        let ours = |name: &[u8]| {
+            let made = hwpass::issuer::internal::make_credential(&ek, name, &secret).unwrap();
+            // The encrypted secret is the ephemeral point: two coordinates of the curve's size.
+            assert_eq!(made.encrypted_secret.len(), 4 + 2 * coordinate);
+            let mut file = vec![0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1];
+            for part in [&made.id_object, &made.encrypted_secret] {
+                file.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                file.extend_from_slice(part);
+            }
+            file
+        };
+        let (r, out) = activate(&ours(&ak_name));
+        assert_eq!(r.code, 0, "{public}: {r:?}");
+        assert_eq!(out.as_deref(), Some(&secret[..]));
+        let mut other = ak_name.clone();
+        let last = other.len() - 1;
+        other[last] ^= 1;
+        let (r, out) = activate(&ours(&other));
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(out.is_none());
+
+        // tpm2-tools' software MakeCredential for the same EK: the same layout, the same result.
+        tpm.tool(&[
+            "tpm2_makecredential",
+            "-T",
+            "none",
+            "-u",
+            &public,
+            "-s",
+            &p("secret"),
+            "-n",
+            &hex::encode(&ak_name),
+            "-o",
+            &p("theirs"),
+        ])
+        .ok();
+        let theirs = std::fs::read(p("theirs")).unwrap();
+        let id_len = u16::from_be_bytes([theirs[8], theirs[9]]) as usize;
+        assert_eq!(
+            id_len,
+            ours(&ak_name)[8..10]
+                .iter()
+                .fold(0usize, |a, &b| a << 8 | b as usize),
+            "integrity HMAC and encrypted identity have the same sizes"
+        );
+        let (r, out) = activate(&theirs);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(out.as_deref(), Some(&secret[..]));
+    }
+    assert!(tpm.transient_handles().is_empty());
 }

@@ -654,6 +654,16 @@ impl LocalCa {
         Self { dir }
     }
 
+    /// The root CA certificate (self-signed); it exists once a TPM was provisioned.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("ca/swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The intermediate CA certificate that signs the EK certificates.
+    pub fn intermediate(&self) -> PathBuf {
+        self.dir.path().join("ca/issuercert.pem")
+    }
+
     /// The CA certificates (root and intermediate); they exist once a TPM was provisioned.
     pub fn roots(&self) -> Vec<PathBuf> {
         let ca = self.dir.path().join("ca");
@@ -685,6 +695,35 @@ impl Issuer {
         let mut text = std::fs::read_to_string(&issuer.config).unwrap();
         text.push_str(&section);
         std::fs::write(&issuer.config, text).unwrap();
+        issuer
+    }
+}
+
+impl Issuer {
+    /// Replaces the config's `[attestation]` section (it must be the last one) with `section`
+    /// (the lines after the header).
+    pub fn set_attestation(&self, section: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let base = text.split("\n[attestation]\n").next().unwrap().to_string();
+        std::fs::write(&self.config, format!("{base}\n[attestation]\n{section}")).unwrap();
+    }
+
+    /// An issuer whose EK trust anchors are `roots`, with `intermediates` to build paths
+    /// (`ek_roots` and `ek_intermediates`).
+    pub fn with_ek_chain(roots: &[PathBuf], intermediates: &[PathBuf], extra: &str) -> Self {
+        let issuer = Self::new();
+        let list = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        issuer.set_attestation(&format!(
+            "require = true\nek_roots = [{}]\nek_intermediates = [{}]\n{extra}",
+            list(roots),
+            list(intermediates)
+        ));
         issuer
     }
 }

@@ -11,6 +11,7 @@ mod desktop_software;
 mod desktop_tpm;
 mod desktop_trust;
 mod durability;
+mod ek_chain;
 mod hsm_conformance;
 mod idp;
 mod interop;

@@ -459,7 +459,7 @@ fn request_verification_matrix() {
             "a pass as a request",
             pass_like,
             4,
-            "token type \"hwpass+jwt\" where \"hwpass-req+jwt\" was expected",
+            "this is an access pass, not a pass request",
         ),
         case(
             "jwk not the signing key",

@@ -20,7 +20,7 @@ use std::str::FromStr as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tss_esapi::abstraction::{ek, nv};
+use tss_esapi::abstraction::{ek, nv, AsymmetricAlgorithmSelection};
 use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::constants::{
@@ -30,11 +30,10 @@ use tss_esapi::handles::{
     AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle,
     SessionHandle, TpmHandle,
 };
-use tss_esapi::interface_types::algorithm::{
-    AsymmetricAlgorithm, HashingAlgorithm, PublicAlgorithm,
-};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::KeyedHashScheme;
@@ -56,7 +55,7 @@ use crate::core::claims::BindingKind;
 use crate::core::jwk::Jwk;
 use crate::core::signer::{signature_from_scalars, SignError, Signer};
 use crate::core::time::format_duration;
-use crate::core::tpm_wire::{verify_self_certify, TpmClock};
+use crate::core::tpm_wire::{verify_self_certify, EkKind, TpmClock};
 use crate::desktop::error::{DesktopError, DeviceFault, FaultKind};
 use crate::desktop::state;
 
@@ -1093,24 +1092,76 @@ pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
 /// Persistent handle of the RSA EK (TCG Provisioning Guidance).
 pub const EK_HANDLE: u32 = 0x8101_0001;
 
-/// Opens the RSA EK: the persistent one, else created from the default template (flushed by
-/// the caller when `transient`).
-fn open_ek(ctx: &mut Context) -> Result<(KeyHandle, bool), TpmError> {
-    let handle = PersistentTpmHandle::new(EK_HANDLE).map_err(|e| TpmError::Device {
+/// The endorsement keys hwpass uses, in the order it prefers them when the TPM has a
+/// certificate for several: the EK kind, its certificate's NV index (TCG EK Credential Profile
+/// 2.3 §2.2.1.4 low range, §2.2.1.5 high range), the persistent handle it is usually found at
+/// (TCG Provisioning Guidance for the low range; where swtpm_setup puts the P-384 EK), and its
+/// template (Annex B.3.3/B.3.4: L-1, L-2, H-3). RSA 2048 comes first: every TPM 2.0 has one,
+/// and an issuer that knows a vendor's RSA EK CA keeps working.
+const EKS: [(EkKind, u32, u32); 3] = [
+    (EkKind::Rsa2048, EK_CERT_NV_INDEX, EK_HANDLE),
+    (EkKind::EccP256, 0x01c0_000a, 0x8101_0002),
+    (EkKind::EccP384, 0x01c0_0016, 0x8101_0016),
+];
+
+fn ek_template(kind: EkKind) -> AsymmetricAlgorithmSelection {
+    match kind {
+        EkKind::EccP256 => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+        EkKind::EccP384 => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP384),
+        _ => AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+    }
+}
+
+/// Whether `public` is an EK of `kind` (type, and curve or key size).
+fn is_ek_of_kind(public: &Public, kind: EkKind) -> bool {
+    match (public, kind) {
+        (Public::Rsa { parameters, .. }, EkKind::Rsa2048) => {
+            parameters.key_bits() == RsaKeyBits::Rsa2048
+        }
+        (Public::Ecc { parameters, .. }, EkKind::EccP256) => {
+            parameters.ecc_curve() == EccCurve::NistP256
+        }
+        (Public::Ecc { parameters, .. }, EkKind::EccP384) => {
+            parameters.ecc_curve() == EccCurve::NistP384
+        }
+        _ => false,
+    }
+}
+
+/// Opens the EK of `kind`: the persistent one when its handle holds a key of that kind, else
+/// one created from the TCG template (flushed by the caller when `transient`). Returns its
+/// public area too, which says how to authorize it.
+fn open_ek(ctx: &mut Context, kind: EkKind) -> Result<(KeyHandle, bool, Public), TpmError> {
+    let persistent = EKS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map_or(EK_HANDLE, |(_, _, h)| *h);
+    let handle = PersistentTpmHandle::new(persistent).map_err(|e| TpmError::Device {
         doing: "address the EK",
         rc: None,
         detail: e.to_string(),
     })?;
-    match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle))) {
-        Ok(h) => Ok((KeyHandle::from(h), false)),
-        Err(_) => {
-            // create_ek_object runs its own null-auth session; ours must be off meanwhile.
-            let h = ctx
-                .execute_without_session(|c| {
-                    ek::create_ek_object(c, AsymmetricAlgorithm::Rsa, None)
-                })
-                .map_err(|e| classify(e, "create the endorsement key"))?;
-            Ok((h, true))
+    if let Ok(h) =
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle)))
+    {
+        let h = KeyHandle::from(h);
+        if let Ok((public, _, _)) = ctx.execute_without_session(|c| c.read_public(h)) {
+            if is_ek_of_kind(&public, kind) {
+                return Ok((h, false, public));
+            }
+        }
+        // Another key lives there: close our reference to it (it stays persistent).
+        let _ = ctx.tr_close(&mut ObjectHandle::from(h));
+    }
+    // create_ek_object runs its own null-auth session; ours must be off meanwhile.
+    let h = ctx
+        .execute_without_session(|c| ek::create_ek_object_2(c, ek_template(kind), None))
+        .map_err(|e| classify(e, "create the endorsement key"))?;
+    match ctx.execute_without_session(|c| c.read_public(h)) {
+        Ok((public, _, _)) => Ok((h, true, public)),
+        Err(e) => {
+            flush(ctx, h);
+            Err(classify(e, "read the endorsement key"))
         }
     }
 }
@@ -1124,14 +1175,18 @@ impl TpmDevice {
         let key_public = b64url_decode(&self.file.key_public)
             .ok_or(TpmError::Damaged("public area encoding"))?;
         self.with_parent(|ctx, parent| {
-            let ek_cert = NvIndexTpmHandle::new(EK_CERT_NV_INDEX)
-                .ok()
-                .and_then(|idx| nv::read_full(ctx, NvAuth::Owner, idx).ok())
-                .map(trim_der);
+            // The first EK (RSA 2048, ECC P-256, ECC P-384) with a certificate in NV.
+            let ek_cert = EKS.iter().find_map(|(_, index, _)| {
+                NvIndexTpmHandle::new(*index)
+                    .ok()
+                    .and_then(|idx| nv::read_full(ctx, NvAuth::Owner, idx).ok())
+                    .map(trim_der)
+                    .filter(|der| !der.is_empty())
+            });
             let ek_public = if ek_cert.is_some() {
                 None
             } else {
-                let (ek, transient) = open_ek(ctx)?;
+                let (ek, transient, _) = open_ek(ctx, EkKind::Rsa2048)?;
                 let public = ctx.execute_without_session(|c| c.read_public(ek));
                 if transient {
                     flush(ctx, ek);
@@ -1168,7 +1223,9 @@ impl TpmDevice {
     }
 
     /// TPM2_ActivateCredential with the AK and the EK: releases the credential the issuer made
-    /// for this TPM's EK and this AK's name, or fails (another TPM, another AK).
+    /// for this TPM's EK and this AK's name, or fails (another TPM, another AK). The EK is the
+    /// one the credential was made for (RSA 2048, ECC P-256 or P-384, told by the form of the
+    /// encrypted secret), which is the one whose certificate the request carried.
     pub fn activate(
         &self,
         id_object: &[u8],
@@ -1178,8 +1235,10 @@ impl TpmDevice {
             .map_err(|_| TpmError::Damaged("credential blob"))?;
         let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
             .map_err(|_| TpmError::Damaged("credential secret"))?;
+        let kind = EkKind::of_credential_secret(encrypted_secret)
+            .ok_or(TpmError::Damaged("credential secret"))?;
         self.with_parent(|ctx, parent| {
-            let (ek, ek_transient) = open_ek(ctx)?;
+            let (ek, ek_transient, ek_public) = open_ek(ctx, kind)?;
             let ak = match load_blob(ctx, parent, &self.file.ak_public, &self.file.ak_private) {
                 Ok(ak) => ak,
                 Err(e) => {
@@ -1189,44 +1248,21 @@ impl TpmDevice {
                     return Err(e);
                 }
             };
-            let result = (|| {
-                // The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT) (TCG EK Credential Profile).
-                let session = ctx
-                    .execute_without_session(|c| {
-                        c.start_auth_session(
-                            None,
-                            None,
-                            None,
-                            SessionType::Policy,
-                            SymmetricDefinition::AES_128_CFB,
-                            HashingAlgorithm::Sha256,
-                        )
-                    })
-                    .map_err(|e| classify(e, "start a policy session"))?
-                    .ok_or(TpmError::Damaged("no policy session"))?;
-                let policy = PolicySession::try_from(session)
-                    .map_err(|e| classify(e, "start a policy session"))?;
-                let r = ctx
-                    .execute_with_session(Some(AuthSession::Password), |c| {
-                        c.policy_secret(
-                            policy,
-                            AuthHandle::Endorsement,
-                            Default::default(),
-                            Default::default(),
-                            Default::default(),
-                            None,
-                        )
-                    })
-                    .map_err(|e| classify(e, "satisfy the EK policy"))
-                    .and_then(|_| {
-                        ctx.set_sessions((Some(AuthSession::Password), Some(session), None));
-                        let r = ctx.activate_credential(ak, ek, id_object, secret);
-                        ctx.set_sessions((Some(AuthSession::Password), None, None));
-                        r.map_err(|e| classify(e, "activate the credential"))
-                    });
-                let _ = ctx.flush_context(SessionHandle::from(session).into());
-                r
-            })();
+            let result = if ek_public.object_attributes().user_with_auth() {
+                // High-range templates (H-3 for P-384) set userWithAuth: the EK's empty auth
+                // value authorizes it (TCG EK Credential Profile 2.3, Annex B.3.4).
+                ctx.execute_with_sessions(
+                    (
+                        Some(AuthSession::Password),
+                        Some(AuthSession::Password),
+                        None,
+                    ),
+                    |c| c.activate_credential(ak, ek, id_object, secret),
+                )
+                .map_err(|e| classify(e, "activate the credential"))
+            } else {
+                activate_with_policy_a(ctx, ak, ek, id_object, secret)
+            };
             flush(ctx, ak);
             if ek_transient {
                 flush(ctx, ek);
@@ -1234,6 +1270,53 @@ impl TpmDevice {
             Ok(Zeroizing::new(result?.value().to_vec()))
         })
     }
+}
+
+/// ActivateCredential with a low-range EK (L-1, L-2: userWithAuth clear), authorized by its
+/// policy A: PolicySecret(TPM_RH_ENDORSEMENT) in a SHA-256 policy session (TCG EK Credential
+/// Profile 2.3, Annex B.3.3).
+fn activate_with_policy_a(
+    ctx: &mut Context,
+    ak: KeyHandle,
+    ek: KeyHandle,
+    id_object: IdObject,
+    secret: EncryptedSecret,
+) -> Result<Digest, TpmError> {
+    let session = ctx
+        .execute_without_session(|c| {
+            c.start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+        })
+        .map_err(|e| classify(e, "start a policy session"))?
+        .ok_or(TpmError::Damaged("no policy session"))?;
+    let policy =
+        PolicySession::try_from(session).map_err(|e| classify(e, "start a policy session"))?;
+    let r = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.policy_secret(
+                policy,
+                AuthHandle::Endorsement,
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                None,
+            )
+        })
+        .map_err(|e| classify(e, "satisfy the EK policy"))
+        .and_then(|_| {
+            ctx.set_sessions((Some(AuthSession::Password), Some(session), None));
+            let r = ctx.activate_credential(ak, ek, id_object, secret);
+            ctx.set_sessions((Some(AuthSession::Password), None, None));
+            r.map_err(|e| classify(e, "activate the credential"))
+        });
+    let _ = ctx.flush_context(SessionHandle::from(session).into());
+    r
 }
 
 impl TpmDevice {
