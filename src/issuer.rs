@@ -37,7 +37,7 @@ pub use sign::{
     trust_bundle, Approved, MAX_DELIVERY_LEN,
 };
 pub use store::{
-    entry_hash, record_hash, verify_log, AuditEntry, AuditError, AuditRecord, AuditStore,
+    entry_hash, record_hash, verify_log, AuditEntry, AuditError, AuditRecord, AuditStore, AuditTpm,
     AuditTrust, ChainSummary, Checkpoint, CheckpointError, LogContents, Notary, NotaryError,
     PendingAppend, RecordKind, Register, RevocationError, RevocationRecord, RevocationStore,
     Revoked, RevokedKind, Target, Verified, GENESIS,

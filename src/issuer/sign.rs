@@ -5,7 +5,7 @@ use super::attest::{self, seal_delivery, AttestError};
 use super::config::IssuerConfig;
 use super::error::IssuerError;
 use super::store::{
-    AuditEntry, AuditError, AuditRecord, AuditStore, AuditTrust, Notary, RecordKind,
+    AuditEntry, AuditError, AuditRecord, AuditStore, AuditTpm, AuditTrust, Notary, RecordKind,
     RevocationRecord, Revoked, RevokedKind, Target,
 };
 use crate::core::b64::b64url_decode;
@@ -276,6 +276,15 @@ pub fn sign_one(
         kid,
         dev: c.dev.clone(),
         by: None,
+        tpm: a
+            .deliver_to
+            .as_ref()
+            .and_then(|v| v.tpm.as_ref())
+            .map(|t| AuditTpm {
+                manufacturer: t.manufacturer.clone(),
+                model: t.model.clone(),
+                version: t.version.clone(),
+            }),
         prev: String::new(),
     };
     Ok((pass, record))

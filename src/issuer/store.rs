@@ -163,8 +163,24 @@ pub struct AuditRecord {
     /// `proxy:bob`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The TPM the pass was sealed to, as its EK certificate names it (attested passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<AuditTpm>,
     /// [`record_hash`] of the previous record, or [`GENESIS`].
     pub prev: String,
+}
+
+/// The TPM behind an attested pass, from its EK certificate's subject alternative name (TCG EK
+/// Credential Profile: `tcg-at-tpmManufacturer`, `tcg-at-tpmModel`, `tcg-at-tpmVersion`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditTpm {
+    /// `id:` and the TCG vendor ID in hex, e.g. `id:494E5443`.
+    pub manufacturer: String,
+    /// The vendor's model name.
+    pub model: String,
+    /// `id:` and the firmware version in hex.
+    pub version: String,
 }
 
 /// The record kind of a [`RevocationRecord`].

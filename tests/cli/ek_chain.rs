@@ -516,7 +516,18 @@ fn end_to_end(tpm: &Swtpm, issuer: &Issuer, expect_cert: &str) {
     );
     let delivery = issuer.sign(&req, NOW, &[]).ok().line();
     assert!(delivery.starts_with("hwpass-dlv1."), "{delivery}");
-    assert_eq!(issuer.audit_lines()[0]["att"], "ek-cert");
+    let record = &issuer.audit_lines()[0];
+    assert_eq!(record["att"], "ek-cert");
+    // The audit record names the TPM, as its EK certificate does (swtpm: IBM's vendor ID).
+    assert!(
+        record["tpm"]["manufacturer"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("id:")),
+        "{record}"
+    );
+    assert!(record["tpm"]["model"].is_string(), "{record}");
+    let list = issuer.run(&["audit", "list"], None).ok();
+    assert!(list.stdout.contains("  TPM id:"), "{list:?}");
     desk.install(&delivery, NOW).ok();
     let (code, v) = desk.check(NOW);
     assert_eq!(code, 0, "{v}");

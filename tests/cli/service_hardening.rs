@@ -683,6 +683,11 @@ fn the_review_page_says_what_attestation_proved() {
         html.contains("proven only when the TPM activates the credential"),
         "{html}"
     );
+    // The TPM as its EK certificate names it (issue 19).
+    assert!(
+        html.contains(r#"<td id="f-tpm">"#) && html.contains("firmware id:"),
+        "{html}"
+    );
     // The pass itself keeps the wire value.
     let (status, _, body) = server.post(
         "/v1/passes",

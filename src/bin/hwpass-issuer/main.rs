@@ -562,12 +562,21 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 }
                 match e {
                     AuditEntry::Issued(r) => println!(
-                        "{}  {:<24} {:<8} until {}  jti {}",
+                        "{}  {:<24} {:<8} until {}  jti {}{}",
                         format_time(r.time),
                         shown(&r.sub),
                         r.kind.as_str(),
                         format_time(r.exp),
-                        shown(&r.jti)
+                        shown(&r.jti),
+                        r.tpm
+                            .as_ref()
+                            .map(|t| format!(
+                                "  TPM {} {} (firmware {})",
+                                shown(&t.manufacturer),
+                                shown(&t.model),
+                                shown(&t.version)
+                            ))
+                            .unwrap_or_default()
                     ),
                     AuditEntry::Revoked(r) => println!(
                         "{}  revoked {} {} (deny list #{}) by {}{}",

@@ -364,7 +364,7 @@ pub(super) async fn review(
 <tr><th>Device</th><td id="f-dev">{dev}</td></tr>
 <tr><th>Binding</th><td id="f-kind">{binding}</td></tr>
 <tr><th>Attestation</th><td id="f-att">{attestation}</td></tr>
-<tr><th>Device key (RFC 7638 thumbprint)</th><td><code id="f-jkt">{jkt}</code></td></tr>
+<tr><th>Device key (RFC 7638 thumbprint)</th><td><code id="f-jkt">{jkt}</code></td></tr>{tpm}
 <tr><th>Largest lifetime for this binding</th><td>{max}</td></tr>
 </table>
 {clock}<form method="post" action="/sign" class="card">{csrf}
@@ -379,6 +379,18 @@ pub(super) async fn review(
         max = format_duration(max),
         csrf = csrf_field(&ws),
         request = esc(&request),
+        tpm = a
+            .deliver_to
+            .as_ref()
+            .and_then(|v| v.tpm.as_ref())
+            .map(|t| format!(
+                r#"<tr><th>TPM (from its EK certificate)</th><td id="f-tpm">{} {} — {}, firmware {}</td></tr>"#,
+                esc(&t.vendor().unwrap_or_default()),
+                esc(&t.model),
+                esc(&t.manufacturer),
+                esc(&t.version)
+            ))
+            .unwrap_or_default(),
         clock = a
             .clock_ahead
             .map(|ahead| format!(

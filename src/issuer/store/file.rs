@@ -898,6 +898,7 @@ mod tests {
             kid: "kid".into(),
             dev: None,
             by: None,
+            tpm: None,
             prev: String::new(),
         })
     }
