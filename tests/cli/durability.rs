@@ -10,8 +10,18 @@ fn every_printed_pass_is_audited_when_the_issuer_is_killed_at_random_points() {
     let trust = issuer.setup();
     let desk = Desktop::enrolled(&trust);
     let request = desk.request("alice@corp", &[]);
-    let mut printed = Vec::new();
-    let mut killed = 0;
+    // A SIGKILL at the wrong moment can leave SoftHSM's own token file empty (it rewrites it
+    // in place at login), and the token is gone; every later run would then stop at "no
+    // token" and test nothing. The token is put back from this copy when that happens.
+    let tokens = issuer.hsm.conf.with_file_name("tokens");
+    let saved = issuer.dir.path().join("tokens.saved");
+    copy_tree(&tokens, &saved);
+    // How long one whole sign takes, so kill points spread over all of it.
+    let started = std::time::Instant::now();
+    let first = issuer.sign(&request, NOW, &[]).ok();
+    let whole = started.elapsed().as_micros() as u64;
+    let mut printed = vec![first.line()];
+    let (mut killed, mut restored) = (0, 0);
     let mut seed = [0u8; 64];
     getrandom::getrandom(&mut seed).unwrap();
     for (i, delay) in seed.iter().enumerate() {
@@ -24,7 +34,7 @@ fn every_printed_pass_is_audited_when_the_issuer_is_killed_at_random_points() {
         // Kill points spread over the whole run of a sign (start-up, HSM login, signing, audit
         // append, fsync, printing); the outcome is checked, not timed.
         std::thread::sleep(std::time::Duration::from_micros(
-            u64::from(*delay) * 80 + (i as u64 % 7) * 500,
+            u64::from(*delay) * whole * 2 / 255 + (i as u64 % 7) * 100,
         ));
         if child.try_wait().unwrap().is_none() {
             let _ = child.kill(); // SIGKILL
@@ -35,6 +45,11 @@ fn every_printed_pass_is_audited_when_the_issuer_is_killed_at_random_points() {
         // A pass counts as printed only when its whole line came out.
         if let Some(line) = text.strip_suffix('\n') {
             printed.push(line.to_string());
+        }
+        if token_broken(&tokens) {
+            std::fs::remove_dir_all(&tokens).unwrap();
+            copy_tree(&saved, &tokens);
+            restored += 1;
         }
     }
     assert!(
@@ -64,11 +79,32 @@ fn every_printed_pass_is_audited_when_the_issuer_is_killed_at_random_points() {
         );
     }
     eprintln!(
-        "{} runs, {killed} killed, {} passes printed, {} audit records",
-        seed.len(),
+        "{} runs, {killed} killed, {} passes printed, {} audit records, SoftHSM token restored {restored} times",
+        seed.len() + 1,
         printed.len(),
         audited.len()
     );
+}
+
+/// Copies a directory tree (a SoftHSM token store).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Whether a token's `token.object` was left empty.
+fn token_broken(tokens: &std::path::Path) -> bool {
+    std::fs::read_dir(tokens).unwrap().any(|e| {
+        let object = e.unwrap().path().join("token.object");
+        std::fs::metadata(object).is_ok_and(|m| m.len() == 0)
+    })
 }
 
 #[test]

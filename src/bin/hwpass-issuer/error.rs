@@ -39,6 +39,9 @@ pub fn fail(e: IssuerError) -> Failure {
     (e.exit_code(), e.to_string(), hint)
 }
 
+/// What to do when a revocation is in force but its audit record could not be written.
+pub const REVOKED_UNAUDITED: &str = "desktops get the revocation from the register as usual; check the audit log (`hwpass-issuer audit verify`) and the HSM, and note the revocation wherever you keep records of incidents";
+
 /// What to do about an audit log that cannot be appended or does not verify (signing stops
 /// until it does; docs/hardening.md "The audit log" has the procedures).
 fn audit_hint(e: &AuditError) -> Option<&'static str> {

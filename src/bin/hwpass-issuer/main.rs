@@ -427,7 +427,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             if let Some(e) = &audit_error {
                 eprintln!("hwpass-issuer: warning: the revocation is in force, but its audit record could not be written: {e}");
-                eprintln!("hint: check the audit log with `hwpass-issuer audit verify`; the revocation register ({}) holds the revocation", cfg.revocations.display());
+                eprintln!("hint: {}", error::REVOKED_UNAUDITED);
             }
             if json {
                 println!(

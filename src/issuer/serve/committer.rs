@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::{debug, error};
 
 use super::problem::ApiError;
 use crate::core::signer::Signer;
@@ -72,7 +72,7 @@ impl Committer {
                     let _ = reply.send(result.clone());
                 }
             }
-            warn!("audit writer stopped");
+            debug!("audit writer stopped");
         });
         Ok(Self { tx })
     }
