@@ -118,7 +118,10 @@ impl Server {
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
         let log = self.stderr.take().unwrap().join().unwrap();
-        (status.code().unwrap_or(-1), log)
+        use std::os::unix::process::ExitStatusExt;
+        // Killed by a signal: the shell's 128 + N, so a failure names the signal.
+        let code = status.code().or(status.signal().map(|s| 128 + s));
+        (code.unwrap_or(-1), log)
     }
 }
 

@@ -261,7 +261,9 @@ fn idle_and_half_sent_connections_are_closed_and_a_peer_has_few_requests_in_flig
     issuer.setup();
     let server = Server::start(
         &issuer,
-        "header_read_timeout = \"1s\"\nbody_timeout = \"2s\"\nidle_timeout = \"5s\"\nmax_requests_per_ip = 2\n",
+        // The body timeout is the window in which the third request must be seen refused: wide
+        // enough that a loaded machine's scheduling cannot close it first.
+        "header_read_timeout = \"1s\"\nbody_timeout = \"5s\"\nidle_timeout = \"8s\"\nmax_requests_per_ip = 2\n",
     );
     let target = addr(&server);
     let limit = Duration::from_secs(6);
@@ -321,7 +323,7 @@ fn idle_and_half_sent_connections_are_closed_and_a_peer_has_few_requests_in_flig
     let problem: serde_json::Value = serde_json::from_str(&busy).unwrap();
     assert_eq!(problem["type"], "urn:hwpass:problem:busy");
     for s in &mut slow {
-        let (got, closed) = read_until_closed(s, limit);
+        let (got, closed) = read_until_closed(s, Duration::from_secs(9));
         assert!(
             got.starts_with("HTTP/1.1 408"),
             "a slow body is cut: {got:?}"
