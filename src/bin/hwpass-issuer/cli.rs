@@ -9,7 +9,7 @@ use hwpass::parse_duration;
 #[derive(Parser)]
 #[command(
     name = "hwpass-issuer",
-    version,
+    version = env!("HWPASS_VERSION"),
     about = "Sign hwpass access passes with a key inside a PKCS#11 HSM"
 )]
 pub struct Cli {
@@ -104,6 +104,18 @@ pub enum Cmd {
         /// Listen here instead of `[serve] listen` (default 127.0.0.1:8080; port 0 picks one).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish (e.g.
+    /// `source <(hwpass-issuer completion bash)`; the packages install them).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff) of this command and each subcommand into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
     },
     /// Inspect the audit log.
     Audit {

@@ -36,6 +36,11 @@ impl PinPrompt for TerminalPrompt {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Completion { shell } => return completion(*shell),
+        Cmd::Manpages { dir } => return manpages(dir),
+        _ => {}
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg, hint)) => {
@@ -44,6 +49,39 @@ fn main() -> ExitCode {
                 eprintln!("hint: {h}");
             }
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// `completion SHELL`: the script on stdout. Needs no config.
+fn completion(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "hwpass-issuer", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete 4.6 spells a hyphenated binary's state `hwpass__issuer__subcmd__sign`
+        // in its loop but `hwpass__subcmd__issuer__subcmd__sign` in its case arms, so nothing
+        // after a subcommand completed (clap-rs/clap#6421); spell the arms as the loop does.
+        script = String::from_utf8_lossy(&script)
+            .replace("hwpass__subcmd__issuer", "hwpass__issuer")
+            .into_bytes();
+    }
+    if std::io::Write::write_all(&mut std::io::stdout(), &script).is_err() {
+        return ExitCode::from(exit::OTHER as u8);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `manpages DIR` (hidden; ci/package): `hwpass-issuer.1` and one page per subcommand.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    let made = std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir));
+    match made {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hwpass-issuer: error: {}: {e}", dir.display());
+            ExitCode::from(exit::OTHER as u8)
         }
     }
 }
@@ -492,6 +530,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             .map_err(fail)?;
         }
         Cmd::Audit { cmd } => audit(&cfg, cmd)?,
+        // Answered in main() without a config.
+        Cmd::Completion { .. } | Cmd::Manpages { .. } => {}
     }
     Ok(())
 }
