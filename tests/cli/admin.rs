@@ -142,3 +142,132 @@ fn man_pages_for_each_command_and_subcommand() {
     .ok();
     assert!(r.stdout.contains("--valid-for"), "{r:?}");
 }
+
+/// The report's records (JSON lines) in `text`.
+fn report_records(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn batch_gives_one_line_out_per_line_in_with_true_line_numbers_and_exit_9() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let req = d.request("alice@corp", &[]);
+    // Reported: `x`, blank, request gave two lines out instead of three.
+    let input = format!("x\n\n{req}\n   \n{req}\n\n");
+    let out = issuer.sign(&input, NOW, &["--batch", "--workers", "2"]);
+    assert_eq!(out.code, 9, "a refused request: exit 9 {out:?}");
+    let lines: Vec<&str> = out.stdout.split('\n').collect();
+    assert_eq!(lines.len(), 7, "six lines in, six lines out: {out:?}");
+    assert_eq!(lines[6], "", "the output ends with a newline");
+    for (i, line) in lines[..6].iter().enumerate() {
+        assert_eq!(
+            line.starts_with("eyJ"),
+            i == 2 || i == 4,
+            "line {}: {out:?}",
+            i + 1
+        );
+        assert!(line.starts_with("eyJ") || line.is_empty());
+    }
+    let report = report_records(&out.stderr);
+    assert_eq!(report.len(), 1, "blank lines are not refusals: {out:?}");
+    assert_eq!(report[0]["line"], 1);
+    assert_eq!(report[0]["exit_code"], 4);
+    assert!(
+        out.stderr.contains("1 of 3 requests were refused"),
+        "{out:?}"
+    );
+    assert_eq!(issuer.audit_lines().len(), 2);
+
+    // The same with --report FILE: the refusals go there, the line numbers count blanks.
+    let report_file = issuer.dir.path().join("report.jsonl");
+    let input = format!("\n\n{req}\nnot a request\n");
+    let out = issuer.sign(
+        &input,
+        NOW,
+        &["--batch", "--report", report_file.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 9, "{out:?}");
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>().len(), 4, "{out:?}");
+    assert!(report_records(&out.stderr).is_empty(), "{out:?}");
+    let report = report_records(&std::fs::read_to_string(&report_file).unwrap());
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0]["line"], 4);
+
+    // All signed: exit 0; nothing refused, nothing reported.
+    let out = issuer
+        .sign(&format!("{req}\n\n{req}\n"), NOW, &["--batch"])
+        .ok();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{}\n\n{}\n",
+            out.stdout.lines().next().unwrap(),
+            out.stdout.lines().nth(2).unwrap()
+        )
+    );
+    assert!(
+        !out.stderr.contains("requests signed"),
+        "no progress bar into a pipe: {out:?}"
+    );
+}
+
+#[test]
+fn batch_shows_progress_on_a_terminal_only_and_sign_reads_a_file() {
+    require("script", "bsdutils");
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let req = d.request("alice@corp", &[]);
+    // `sign FILE` reads the request from the file (it was taken for the request itself).
+    let file = issuer.dir.path().join("req.txt");
+    std::fs::write(&file, format!("{req}\n")).unwrap();
+    let single = issuer.run(&["sign", file.to_str().unwrap()], None).ok();
+    assert!(single.line().starts_with("eyJ"), "{single:?}");
+
+    let batch = issuer.dir.path().join("requests.txt");
+    std::fs::write(&batch, format!("{req}\n{req}\n{req}\n")).unwrap();
+    let passes = issuer.dir.path().join("passes.txt");
+    // stderr on a pseudo-terminal (script(1)); stdout into a file.
+    let cmd = issuer.cmd(NOW);
+    let program: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let line = format!(
+        "{} sign --batch '{}' > '{}'",
+        program.join(" "),
+        batch.display(),
+        passes.display()
+    );
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    let mut script = Command::new("script");
+    // A terminal has a TERM (without one, or with TERM=dumb, indicatif draws nothing).
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .envs(envs)
+        .env("TERM", "xterm");
+    let r = run(script, None).ok();
+    assert!(
+        r.stdout.contains("requests signed"),
+        "a progress bar on the terminal: {r:?}"
+    );
+    let out = std::fs::read_to_string(&passes).unwrap();
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("eyJ")).count(),
+        3,
+        "{out}"
+    );
+    assert!(
+        !out.contains("requests signed"),
+        "stdout carries passes only"
+    );
+}

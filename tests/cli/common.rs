@@ -70,14 +70,22 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     }
 }
 
-/// A command with a clean environment: nothing from the developer's shell leaks in.
-pub fn bin(name: &str, now: i64) -> Command {
-    let path = match name {
+/// Where a binary is: where cargo built it for this test run, or in `HWPASS_TEST_BIN_DIR` when
+/// that is set (to run the tests against other builds: an installed package, an older commit).
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("HWPASS_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    PathBuf::from(match name {
         "hwpass" => env!("CARGO_BIN_EXE_hwpass"),
         "hwpass-issuer" => env!("CARGO_BIN_EXE_hwpass-issuer"),
         other => panic!("unknown binary {other}"),
-    };
-    let mut cmd = Command::new(path);
+    })
+}
+
+/// A command with a clean environment: nothing from the developer's shell leaks in.
+pub fn bin(name: &str, now: i64) -> Command {
+    let mut cmd = Command::new(bin_path(name));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HWPASS_FAKE_NOW", now.to_string());

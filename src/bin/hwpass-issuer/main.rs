@@ -335,11 +335,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     buf
                 }
             };
-            let requests: Vec<String> = text
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect();
+            // One line out per line in: blank lines are kept (an empty line out), and every
+            // refusal names its true line number.
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let numbered: Vec<usize> = (0..lines.len()).filter(|&i| !lines[i].is_empty()).collect();
+            let requests: Vec<String> = numbered.iter().map(|&i| lines[i].to_string()).collect();
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -364,7 +364,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let log = cfg.audit_store();
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            let (mut line, mut issued, mut refused) = (0usize, 0usize, 0usize);
+            let (mut next, mut done, mut issued, mut refused) = (0usize, 0usize, 0usize, 0usize);
+            // A progress bar only for a person watching: on a terminal, never into a pipe or log.
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    Some(requests.len() as u64),
+                    indicatif::ProgressDrawTarget::stderr(),
+                );
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} requests signed ({per_sec}, {eta} left)",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.tick();
+                bar
+            });
+            let write_err =
+                |e: std::io::Error| IssuerError::Internal(format!("cannot write the output: {e}"));
             let opts = issuer::BatchOptions {
                 lifetime: valid_for,
                 chunk,
@@ -372,7 +388,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, &notary, |items| {
                 for item in items {
-                    line += 1;
+                    // Blank input lines before this request: an empty line each.
+                    let line = numbered[done];
+                    done += 1;
+                    while next < line {
+                        writeln!(out).map_err(write_err)?;
+                        next += 1;
+                    }
+                    next += 1;
                     match item {
                         issuer::BatchItem::Issued(pass) => {
                             issued += 1;
@@ -380,16 +403,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         }
                         issuer::BatchItem::Failed(e) => {
                             refused += 1;
-                            let rec = serde_json::json!({"line": line, "exit_code": e.exit_code(), "error": e.to_string()});
-                            writeln!(report_out, "{rec}").and_then(|_| writeln!(out))
+                            let rec = serde_json::json!({"line": line + 1, "exit_code": e.exit_code(), "error": e.to_string()});
+                            if let Some(bar) = &progress {
+                                bar.suspend(|| writeln!(report_out, "{rec}"))
+                            } else {
+                                writeln!(report_out, "{rec}")
+                            }
+                            .and_then(|_| writeln!(out))
                         }
                     }
-                    .map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))?;
+                    .map_err(write_err)?;
                 }
-                out.flush().map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))
+                if let Some(bar) = &progress {
+                    bar.set_position(done as u64);
+                }
+                out.flush().map_err(write_err)
             })
             .map_err(fail)?;
+            // Blank lines after the last request.
+            for _ in next..lines.len() {
+                writeln!(out)
+                    .map_err(|e| (exit::OTHER, format!("cannot write the output: {e}"), None))?;
+            }
+            out.flush()
+                .map_err(|e| (exit::OTHER, format!("cannot write the output: {e}"), None))?;
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
             eprintln!("batch: {issued} passes issued, {refused} refused, {workers} workers");
+            if refused > 0 {
+                return Err((
+                    exit::POLICY,
+                    format!("{refused} of {} requests were refused; their lines are empty and the report names each one", requests.len()),
+                    Some("the other requests were signed and audited: hand out their passes; fix or refuse the refused ones"),
+                ));
+            }
         }
         Cmd::Sign {
             valid_for,
