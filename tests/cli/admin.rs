@@ -271,3 +271,218 @@ fn batch_shows_progress_on_a_terminal_only_and_sign_reads_a_file() {
         "stdout carries passes only"
     );
 }
+
+/// Appends `extra` to the issuer's config and runs `args`.
+fn with_config(issuer: &Issuer, edit: impl FnOnce(&str) -> String, args: &[&str]) -> Run {
+    let text = std::fs::read_to_string(&issuer.config).unwrap();
+    std::fs::write(&issuer.config, edit(&text)).unwrap();
+    let out = issuer.run(args, None);
+    std::fs::write(&issuer.config, text).unwrap();
+    out
+}
+
+#[test]
+fn config_errors_name_file_line_column_and_key() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    let config = issuer.config.display().to_string();
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(Edit, String)> = vec![
+        // A TOML syntax error (reported: "config bad.toml: invalid basic string").
+        (
+            Box::new(|t: &str| t.replacen("issuer = \"test-issuer\"", "issuer = \"test-issuer", 1)),
+            format!("config {config}:1:22: issuer: invalid basic string"),
+        ),
+        // An unknown key, with the known key it resembles.
+        (
+            Box::new(|t: &str| format!("{t}\n[serve]\nlistn = \"127.0.0.1:9\"\n")),
+            format!("config {config}:16:1: unknown key `listn` in [serve] (did you mean `listen`?)"),
+        ),
+        (
+            Box::new(|t: &str| t.replacen("audit_log =", "audit_logs =", 1)),
+            format!("config {config}:3:1: unknown key `audit_logs` at the top level (did you mean `audit_log`?)"),
+        ),
+        // A value of the wrong type.
+        (
+            Box::new(|t: &str| t.replacen("max_lifetime = \"14d\"", "max_lifetime = 14", 1)),
+            format!("config {config}:11:16: policy.max_lifetime: invalid type: integer `14`, expected a string"),
+        ),
+        // A value hwpass refuses, located by its text.
+        (
+            Box::new(|t: &str| t.replacen("max_lifetime = \"14d\"", "max_lifetime = \"14x\"", 1)),
+            format!("config {config}:11:16: policy.max_lifetime: \"14x\" is not a duration"),
+        ),
+        // A missing key names its table.
+        (
+            Box::new(|t: &str| t.replacen("allow_software = true\n", "", 1)),
+            format!("config {config}:8:1: [policy] lacks the key `allow_software`"),
+        ),
+    ];
+    for (edit, want) in cases {
+        let out = with_config(&issuer, edit, &["jwks"]);
+        assert_eq!(out.code, 1, "{out:?}");
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("hwpass-issuer: error: {want}")),
+            "want {want:?}\n got {first:?}"
+        );
+        assert!(out.stderr.contains("hint: "), "{out:?}");
+    }
+}
+
+#[test]
+fn config_check_prints_the_values_in_force_and_finds_what_loading_cannot() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    let out = issuer.run(&["config", "check", "--json"], None).ok();
+    let v = out.json();
+    assert_eq!(v["ok"], true, "{out:?}");
+    let e = &v["effective"];
+    assert_eq!(e["issuer"], "test-issuer");
+    // Relative paths resolve against the config's folder, defaults are filled in.
+    assert_eq!(
+        e["audit_log"],
+        issuer
+            .dir
+            .path()
+            .join("audit/audit.jsonl")
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        e["revocations"],
+        issuer
+            .dir
+            .path()
+            .join("audit/revocations.json")
+            .display()
+            .to_string()
+    );
+    assert_eq!(e["policy"]["max_request_age"], "7d");
+    assert_eq!(e["serve"]["listen"], "127.0.0.1:8080");
+    assert_eq!(e["audit"]["origin"], "test-issuer/hwpass-audit");
+    assert_eq!(e["key"]["kid"].as_str().unwrap().len(), 43);
+    let text = issuer.run(&["config", "check"], None).ok();
+    assert!(text.stdout.contains("ok: the config holds"), "{text:?}");
+
+    // Attestation required with nothing to trust; a root that does not exist.
+    let out = with_config(
+        &issuer,
+        |t| format!("{t}\n[attestation]\nrequire = true\n"),
+        &["config", "check", "--json"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.json()["problems"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("neither ek_roots nor ek_allowlist"));
+    let out = with_config(
+        &issuer,
+        |t| format!("{t}\n[attestation]\nrequire = true\nek_roots = [\"roots/vendor.pem\"]\n"),
+        &["config", "check"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{}",
+            issuer.dir.path().join("roots/vendor.pem").display()
+        )),
+        "the missing root is named with its resolved path: {out:?}"
+    );
+    // The key does not open: the HSM's exit code and its sentence.
+    let out = with_config(
+        &issuer,
+        |t| t.replacen("object=issuer-key", "object=no-such-key", 1),
+        &["config", "check", "--json"],
+    );
+    assert_eq!(out.code, 10, "{out:?}");
+    assert_eq!(
+        out.json()["effective"]["key"]["kid"],
+        serde_json::Value::Null
+    );
+    // The audit log's directory cannot take a file.
+    std::fs::create_dir_all(issuer.audit.parent().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = issuer.audit.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // (As root, permissions do not stop writes; a directory that is a file does.)
+    let out = if nix_is_root() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_dir(dir).unwrap();
+        std::fs::write(dir, "not a directory").unwrap();
+        let out = issuer.run(&["config", "check"], None);
+        std::fs::remove_file(dir).unwrap();
+        out
+    } else {
+        let out = issuer.run(&["config", "check"], None);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        out
+    };
+    assert_eq!(out.code, 11, "an audit log that cannot be written: {out:?}");
+}
+
+/// Whether the tests run as root (as CI does).
+pub fn nix_is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0")
+}
+
+#[test]
+fn pins_lose_one_trailing_newline_exposed_pin_files_and_wrong_pins_are_exit_1() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut issuer = Issuer::new();
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let req = d.request("alice@corp", &[]);
+    // Reported: HWPASS_PIN=$'1234\n' was sent with its newline (and counted towards the
+    // token's lock-out).
+    issuer.pin = format!("{PIN}\n");
+    issuer.sign(&req, NOW, &[]).ok();
+    issuer.pin = format!("{PIN}\r\n");
+    issuer.sign(&req, NOW, &[]).ok();
+    // Only one: a PIN that is really followed by an empty line is not the PIN.
+    issuer.pin = format!("{PIN}\n\n");
+    let out = issuer.sign(&req, NOW, &[]);
+    assert_eq!(
+        out.code, 1,
+        "a wrong PIN is exit 1, as the README says: {out:?}"
+    );
+    assert!(out.stderr.contains("refused the PIN"), "{out:?}");
+
+    // A PIN file (pin-source) with a trailing newline, as `echo PIN > file` writes it.
+    let pin_file = issuer.dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_file = |t: &str| {
+        t.replacen(
+            "libsofthsm2.so\"",
+            &format!("libsofthsm2.so&pin-source=file:{}\"", pin_file.display()),
+            1,
+        )
+    };
+    let mut cmd = issuer.cmd(NOW);
+    cmd.env_remove("HWPASS_PIN");
+    let text = std::fs::read_to_string(&issuer.config).unwrap();
+    std::fs::write(&issuer.config, with_file(&text)).unwrap();
+    cmd.arg("sign");
+    run(cmd, Some(&req)).ok();
+    // Readable by the group, or by others: refused, before any PIN is sent.
+    for mode in [0o640, 0o604] {
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut cmd = issuer.cmd(NOW);
+        cmd.env_remove("HWPASS_PIN").arg("sign");
+        let out = run(cmd, Some(&req));
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("open to group or others (mode {mode:04o})")),
+            "{out:?}"
+        );
+        assert!(out.stderr.contains("chmod 600"), "{out:?}");
+    }
+    std::fs::write(&issuer.config, text).unwrap();
+}

@@ -253,7 +253,8 @@ fn wrong_pin_is_a_clear_error_and_writes_no_audit_record() {
     let req = desk.request("alice@corp", &[]);
     issuer.pin = "wrong-pin".into();
     let out = issuer.sign(&req, NOW, &[]);
-    assert_eq!(out.code, 10, "{out:?}");
+    // README: a PIN problem is exit 1 (the person fixes the PIN), not an HSM failure (10).
+    assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("refused the PIN"), "{out:?}");
     assert!(out.stderr.contains("lock-out"), "{out:?}");
     assert!(

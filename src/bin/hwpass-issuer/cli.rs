@@ -117,10 +117,27 @@ pub enum Cmd {
         /// Where to write them (created if missing).
         dir: PathBuf,
     },
+    /// Check the config file (TOML, keys, values, paths), that the key opens (needs the PIN)
+    /// and that the audit log can be written; print the values in force.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Inspect the audit log.
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Check the config and print the values in force (defaults filled in, paths resolved
+    /// against the config's folder); exit 0 when everything holds.
+    Check {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

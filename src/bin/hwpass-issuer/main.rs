@@ -16,7 +16,7 @@ use hwpass::issuer::{self, exit, AuditEntry, IssuerConfig, IssuerError, KeyPool,
 use hwpass::os::{self as util, FAKE_NOW_ENV};
 use hwpass::{check_text, format_duration, format_time, Jwk, Signer, TextProblem};
 
-use cli::{AuditCmd, Cli, Cmd};
+use cli::{AuditCmd, Cli, Cmd, ConfigCmd};
 use error::{fail, Failure};
 
 struct TerminalPrompt;
@@ -577,11 +577,125 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(fail)?;
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { json },
+        } => config_check(&cfg, json)?,
         Cmd::Audit { cmd } => audit(&cfg, cmd)?,
         // Answered in main() without a config.
         Cmd::Completion { .. } | Cmd::Manpages { .. } => {}
     }
     Ok(())
+}
+
+/// `hwpass-issuer config check`: everything loading checks (done before this is called),
+/// then what only using the config shows: the key opens, the audit log takes an append, the
+/// attestation and TLS settings can work. Prints the values in force.
+fn config_check(cfg: &IssuerConfig, json: bool) -> Result<(), Failure> {
+    let mut problems: Vec<Failure> = cfg
+        .problems()
+        .into_iter()
+        .map(|p| (exit::OTHER, p, None))
+        .collect();
+    if let Err(e) = cfg.audit_store().writable() {
+        problems.push(fail(e.into()));
+    }
+    let kid = match cfg
+        .key
+        .unlock(&TerminalPrompt)
+        .and_then(|()| cfg.key.open())
+    {
+        Ok(key) => Some(Jwk::new(*key.verifying_key()).thumbprint()),
+        Err(e) => {
+            problems.push(key_fail(e));
+            None
+        }
+    };
+    if kid.is_some() {
+        // The keys desktops are told to trust ([key] also_trusted) must be there too.
+        if let Err(e) = issuer::trust_bundle(cfg) {
+            problems.push(fail(e));
+        }
+    }
+    let mut effective = cfg.effective();
+    effective["key"]["kid"] = kid.clone().into();
+    if json {
+        let listed: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|(code, msg, hint)| serde_json::json!({"exit_code": code, "error": msg, "hint": hint}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"ok": problems.is_empty(), "problems": listed, "effective": effective})
+        );
+    } else {
+        let e = &effective;
+        let s = |v: &serde_json::Value| match v {
+            serde_json::Value::String(t) => t.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("config        {}", s(&e["config"]));
+        println!("issuer        {}", s(&e["issuer"]));
+        println!("audience      {}", s(&e["audience"]));
+        println!(
+            "key           {} (kid {})",
+            s(&e["key"]["uri"]),
+            kid.as_deref().unwrap_or("-: does not open")
+        );
+        println!("also trusted  {}", s(&e["key"]["also_trusted"]));
+        println!(
+            "audit log     {} (origin {})",
+            s(&e["audit_log"]),
+            s(&e["audit"]["origin"])
+        );
+        println!("revocations   {}", s(&e["revocations"]));
+        let p = &e["policy"];
+        println!(
+            "policy        default {}, max {}, software {} (max {}), requests up to {} old",
+            s(&p["default_lifetime"]),
+            s(&p["max_lifetime"]),
+            if p["allow_software"] == true {
+                "allowed"
+            } else {
+                "refused"
+            },
+            s(&p["software_max_lifetime"]),
+            s(&p["max_request_age"])
+        );
+        let a = &e["attestation"];
+        println!(
+            "attestation   {}; roots {}; intermediates {}; {} allow-listed EKs",
+            if a["require"] == true {
+                "required"
+            } else {
+                "optional"
+            },
+            s(&a["ek_roots"]),
+            s(&a["ek_intermediates"]),
+            s(&a["ek_allowlist_entries"])
+        );
+        let v = &e["serve"];
+        println!(
+            "serve         {} {}, admins {}, proxy {}",
+            if v["tls"].is_null() { "http" } else { "https" },
+            s(&v["listen"]),
+            s(&v["admins"]),
+            s(&v["proxy"])
+        );
+        if problems.is_empty() {
+            println!("ok: the config holds, the key opens and the audit log can be written");
+        }
+    }
+    let Some(first) = problems.first().cloned() else {
+        return Ok(());
+    };
+    for (_, msg, hint) in &problems[1..] {
+        eprintln!("hwpass-issuer: error: {msg}");
+        if let Some(h) = hint {
+            eprintln!("hint: {h}");
+        }
+    }
+    Err(first)
 }
 
 /// `hwpass-issuer audit …`.

@@ -149,6 +149,21 @@ impl Pkcs11Error {
         }
     }
 
+    /// The token refused the PIN itself: wrong, locked, expired, or not a PIN it accepts. The
+    /// person fixes the PIN (a config or secrets matter), not the HSM.
+    pub fn pin_refused(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::PinIncorrect
+                    | RvError::PinInvalid
+                    | RvError::PinLenRange
+                    | RvError::PinLocked
+                    | RvError::PinExpired
+            )
+        )
+    }
+
     /// The `CKR_*` code, when a PKCS#11 function returned one.
     pub fn rv(&self) -> Option<RvError> {
         match self {
@@ -334,6 +349,8 @@ pub struct TokenOptions {
     /// Keep at most this many sessions open (the YubiHSM 2 allows 16 per device, shared by
     /// every application using it; a network HSM partition often has a licensed maximum).
     pub max_sessions: Option<usize>,
+    /// Environment variables set before the module is loaded (`[key] module_env`).
+    pub module_env: Vec<(String, String)>,
 }
 
 /// What hwpass learned about the token while using it.
@@ -463,6 +480,14 @@ impl Hsm {
             return Err(Pkcs11Error::ModuleMissing {
                 path: uri.module_path.clone(),
             });
+        }
+        // The module reads its own configuration from the environment when it initialises
+        // (SoftHSM: SOFTHSM2_CONF). Set once, as the token is first opened: before the
+        // commands start threads, and never again in this process (the token stays open).
+        for (name, value) in &options.module_env {
+            if std::env::var_os(name).is_none_or(|v| v != value.as_str()) {
+                std::env::set_var(name, value);
+            }
         }
         let ctx = Pkcs11::new(&uri.module_path).map_err(|e| Pkcs11Error::ModuleLoad {
             path: uri.module_path.clone(),
@@ -1410,6 +1435,7 @@ impl Pkcs11Manager {
             uri: Pkcs11Uri::parse(uri)?,
             options: TokenOptions {
                 max_sessions: options.max_sessions,
+                module_env: options.module_env.clone(),
             },
             shared: Arc::default(),
         }))
@@ -1489,9 +1515,17 @@ impl KeyManager for Pkcs11Manager {
 /// to its owner only.
 pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretString, KeyError> {
     let from_env = |var: &str| {
-        let pin = std::env::var(var)
+        let mut pin = std::env::var(var)
             .map_err(|_| KeyError::Pin(format!("the PIN variable {var} is not set")))?;
         std::env::remove_var(var);
+        // `HWPASS_PIN=$(cat pin)` loses the newline, `$'1234\n'` or an env file may keep it:
+        // one trailing newline is not part of the PIN (sent, it counts towards the lock-out).
+        if pin.ends_with('\n') {
+            pin.pop();
+            if pin.ends_with('\r') {
+                pin.pop();
+            }
+        }
         Ok::<_, KeyError>(pin)
     };
     let pin = match &uri.pin_source {
@@ -1512,6 +1546,7 @@ pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretStri
                 });
             }
             let text = std::fs::read_to_string(path).map_err(cannot)?;
+            // The first line, without its newline (`echo 1234 > pin` writes one).
             text.lines().next().unwrap_or_default().to_string()
         }
         None if std::env::var_os(PIN_ENV).is_some() => from_env(PIN_ENV)?,
