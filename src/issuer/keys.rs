@@ -206,6 +206,10 @@ pub trait KeyManager: std::fmt::Debug + Send + Sync {
 pub trait IssuerKey: Signer + Send + Sync {
     /// How the store protects it, read back from the store.
     fn describe(&self) -> Result<KeyFacts, KeyError>;
+    /// Asks the store the cheapest question that needs this key's session, logged in (a
+    /// readiness probe): `Ok` when it answers; a lost session or login is recovered on the way,
+    /// as for a signature.
+    fn ping(&self) -> Result<(), KeyError>;
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod interop;
 mod issuer;
 mod matrix;
 mod modules;
+mod ops;
 mod revocation;
 mod service;
 mod service_hardening;

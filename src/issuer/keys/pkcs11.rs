@@ -1309,6 +1309,17 @@ impl Signer for Pkcs11Key {
 }
 
 impl IssuerKey for Pkcs11Key {
+    fn ping(&self) -> Result<(), KeyError> {
+        // C_GetAttributeValue of the private key's CKA_SIGN: one round trip, no crypto, and
+        // only a logged-in session finds a CKA_PRIVATE object.
+        self.with_key("answer a readiness check", |session, handle| {
+            session
+                .get_attributes(handle, &[AttributeType::Sign])
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
     fn describe(&self) -> Result<KeyFacts, KeyError> {
         let p = self.protection()?;
         let private_value_readable = self.try_extract_private_value()?.is_some();

@@ -2,11 +2,14 @@
 //! ran goes into the next one, with one fsync and one signed checkpoint, and each issuance
 //! waits for its own record to be durable.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
+use super::metrics;
 use super::problem::ApiError;
 use crate::core::signer::Signer;
 use crate::issuer::config::IssuerConfig;
@@ -27,6 +30,8 @@ type Reply = oneshot::Sender<Result<(), Arc<AuditError>>>;
 /// before the next append, so a repaired log is taken up without a restart.
 pub(super) struct Committer {
     tx: std::sync::mpsc::Sender<(AuditRecord, Reply)>,
+    /// The log verified (at start, or at the last append): what `/readyz` reports.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -35,10 +40,15 @@ impl Committer {
         let trust = sign::audit_trust(cfg)?;
         let key = cfg.key.open()?;
         let (tx, rx) = std::sync::mpsc::channel::<(AuditRecord, Reply)>();
+        let shown = Arc::new(AtomicBool::new(false));
+        let healthy_flag = shown.clone();
+        // Verified before start returns, so `/readyz` is right from the first request.
+        let verified = log.verify(&trust, &[]);
+        shown.store(verified.is_ok(), Ordering::SeqCst);
         std::thread::spawn(move || {
             let signer: &(dyn Signer + Sync) = &*key;
             let notary = Notary::new(&trust, signer);
-            let mut healthy = match log.verify(&trust, &[]) {
+            let mut healthy = match verified {
                 Ok(_) => true,
                 Err(e) => {
                     error!(error = %e, "the audit log does not verify: signing answers 503 until it does (see `hwpass-issuer audit verify`)");
@@ -60,10 +70,13 @@ impl Committer {
                     true => Ok(()),
                     false => log.verify(&trust, &[]).map(|_| ()),
                 };
+                let start = Instant::now();
                 let result = checked
                     .and_then(|()| log.append(&mut entries, &notary).map(|_| ()))
                     .map_err(Arc::new);
+                metrics::get().audit_commit.observe(metrics::since(start));
                 healthy = result.is_ok();
+                healthy_flag.store(healthy, Ordering::SeqCst);
                 if let Err(e) = &result {
                     error!(error = %e, records = entries.len(), "audit log failed: no pass of this group was issued");
                 }
@@ -74,7 +87,12 @@ impl Committer {
             }
             debug!("audit writer stopped");
         });
-        Ok(Self { tx })
+        Ok(Self { tx, healthy: shown })
+    }
+
+    /// Whether the log verified at start or at the last append (signing stops while not).
+    pub(super) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
     }
 
     pub(super) async fn commit(&self, record: AuditRecord) -> Result<(), ApiError> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::committer::Committer;
+use super::metrics;
 use super::problem::ApiError;
 use crate::core::claims::PassClaims;
 use crate::core::jwk::Jwks;
@@ -27,18 +28,19 @@ pub(super) struct Service {
     pub(super) cfg: IssuerConfig,
     pub(super) pool: Arc<KeyPool<Box<dyn IssuerKey>>>,
     pub(super) bundle: Jwks,
-    pub(super) audit: Committer,
+    pub(super) audit: Arc<Committer>,
     pub(super) audit_store: Arc<dyn AuditStore>,
     pub(super) register: Arc<dyn RevocationStore>,
     /// Web sessions of signed-in admins, by the SHA-256 of their id. Anonymous visitors
     /// have none: their login form is protected by a signed cookie instead.
-    pub(super) sessions: Mutex<HashMap<String, Session>>,
+    /// Shared by the configs a SIGHUP switches between.
+    pub(super) sessions: Arc<Mutex<HashMap<String, Session>>>,
     /// Keys the CSRF tokens (HMAC), per process.
     pub(super) csrf_key: [u8; 32],
     /// The listener speaks TLS.
     pub(super) tls: bool,
     /// Requests in progress, per peer address.
-    pub(super) in_flight: Mutex<HashMap<IpAddr, usize>>,
+    pub(super) in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// The last signed deny list: its sequence number, when it was signed, the list.
     pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
 }
@@ -88,9 +90,26 @@ pub(super) struct Issued {
     pub(super) clock_ahead: Option<i64>,
 }
 
+/// [`issue_unmetered`], counted in the metrics (issued by kind, refused by reason).
+pub(super) async fn issue(
+    svc: &Shared,
+    request: String,
+    lifetime: Option<i64>,
+    by: &str,
+) -> Result<Issued, ApiError> {
+    let result = issue_unmetered(svc, request, lifetime, by).await;
+    metrics::count_issue(
+        result
+            .as_ref()
+            .map(|i| i.claims.hwb.kind.as_str())
+            .map_err(|e| e.parts().1),
+    );
+    result
+}
+
 /// Verifies, approves and signs on the blocking pool, then waits for the audit record's
 /// group commit. The pass is returned only once its record is durable.
-pub(super) async fn issue(
+async fn issue_unmetered(
     svc: &Shared,
     request: String,
     lifetime: Option<i64>,

@@ -16,12 +16,15 @@ use tracing::{info, warn};
 use super::api;
 use super::committer::Committer;
 use super::limits::{per_request, LimitAcceptor};
+use super::metrics::Timed;
+use super::ops::{self, load_tls, Live};
 use super::page;
 use super::problem::ApiError;
 use super::service::{Service, Shared, MAX_BODY};
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
+use crate::issuer::keys::IssuerKey;
 use crate::issuer::sign;
 
 /// What [`harden_process`] made sure of.
@@ -88,8 +91,13 @@ pub fn run(
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| IssuerError::Internal(format!("{what}: {e}"));
+    // Each signature timed into the metrics.
     let keys = (0..cfg.serve.hsm_sessions)
-        .map(|_| cfg.key.open())
+        .map(|_| {
+            cfg.key
+                .open()
+                .map(|k| Box::new(Timed(k)) as Box<dyn IssuerKey>)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = sign::trust_bundle(&cfg)?;
     let mut csrf_key = [0u8; 32];
@@ -106,7 +114,7 @@ pub fn run(
     }
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
-    let audit = Committer::start(audit_store.clone(), &cfg)?;
+    let audit = Arc::new(Committer::start(audit_store.clone(), &cfg)?);
     let svc = Arc::new(Service {
         cfg,
         pool: Arc::new(KeyPool::new(keys)),
@@ -114,10 +122,10 @@ pub fn run(
         audit,
         audit_store,
         register,
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Arc::new(Mutex::new(HashMap::new())),
         csrf_key,
         tls: tls.is_some(),
-        in_flight: Mutex::new(HashMap::new()),
+        in_flight: Arc::new(Mutex::new(HashMap::new())),
         denylist: Mutex::new(None),
     });
     let limits = svc.cfg.serve.limits.clone();
@@ -134,7 +142,6 @@ pub fn run(
         limits.max_connections_per_ip,
         limits.idle_timeout,
     );
-    let app = router(svc.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,25 +154,25 @@ pub fn run(
             info!("shutting down: no new connections, finishing requests in flight");
             stopper.graceful_shutdown(Some(Duration::from_secs(10)));
         });
-        let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        // The certificate and key are read (and must parse) before anything says "listening".
+        let tls_config = match &tls {
+            Some((cert, key)) => Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                load_tls(cert, key).await?,
+            )),
+            None => None,
+        };
+        // Each request goes to the router of the config in force; SIGHUP reloads it.
+        let live = Live::new(svc.clone(), router, tls_config.clone());
+        live.reload_on_sighup()
+            .map_err(|e| internal("SIGHUP handler", &e))?;
+        let make = live
+            .app()
+            .into_make_service_with_connect_info::<SocketAddr>();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{local}");
         info!(%url, kid = %svc.bundle.keys[0].0, sessions = svc.pool.size(), "hwpass issuing service listening");
-        let served = match tls {
-            Some((cert, key)) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                    .await
-                    .map_err(|e| {
-                        internal(
-                            &format!("TLS certificate {} / key {}", cert.display(), key.display()),
-                            &e,
-                        )
-                    })?;
-                // HTTP/1.1 only (its header-read timeout is what cuts slow clients).
-                let mut inner = (*config.get_inner()).clone();
-                inner.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(inner));
+        let served = match tls_config {
+            Some(config) => {
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
                     .handshake_timeout(limits.header_read_timeout)
                     .acceptor(acceptor);
@@ -243,7 +250,7 @@ fn router(svc: Shared) -> Router {
         .route("/v1/revocations", post(api::api_revoke))
         .route("/v1/issuances", get(api::api_issuances))
         .route("/v1/openapi.json", get(api::api_openapi))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(ops::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
