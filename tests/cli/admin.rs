@@ -486,3 +486,200 @@ fn pins_lose_one_trailing_newline_exposed_pin_files_and_wrong_pins_are_exit_1() 
     }
     std::fs::write(&issuer.config, text).unwrap();
 }
+
+/// `hwpass-issuer --config CONFIG init ARGS…` with nothing from the test's HSM in the
+/// environment: init makes its own token.
+fn init_cmd(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = bin("hwpass-issuer", NOW);
+    cmd.arg("--config").arg(config).arg("init").args(args);
+    cmd
+}
+
+/// Every file under `dir` with its content, for "nothing changed".
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn init_makes_a_working_softhsm_issuer_never_overwrites_and_prints_the_next_commands() {
+    require("softhsm2-util", "softhsm2");
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("etc/issuer.toml");
+    let state = root.path().join("state");
+    let out = run(
+        init_cmd(
+            &config,
+            &[
+                "--yes",
+                "--issuer",
+                "https://passes.corp.example",
+                "--audience",
+                "analytics-desktop",
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+        ),
+        None,
+    )
+    .ok();
+    let next: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "next:")
+        .skip(1)
+        .collect();
+    assert_eq!(next.len(), 3, "three next commands: {out:?}");
+    assert!(next[0]
+        .trim_start()
+        .starts_with("hwpass enroll --trust issuer.jwks"));
+    assert!(next[1].contains("sign request.txt"), "{out:?}");
+    assert!(next[2].contains("admin-token --name admin"), "{out:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root.path().join("etc/pin")), 0o600);
+    assert_eq!(
+        mode(&config),
+        0o600,
+        "not run for a service account: owner only"
+    );
+    assert_eq!(mode(&state.join("softhsm/so-pin")), 0o600);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("issuer = \"https://passes.corp.example\""),
+        "{text}"
+    );
+    assert!(!text.contains("pin-value"), "no PIN in the config");
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("issuer.jwks")).unwrap()).unwrap();
+    assert_eq!(jwks["hwpass"]["iss"], "https://passes.corp.example");
+
+    // The config works as written: no PIN or SOFTHSM2_CONF in the environment (the config
+    // names the PIN file and SoftHSM's config), from another working directory.
+    let mut check = bin("hwpass-issuer", NOW);
+    check
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check", "--json"]);
+    let v = run(check, None).ok().json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["effective"]["audit_log"],
+        state.join("audit.jsonl").display().to_string()
+    );
+    let d = Desktop::enrolled(&state.join("issuer.jwks"));
+    let req = d.request("alice@corp", &[]);
+    let mut sign = bin("hwpass-issuer", NOW);
+    sign.arg("--config")
+        .arg(&config)
+        .arg("sign")
+        .current_dir("/");
+    let pass = run(sign, Some(&req)).ok().line();
+    d.install(&pass, NOW).ok();
+    assert_eq!(d.check(NOW).0, 0);
+
+    // Again: refused, and nothing changed.
+    let before = snapshot(root.path());
+    let again = run(
+        init_cmd(&config, &["--yes", "--state-dir", state.to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("exists already; init never overwrites"),
+        "{again:?}"
+    );
+    assert_eq!(
+        before,
+        snapshot(root.path()),
+        "init changed files it must not touch"
+    );
+    // Another config but the same state directory: the token and log are there, refused.
+    let other = root.path().join("other/issuer.toml");
+    let again = run(
+        init_cmd(&other, &["--yes", "--state-dir", state.to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        !other.exists(),
+        "nothing written when anything is in the way"
+    );
+    assert_eq!(before, snapshot(root.path()));
+}
+
+#[test]
+fn init_asks_on_a_terminal_and_takes_an_existing_hsm_uri() {
+    require("script", "bsdutils");
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("issuer.toml");
+    let state = root.path().join("var");
+    let uri = "pkcs11:token=issuer;object=hwpass-2027?module-path=/usr/lib/x86_64-linux-gnu/pkcs11/vendor.so&pin-source=file:/etc/hwpass/hsm-pin";
+    // Answers typed at the prompts: issuer, audience (Enter: the default), state dir, key.
+    let answers = format!("https://typed.example\n\n{}\n{uri}\n", state.display());
+    let line = format!(
+        "'{}' --config '{}' init",
+        bin_path("hwpass-issuer").display(),
+        config.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm");
+    let out = run(cmd, Some(&answers)).ok();
+    assert!(
+        out.stdout.contains("issuer name (iss of every pass) ["),
+        "{out:?}"
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("issuer = \"https://typed.example\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("audience = \"hwpass-desktop\""),
+        "the default: {text}"
+    );
+    assert!(text.contains(&format!("uri = \"{uri}\"")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "audit_log = \"{}\"",
+            state.join("audit.jsonl").display()
+        )),
+        "{text}"
+    );
+    assert!(
+        !state.join("softhsm").exists(),
+        "an HSM of its own: no SoftHSM token"
+    );
+    assert!(
+        out.stdout.contains("keygen"),
+        "the next command makes the key: {out:?}"
+    );
+    // The same values from flags, without a terminal: the config init prints is the one it
+    // writes.
+    let mut printed = bin("hwpass-issuer", NOW);
+    printed.arg("--config").arg(&config).args([
+        "init",
+        "--print-config",
+        "--issuer",
+        "https://typed.example",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--key-uri",
+        uri,
+    ]);
+    assert_eq!(run(printed, None).ok().stdout, text);
+}

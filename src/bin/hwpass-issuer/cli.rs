@@ -27,6 +27,38 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Set up an issuer: a commented config (--config) and, with SoftHSM (the default), a
+    /// token, the key and the trust bundle. On a terminal it asks (Enter takes the default in
+    /// brackets); with --yes, or without a terminal, flags and defaults decide. Never
+    /// overwrites anything.
+    Init {
+        /// `iss` of every pass (default: this machine's host name).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// `aud` of every pass: what your desktop application expects.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Where the audit log, the revocation register and the SoftHSM token live.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The key of an HSM set up already (an RFC 7512 pkcs11: URI) instead of a new
+        /// SoftHSM token; then make the key with `keygen`.
+        #[arg(long, value_name = "URI")]
+        key_uri: Option<String>,
+        /// The SoftHSM2 PKCS#11 module.
+        #[arg(long, value_name = "PATH", conflicts_with = "key_uri")]
+        softhsm_module: Option<PathBuf>,
+        /// The account the service runs as: it gets the state and the PIN file, and reads the
+        /// config through its group (default: `hwpass`, when it exists and init runs as root).
+        #[arg(long)]
+        user: Option<String>,
+        /// Ask nothing.
+        #[arg(long, short)]
+        yes: bool,
+        /// Print the config init would write, and write nothing.
+        #[arg(long, hide = true)]
+        print_config: bool,
+    },
     /// Create the issuer key pair inside the HSM (never overwrites an existing key).
     Keygen {
         /// Create the key under this label instead of the config's object= (the next key of a

@@ -39,6 +39,18 @@ fn main() -> ExitCode {
     match &cli.cmd {
         Cmd::Completion { shell } => return completion(*shell),
         Cmd::Manpages { dir } => return manpages(dir),
+        Cmd::Init { .. } => {
+            return match init(&cli) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((code, msg, hint)) => {
+                    eprintln!("hwpass-issuer: error: {msg}");
+                    if let Some(h) = hint {
+                        eprintln!("hint: {h}");
+                    }
+                    ExitCode::from(code as u8)
+                }
+            }
+        }
         _ => {}
     }
     match run(cli) {
@@ -51,6 +63,166 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// Asks `question` on the terminal; Enter takes `default`.
+fn ask(question: &str, default: &str) -> Result<String, Failure> {
+    eprint!("{question} [{default}]: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| (exit::OTHER, format!("cannot read the answer: {e}"), None))?;
+    let answer = answer.trim();
+    Ok(if answer.is_empty() {
+        default.to_string()
+    } else {
+        answer.to_string()
+    })
+}
+
+/// This machine's host name, for the default issuer name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hwpass-issuer".into())
+}
+
+/// `init`: defaults, flags, answers; then the library does the work; then the next three
+/// commands.
+fn init(cli: &Cli) -> Result<(), Failure> {
+    let Cmd::Init {
+        issuer,
+        audience,
+        state_dir,
+        key_uri,
+        softhsm_module,
+        user,
+        yes,
+        print_config,
+    } = &cli.cmd
+    else {
+        return Ok(());
+    };
+    let interactive = !yes && !print_config && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut issuer = issuer.clone().unwrap_or_else(host_name);
+    let mut audience = audience.clone().unwrap_or_else(|| "hwpass-desktop".into());
+    let mut state_dir = state_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/hwpass"));
+    let mut key_uri = key_uri.clone();
+    if interactive {
+        eprintln!(
+            "hwpass-issuer init: a config in {} (Enter takes the default in brackets)",
+            cli.config.display()
+        );
+        issuer = ask("issuer name (iss of every pass)", &issuer)?;
+        audience = ask(
+            "audience (aud: what your desktop application expects)",
+            &audience,
+        )?;
+        state_dir = ask(
+            "state directory (audit log, revocations, SoftHSM token)",
+            &state_dir.display().to_string(),
+        )?
+        .into();
+        if key_uri.is_none() && softhsm_module.is_none() {
+            let key = ask(
+                "issuer key: `softhsm` for a new SoftHSM token, or the pkcs11: URI of your HSM's key",
+                "softhsm",
+            )?;
+            if key != "softhsm" {
+                key_uri = Some(key);
+            }
+        }
+    }
+    let owner = match user {
+        Some(name) => Some(issuer::Account::lookup(name).ok_or((
+            exit::OTHER,
+            format!("there is no account {name:?} on this machine"),
+            Some(
+                "create it (the package does: adduser --system hwpass) or name another with --user",
+            ),
+        ))?),
+        None if rustix::process::geteuid().is_root() => issuer::Account::lookup("hwpass"),
+        None => None,
+    };
+    let opts = issuer::InitOptions {
+        config: cli.config.clone(),
+        state_dir,
+        issuer,
+        audience,
+        key: match key_uri {
+            Some(uri) => issuer::InitKey::Uri(uri),
+            None => issuer::InitKey::SoftHsm {
+                module: softhsm_module
+                    .clone()
+                    .unwrap_or_else(|| issuer::SOFTHSM_MODULE.into()),
+            },
+        },
+        owner,
+    };
+    if *print_config {
+        print!("{}", opts.config_text());
+        return Ok(());
+    }
+    let report = issuer::init(&opts).map_err(|e| match e {
+        issuer::InitError::Issuer(e) => fail(e),
+        e @ issuer::InitError::Exists(_) => (exit::OTHER, e.to_string(), None),
+        other => (
+            exit::OTHER,
+            other.to_string(),
+            Some("nothing that was there was overwritten; remove what init made (in the config's folder and the state directory) before running it again"),
+        ),
+    })?;
+    println!("wrote the config {}", report.config.display());
+    if let Some(dir) = &report.token_dir {
+        println!("made the SoftHSM token \"hwpass\" in {}", dir.display());
+    }
+    if let Some(pin) = &report.pin_file {
+        println!(
+            "wrote its user PIN to {} (mode 0600; the config names it)",
+            pin.display()
+        );
+    }
+    if let (Some(kid), Some(bundle)) = (&report.kid, &report.trust_bundle) {
+        println!(
+            "made the issuer key (kid {kid}) and wrote the trust bundle {}",
+            bundle.display()
+        );
+    }
+    let config_arg = if cli.config == std::path::Path::new("/etc/hwpass/issuer.toml") {
+        String::new()
+    } else {
+        format!(" --config {}", cli.config.display())
+    };
+    let as_owner = match &opts.owner {
+        Some(a) => format!("sudo -u {} ", a.name),
+        None => String::new(),
+    };
+    let sudo = if opts.owner.is_some() { "sudo " } else { "" };
+    println!(
+        "
+next:"
+    );
+    match &report.trust_bundle {
+        Some(bundle) => println!(
+            "  hwpass enroll --trust issuer.jwks              # on each desktop, with {} copied there",
+            bundle.display()
+        ),
+        None => println!(
+            "  {as_owner}hwpass-issuer{config_arg} keygen            # make the key in your HSM, then `jwks > issuer.jwks` for desktops"
+        ),
+    }
+    println!(
+        "  {as_owner}hwpass-issuer{config_arg} sign request.txt   # sign the request a desktop made (hwpass request)"
+    );
+    println!(
+        "  {sudo}hwpass-issuer{config_arg} admin-token --name admin   # for the web service: add its lines to the config, then systemctl enable --now hwpass-issuer"
+    );
+    Ok(())
 }
 
 /// `completion SHELL`: the script on stdout. Needs no config.
@@ -582,7 +754,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => config_check(&cfg, json)?,
         Cmd::Audit { cmd } => audit(&cfg, cmd)?,
         // Answered in main() without a config.
-        Cmd::Completion { .. } | Cmd::Manpages { .. } => {}
+        Cmd::Completion { .. } | Cmd::Manpages { .. } | Cmd::Init { .. } => {}
     }
     Ok(())
 }

@@ -65,6 +65,12 @@ pub enum Pkcs11Error {
         /// The URI (no query).
         uri: String,
     },
+    /// `init` found a token with the label it would give a new one.
+    #[error("a token labelled {label:?} exists already; init never overwrites a token")]
+    TokenExists {
+        /// The label.
+        label: String,
+    },
     /// `keygen` found a key where it would create one.
     #[error("the token already holds a key at {uri}; keygen never overwrites a key")]
     KeyExists {
@@ -1515,6 +1521,70 @@ impl KeyManager for Pkcs11Manager {
     fn open(&self) -> Result<Box<dyn IssuerKey>, KeyError> {
         Ok(Box::new(self.hsm()?.open_key(&self.pin()?)?))
     }
+}
+
+/// Initialises a token as `label` in the first slot whose token is not initialised yet (SoftHSM
+/// always keeps one such slot free), with the security officer PIN `so_pin`, and sets its user
+/// PIN: what `softhsm2-util --init-token --free` does, without putting PINs on a command line.
+/// Refuses when a token labelled `label` exists already. The module is finalised afterwards,
+/// so it can be opened again in this process.
+pub fn init_free_token(
+    module: &std::path::Path,
+    label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+) -> Result<(), Pkcs11Error> {
+    if !module.exists() {
+        return Err(Pkcs11Error::ModuleMissing {
+            path: module.to_path_buf(),
+        });
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| Pkcs11Error::ModuleLoad {
+        path: module.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    initialize(&ctx)?;
+    let done = (|| {
+        let slots = ctx
+            .get_slots_with_token()
+            .map_err(|e| Pkcs11Error::from_ck(e, "list the HSM slots"))?;
+        let mut free = None;
+        for slot in slots {
+            let info = ctx
+                .get_token_info(slot)
+                .map_err(|e| Pkcs11Error::from_ck(e, "read token information"))?;
+            if info.token_initialized() && info.label().trim() == label {
+                return Err(Pkcs11Error::TokenExists {
+                    label: label.to_string(),
+                });
+            }
+            if !info.token_initialized() && free.is_none() {
+                free = Some(slot);
+            }
+        }
+        let slot = free.ok_or_else(|| Pkcs11Error::NoToken {
+            uri: "a slot with a token not yet initialised".into(),
+            module: module.to_path_buf(),
+        })?;
+        ctx.init_token(slot, so_pin, label)
+            .map_err(|e| Pkcs11Error::from_ck(e, "initialise the token"))?;
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| Pkcs11Error::from_ck(e, "open a session"))?;
+        session
+            .login(UserType::So, Some(so_pin))
+            .map_err(|e| Pkcs11Error::from_ck(e, "log in as security officer"))?;
+        session
+            .init_pin(user_pin)
+            .map_err(|e| Pkcs11Error::from_ck(e, "set the user PIN"))?;
+        session
+            .logout()
+            .map_err(|e| Pkcs11Error::from_ck(e, "log out"))
+    })();
+    let finalized = ctx
+        .finalize()
+        .map_err(|e| Pkcs11Error::from_ck(e, "finalize the PKCS#11 module"));
+    done.and(finalized)
 }
 
 /// The PIN: the URI's `pin-source`, else [`PIN_ENV`], else the prompt. Never argv.
