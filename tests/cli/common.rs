@@ -27,6 +27,24 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Held by every test that changes what is machine-wide (dpkg, the `hwpass` account,
+/// `/etc/hwpass`, `/var/lib/hwpass`: tests/cli/packages.rs) or depends on it (`init` as root
+/// looks for the `hwpass` account): one such test at a time, also across test processes (other
+/// checkouts' runs on the same machine). An advisory lock on a file in the temp dir, released
+/// when the returned file is dropped, also when the test panics.
+pub fn machine_lock() -> std::fs::File {
+    let path = std::env::temp_dir().join("hwpass-tests-machine.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .or_else(|_| std::fs::File::open(&path))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
 /// Output of one binary run.
 #[derive(Debug)]
 pub struct Run {

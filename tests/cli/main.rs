@@ -20,6 +20,7 @@ mod issuer;
 mod matrix;
 mod modules;
 mod ops;
+mod packages;
 mod revocation;
 mod service;
 mod service_hardening;

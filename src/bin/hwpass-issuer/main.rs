@@ -217,7 +217,7 @@ next:"
         ),
     }
     println!(
-        "  {as_owner}hwpass-issuer{config_arg} sign request.txt   # sign the request a desktop made (hwpass request)"
+        "  {as_owner}hwpass-issuer{config_arg} sign < request.txt   # sign the request a desktop made (hwpass request)"
     );
     println!(
         "  {sudo}hwpass-issuer{config_arg} admin-token --name admin   # for the web service: add its lines to the config, then systemctl enable --now hwpass-issuer"
