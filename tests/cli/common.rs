@@ -375,6 +375,11 @@ pub struct Swtpm {
     pub port: u16,
 }
 
+/// A free loopback port, never handed to another test of this process.
+pub fn free_port() -> u16 {
+    free_port_pair()
+}
+
 fn free_port_pair() -> u16 {
     // Ports handed out from one counter per test process (starting at a random even port), so
     // parallel tests never pick the same pair; each pair is checked free before use. (Asking

@@ -19,5 +19,6 @@ mod issuer;
 mod matrix;
 mod modules;
 mod revocation;
+mod self_service;
 mod service;
 mod service_hardening;
