@@ -65,7 +65,7 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
     let issuer = Issuer::new();
     let trust = issuer.setup();
     let olga = IdpUser::new("olga", &["staff", "hwpass-users"]);
-    let (server, _idp) = Server::start_with_idp(&issuer, &[olga.clone()], GROUPS);
+    let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
     let d = Desktop::enrolled(&trust);
     let request = d.request(&olga.email, &["--valid-for", "3d"]);
     let r = browser(
@@ -101,7 +101,7 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
     assert_eq!(records.len(), 1);
     let rec = &records[0];
     assert_eq!(rec["by"], "olga@corp.example");
-    assert_eq!(rec["idp"], _idp.issuer());
+    assert_eq!(rec["idp"], idp.issuer());
     assert_eq!(rec["group"], "hwpass-users");
     assert_eq!(rec["sub"], "olga@corp.example");
     assert_eq!(
@@ -113,7 +113,7 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
     assert!(
         listed.contains(&format!(
             "by olga@corp.example (group hwpass-users, via {})",
-            _idp.issuer()
+            idp.issuer()
         )),
         "{listed}"
     );
@@ -121,7 +121,7 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
     assert_eq!(code, 0, "{log}");
     assert!(!log.contains(&olga.password), "no password in the log");
     assert!(
-        !log.contains(_idp.web_client_secret()),
+        !log.contains(idp.web_client_secret()),
         "no client secret in the log"
     );
 }
