@@ -6,7 +6,7 @@ read the pass; optionally revoke one of "My passes" (with its confirmation).
 Called by tests/cli/self_service.rs:
     self_service.py URL WORKDIR ARTIFACTS
 WORKDIR holds username.txt and password.txt (files, never argv), and optionally request.txt
-(paste and sign it), lifetime.txt (the lifetime to choose, seconds) and revoke.txt (a pass id
+(requests to paste and sign, one per line, each from the start page), lifetime.txt (the lifetime to choose, seconds) and revoke.txt (a pass id
 to revoke from "My passes"). Screenshots go to ARTIFACTS; the last stdout line is a JSON
 summary that the Rust test checks: who the page says is signed in, the group and rule shown,
 any error page's text, the subject the review showed, the pass, and what revoking showed.
@@ -100,28 +100,37 @@ try:
         result["group"] = text("group")
         result["rule"] = text("rule")
         result["admin_page"] = bool(present("recent"))
-    if found == "request" and request:
-        driver.execute_script("document.getElementById('request').value = arguments[0];", request)
+    results = []
+    for n, one in enumerate((request or "").split()):
+        if found != "request":
+            break
+        if n > 0:
+            driver.get(url + "/")
+            until_any(["request"])
+        one_result = {"error": None}
+        results.append(one_result)
+        driver.execute_script("document.getElementById('request').value = arguments[0];", one)
         driver.find_element(By.ID, "review").click()
-        found = until_any(["facts", "error"])
-        shot("review")
-        if found == "error":
-            result["error"] = text("error")
-            result["title"] = driver.find_element(By.TAG_NAME, "h1").text
-        else:
-            result["subject_shown"] = text("f-sub")
-            result["lifetimes"] = [o.get_attribute("value") for o in
+        seen = until_any(["facts", "error"])
+        shot(f"review-{n}")
+        if seen == "error":
+            one_result["error"] = text("error")
+            one_result["title"] = driver.find_element(By.TAG_NAME, "h1").text
+            continue
+        one_result["subject_shown"] = text("f-sub")
+        one_result["lifetimes"] = [o.get_attribute("value") for o in
                                    driver.find_elements(By.CSS_SELECTOR, "#lifetime option")]
-            if lifetime:
-                Select(driver.find_element(By.ID, "lifetime")).select_by_value(lifetime)
-            driver.find_element(By.ID, "sign").click()
-            found = until_any(["pass", "error"])
-            shot("signed")
-            if found == "error":
-                result["error"] = text("error")
-                result["title"] = driver.find_element(By.TAG_NAME, "h1").text
-            else:
-                result["pass"] = driver.find_element(By.ID, "pass").get_attribute("value")
+        if lifetime:
+            Select(driver.find_element(By.ID, "lifetime")).select_by_value(lifetime)
+        driver.find_element(By.ID, "sign").click()
+        seen = until_any(["pass", "error"])
+        shot(f"signed-{n}")
+        if seen == "error":
+            one_result["error"] = text("error")
+            one_result["title"] = driver.find_element(By.TAG_NAME, "h1").text
+        else:
+            one_result["pass"] = driver.find_element(By.ID, "pass").get_attribute("value")
+    result["results"] = results
     if revoke:
         driver.get(url + "/")
         until_any(["my-passes", "recent"])

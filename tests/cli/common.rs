@@ -1134,6 +1134,40 @@ impl Drop for Idp {
     }
 }
 
+/// Runs tests/browser/idp_flow.py; returns its JSON summary.
+pub fn idp_browser(
+    mode: &str,
+    url: &str,
+    user: &IdpUser,
+    files: &[(&str, &str)],
+) -> serde_json::Value {
+    require_browser();
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("username.txt"), &user.preferred_username).unwrap();
+    std::fs::write(work.path().join("password.txt"), &user.password).unwrap();
+    for (name, text) in files {
+        std::fs::write(work.path().join(name), text).unwrap();
+    }
+    // Debian's interpreter, where python3-selenium is installed (not a pyenv or venv one).
+    let out = Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/browser/idp_flow.py"))
+        .args([mode, url])
+        .arg(work.path())
+        .arg(&artifacts)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser flow failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}\n{stderr}"))
+}
+
 /// Fails (never skips) unless headless Chromium, chromedriver and Selenium are installed.
 pub fn require_browser() {
     require("chromium", "chromium");

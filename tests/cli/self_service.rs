@@ -82,7 +82,8 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
         "{r}"
     );
     assert_eq!(r["admin_page"], false, "an employee sees no admin list");
-    assert_eq!(r["subject_shown"], "olga@corp.example");
+    let r = &r["results"][0];
+    assert_eq!(r["subject_shown"], "olga@corp.example", "{r}");
     // The group's 7 days bound the lifetimes offered.
     let offered: Vec<i64> = r["lifetimes"]
         .as_array()
@@ -120,6 +121,213 @@ fn an_employee_signs_in_gets_their_own_pass_and_the_audit_names_them() {
     let (code, log) = server.stop();
     assert_eq!(code, 0, "{log}");
     assert!(!log.contains(&olga.password), "no password in the log");
+    assert!(
+        !log.contains(idp.web_client_secret()),
+        "no client secret in the log"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sign-in at the HTTP level: the test holds the service's cookies itself, so it can replay
+// and tamper with what a browser would send.
+
+/// A client of the service that keeps its own cookies and follows no redirects.
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+/// An answer: status, the `Location` header, the body.
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Client {
+    fn new(server: &Server) -> Self {
+        Self {
+            agent: ureq::AgentBuilder::new().redirects(0).build(),
+            base: server.url.clone(),
+            cookies: Default::default(),
+        }
+    }
+
+    fn keep(&mut self, resp: &ureq::Response) {
+        for c in resp.all("set-cookie") {
+            let pair = c.split(';').next().unwrap_or_default();
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn answer(&mut self, r: Result<ureq::Response, ureq::Error>) -> Answer {
+        let resp = match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("transport: {e}"),
+        };
+        self.keep(&resp);
+        Answer {
+            status: resp.status(),
+            location: resp.header("location").map(str::to_string),
+            body: resp.into_string().unwrap(),
+        }
+    }
+
+    /// GET a path (or a full URL on the service).
+    fn get(&mut self, path: &str) -> Answer {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = self.agent.get(&url);
+        if !self.cookies.is_empty() {
+            req = req.set("Cookie", &self.cookie_header());
+        }
+        let r = req.call();
+        self.answer(r)
+    }
+
+    /// Starts a sign-in: the provider's authorization URL.
+    fn start(&mut self) -> String {
+        let a = self.get("/oidc/login");
+        assert_eq!(a.status, 303, "{}", a.body);
+        assert!(
+            self.cookies.keys().any(|k| k.contains("hwpass_signin")),
+            "the sign-in under way is in a cookie: {:?}",
+            self.cookies.keys()
+        );
+        a.location.unwrap()
+    }
+}
+
+/// Signs `user` in at the provider in Chromium for an authorization URL the test started; the
+/// callback URL the provider sent the browser to (the browser's own visit to it is refused by
+/// the service: that browser never started a sign-in there).
+fn at_the_provider(server: &Server, user: &IdpUser, auth_url: &str) -> String {
+    let redirect = format!("{}/oidc/callback", server.url);
+    let r = idp_browser("code", auth_url, user, &[("redirect_uri.txt", &redirect)]);
+    assert_eq!(r["done"], true, "{r}");
+    r["final_url"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn forged_tokens_replayed_answers_and_a_provider_that_is_down_sign_nobody_in() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let olga = IdpUser::new("olga", &["hwpass-users"]);
+    let (server, mut idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
+
+    // Each kind of forged or misdirected ID token: the callback is refused with what is wrong
+    // and no session is opened.
+    for (mode, why) in [
+        (Hostile::WrongAudience, "made for another application"),
+        (Hostile::Expired, "expired"),
+        (Hostile::WrongIssuer, "issued by another provider"),
+        (Hostile::WrongNonce, "nonce does not match"),
+        (Hostile::BadSignature, "signature does not verify"),
+        (Hostile::UnknownKey, "key the provider does not publish"),
+    ] {
+        idp.set_hostile(Some(mode));
+        let mut c = Client::new(&server);
+        let auth = c.start();
+        let callback = at_the_provider(&server, &olga, &auth);
+        let a = c.get(&callback);
+        assert_eq!(a.status, 401, "{mode:?}: {}", a.body);
+        assert!(a.body.contains(why), "{mode:?}: {}", a.body);
+        assert!(
+            !c.cookies.keys().any(|k| k.contains("hwpass_session")),
+            "{mode:?}: no session"
+        );
+        let home = c.get("/");
+        assert!(
+            home.body.contains("oidc-sign-in"),
+            "{mode:?}: still signed out"
+        );
+    }
+    idp.set_hostile(None);
+
+    // A genuine sign-in works once; its answer replayed (same cookie, same state) is refused.
+    let mut c = Client::new(&server);
+    let auth = c.start();
+    let callback = at_the_provider(&server, &olga, &auth);
+    let pending = c.cookies.clone();
+    let a = c.get(&callback);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("Signed in as"), "{}", a.body);
+    let mut replay = Client::new(&server);
+    replay.cookies = pending;
+    let again = replay.get(&callback);
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("already used"), "{}", again.body);
+    // Another browser's answer (no sign-in started there), a state from elsewhere, and a
+    // provider that names someone else (RFC 9207 iss) are refused the same way.
+    let mut stranger = Client::new(&server);
+    let a = stranger.get(&callback);
+    assert!(a.body.contains("not started in this browser"), "{}", a.body);
+    let mut c2 = Client::new(&server);
+    let auth2 = c2.start();
+    let cb2 = at_the_provider(&server, &olga, &auth2);
+    let state = |u: &str| {
+        u.split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("state="))
+            .unwrap()
+            .to_string()
+    };
+    let swapped = cb2.replace(&state(&cb2), &state(&callback));
+    let a = c2.get(&swapped);
+    assert!(a.body.contains("does not belong"), "{}", a.body);
+    let mut c3 = Client::new(&server);
+    let auth3 = c3.start();
+    let cb3 = at_the_provider(&server, &olga, &auth3);
+    let iss = cb3
+        .split(['?', '&'])
+        .find(|kv| kv.starts_with("iss="))
+        .expect("the provider names itself (RFC 9207)")
+        .to_string();
+    let a = c3.get(&cb3.replace(&iss, "iss=https%3A%2F%2Fevil.example"));
+    assert!(a.body.contains("another provider"), "{}", a.body);
+
+    // The provider goes down between sign-in and callback: a clear page, nothing signed.
+    let mut c4 = Client::new(&server);
+    let auth4 = c4.start();
+    let cb4 = at_the_provider(&server, &olga, &auth4);
+    idp.stop();
+    let a = c4.get(&cb4);
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(a.body.contains("unavailable"), "{}", a.body);
+    assert!(a.body.contains("nothing was signed"), "{}", a.body);
+    assert!(a.body.contains("admins can still sign in"), "{}", a.body);
+    assert!(!c4.cookies.keys().any(|k| k.contains("hwpass_session")));
+    // … and admins still sign passes with their token.
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("olga@corp.example", &[]);
+    let (status, _, body) = server.post(
+        "/v1/passes",
+        Some(&server.bearer()),
+        &sign_body(&request, None),
+    );
+    assert_eq!(status, 201, "{body}");
+    let records = issuer.audit_lines();
+    assert_eq!(records.len(), 1, "only the admin's pass was signed");
+    assert_eq!(records[0]["by"], "alice");
+    let (code, log) = server.stop();
+    assert_eq!(code, 0, "{log}");
     assert!(
         !log.contains(idp.web_client_secret()),
         "no client secret in the log"
