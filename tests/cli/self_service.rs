@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use hwpass::format_time;
+
 use crate::common::*;
 use crate::service::*;
 
@@ -331,5 +333,189 @@ fn forged_tokens_replayed_answers_and_a_provider_that_is_down_sign_nobody_in() {
     assert!(
         !log.contains(idp.web_client_secret()),
         "no client secret in the log"
+    );
+}
+
+#[test]
+fn refusals_say_which_group_is_needed_whose_pass_it_is_and_when_the_next_is_possible() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let carl = IdpUser::new("carl", &["contractors", "hwpass-users"]);
+    let nina = IdpUser::new("nina", &["staff"]);
+    let olga = IdpUser::new("olga", &["hwpass-users"]);
+    let erik = IdpUser::new("erik", &["engineering"]);
+    let users = [carl.clone(), nina.clone(), olga.clone(), erik.clone()];
+    let (server, _idp) = Server::start_with_idp(&issuer, &users, GROUPS);
+
+    // In a group listed `allowed = false` (before one that would allow): refused at sign-in.
+    let r = browser(&server, &carl, &[], "contractor");
+    assert_eq!(r["title"], "Sign-in refused", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("members of the group 'contractors' may not get passes"),
+        "{r}"
+    );
+    // In no listed group: the page names the groups that would do.
+    let r = browser(&server, &nina, &[], "no-group");
+    assert_eq!(
+        r["error"],
+        "you are in none of the groups that may get passes here; ask to be added to one of: 'hwpass-users', 'engineering'",
+        "{r}"
+    );
+
+    // Olga: a request naming someone else, then two of her own, then a third (two a day).
+    let d = Desktop::enrolled(&trust);
+    let requests = [
+        d.request("bob@corp.example", &[]),
+        d.request(&olga.email, &[]),
+        d.request(&olga.email, &[]),
+        d.request(&olga.email, &[]),
+    ]
+    .join("\n");
+    let r = browser(&server, &olga, &[("request.txt", &requests)], "olga");
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{r}");
+    assert_eq!(results[0]["title"], "Not your pass to ask for", "{r}");
+    assert!(
+        results[0]["error"].as_str().unwrap().contains(
+            "this request is for 'bob@corp.example', but you signed in as 'olga@corp.example'"
+        ),
+        "{r}"
+    );
+    assert!(results[1]["pass"].is_string(), "{r}");
+    assert!(results[2]["pass"].is_string(), "{r}");
+    assert_eq!(results[3]["title"], "Passes per day reached", "{r}");
+    let third = results[3]["error"].as_str().unwrap();
+    assert!(
+        third.contains("you have had 2 passes in the last 24 hours")
+            && third.contains("group 'hwpass-users'")
+            && third.contains(&format_time(NOW + 86400)),
+        "{third}"
+    );
+
+    // Erik's group takes TPM-bound passes only: a software request is refused.
+    let r = browser(
+        &server,
+        &erik,
+        &[("request.txt", &d.request(&erik.email, &[]))],
+        "erik",
+    );
+    assert_eq!(r["group"], "engineering", "{r}");
+    assert!(
+        r["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("your group 'engineering' may get TPM-bound passes only"),
+        "{r}"
+    );
+
+    let records = issuer.audit_lines();
+    assert_eq!(records.len(), 2, "only Olga's two passes were signed");
+    assert!(records.iter().all(|r| r["by"] == "olga@corp.example"));
+}
+
+#[test]
+fn an_admin_group_member_signs_for_someone_else_and_people_revoke_their_own_after_confirming() {
+    let issuer = Issuer::new();
+    let trust = issuer.setup();
+    let anna = IdpUser::new("anna", &["hwpass-admins"]);
+    let olga = IdpUser::new("olga", &["hwpass-users"]);
+    let (server, idp) = Server::start_with_idp_options(
+        &issuer,
+        &[anna.clone(), olga.clone()],
+        GROUPS,
+        IdpOptions::default(),
+        "admin_groups = [\"hwpass-admins\"]",
+    );
+    let d = Desktop::enrolled(&trust);
+    // Anna, an admin through her group, signs Olga's request from the admin page.
+    let request = d.request(&olga.email, &["--valid-for", "2d"]);
+    let r = browser(&server, &anna, &[("request.txt", &request)], "admin");
+    assert_eq!(r["admin_page"], true, "{r}");
+    assert_eq!(r["signed_in_as"], "anna@corp.example");
+    let first = &r["results"][0];
+    assert_eq!(first["subject_shown"], "olga@corp.example", "{r}");
+    let pass = first["pass"].as_str().unwrap();
+    d.install(pass, NOW).ok();
+    assert_eq!(d.check(NOW).0, 0);
+    let rec = &issuer.audit_lines()[0];
+    assert_eq!(rec["by"], "anna@corp.example");
+    assert_eq!(rec["group"], "hwpass-admins");
+    assert_eq!(rec["idp"], idp.issuer());
+    let jti = rec["jti"].as_str().unwrap().to_string();
+
+    // Olga sees the pass among hers and revokes it (a lost laptop), confirming first.
+    let r = browser(&server, &olga, &[("revoke.txt", &jti)], "revoke");
+    assert!(
+        r["my_passes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row.as_str().unwrap().contains(&jti)),
+        "{r}"
+    );
+    let confirm = r["confirm_page"].as_str().unwrap();
+    assert!(
+        confirm.contains(&jti)
+            && confirm.contains("test-laptop")
+            && confirm.contains("cannot be undone"),
+        "{confirm}"
+    );
+    assert!(
+        r["revoke_notice"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Revoked pass {jti}")),
+        "{r}"
+    );
+    let register: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(issuer.dir.path().join("audit/revocations.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(register["passes"][0]["jti"], jti.as_str());
+    assert_eq!(register["passes"][0]["by"], "olga@corp.example");
+    let revoked = issuer
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "revoke");
+    assert!(revoked.is_some(), "the revocation is audited");
+}
+
+#[test]
+fn a_provider_that_rotated_its_keys_is_asked_again_once() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    let olga = IdpUser::new("olga", &["hwpass-users"]);
+    let (server, mut idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
+    let mut c = Client::new(&server);
+    let auth = c.start();
+    let cb = at_the_provider(&server, &olga, &auth);
+    assert_eq!(
+        c.get(&cb).status,
+        200,
+        "the service now holds the provider's keys"
+    );
+    let fetched = |idp: &Idp| idp.log().matches("GET /jwks").count();
+    let before = fetched(&idp);
+    // Same issuer, new signing keys (new kids): the next token names a key the service has
+    // not seen; it fetches the keys once more and signs Olga in.
+    idp.restart();
+    let mut c = Client::new(&server);
+    let auth = c.start();
+    let cb = at_the_provider(&server, &olga, &auth);
+    let a = c.get(&cb);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.body.contains("Signed in as <b>olga@corp.example</b>"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        fetched(&idp),
+        before + 1,
+        "the restarted provider's keys were fetched once: {}",
+        idp.log()
     );
 }
