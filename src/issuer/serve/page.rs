@@ -570,7 +570,7 @@ pub(super) async fn sign(
     };
     let body = format!(
         r#"<p class="notice">Signed a {kind} pass for <b>{sub}</b>, valid until {exp} ({left}). Recorded in the audit log as <code>{jti}</code>. {what}</p>
-<label for="pass">The pass — give it to the person; they run <code>hwpass install</code> and paste it</label>
+<label for="pass">{give}</label>
 <div class="row"><input type="text" id="pass" readonly value="{pass}" spellcheck="false"><button type="button" id="copy">Copy</button></div>
 <p><a id="download" download="hwpass-pass.txt" href="data:text/plain;charset=utf-8,{pass}">Download as a file</a> · {len} characters</p>
 <div class="qr" id="qr">{qr}</div>
@@ -582,6 +582,11 @@ pub(super) async fn sign(
         jti = esc(&c.jti),
         pass = esc(&out.pass),
         len = out.pass.len(),
+        give = if ws.admin {
+            "The pass — give it to the person; they run <code>hwpass install</code> and paste it"
+        } else {
+            "Your pass — on your computer, run <code>hwpass install</code> and paste it"
+        },
     );
     Ok(render(&svc, &ws, StatusCode::OK, "Pass signed", &body))
 }
