@@ -7,7 +7,7 @@ Called by tests/cli/self_service.rs:
     self_service.py URL WORKDIR ARTIFACTS
 WORKDIR holds username.txt and password.txt (files, never argv), and optionally request.txt
 (requests to paste and sign, one per line, each from the start page), lifetime.txt (the lifetime to choose, seconds) and revoke.txt (a pass id
-to revoke from "My passes"). Screenshots go to ARTIFACTS; the last stdout line is a JSON
+to revoke from "My passes") and revoke_device.txt (a device key to revoke from the admin list). Screenshots go to ARTIFACTS; the last stdout line is a JSON
 summary that the Rust test checks: who the page says is signed in, the group and rule shown,
 any error page's text, the subject the review showed, the pass, and what revoking showed.
 """
@@ -32,6 +32,7 @@ def optional(name):
 
 username, password = optional("username.txt"), optional("password.txt")
 request, lifetime, revoke = optional("request.txt"), optional("lifetime.txt"), optional("revoke.txt")
+revoke_device = optional("revoke_device.txt")
 tag = optional("tag.txt") or "self"
 
 opts = webdriver.ChromeOptions()
@@ -145,6 +146,18 @@ try:
         shot("revoked")
         result["revoke_notice"] = text("notice")
         result["revoke_error"] = text("error")
+    if revoke_device:
+        driver.get(url + "/")
+        until_any(["recent"])
+        driver.find_element(By.CSS_SELECTOR, f"button[data-jkt='{revoke_device}']").click()
+        until_any(["confirm-revoke", "error"])
+        shot("confirm-device")
+        result["device_confirm_page"] = driver.find_element(By.TAG_NAME, "main").text
+        driver.find_element(By.ID, "confirm-revoke").click()
+        until_any(["notice", "error"])
+        shot("device-revoked")
+        result["device_notice"] = text("notice")
+        result["device_error"] = text("error")
 except Exception as e:  # noqa: BLE001 - reported to the Rust test, which fails with it
     result["exception"] = f"{type(e).__name__}: {e}"
     try:

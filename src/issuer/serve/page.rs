@@ -283,6 +283,14 @@ fn pass_row(r: &Recent, now: i64, csrf: &str, admin: bool) -> String {
             jti = esc(&rec.jti)
         )
     };
+    let state = if admin && !r.device_revoked {
+        format!(
+            r#"{state}<form method="post" action="/revoke" class="inline">{csrf}<input type="hidden" name="device" value="{jkt}"><button type="submit" class="danger link" data-jkt="{jkt}">Revoke device</button></form>"#,
+            jkt = esc(&rec.jkt)
+        )
+    } else {
+        state
+    };
     let admin_cells = if admin {
         let by = match (&rec.by, &rec.group) {
             (Some(by), Some(g)) => format!("{} ({})", esc(by), esc(g)),
@@ -618,50 +626,108 @@ pub(super) async fn revoke_form(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "jti", "confirm"]);
+    let (ws, f) = form_or_page!(
+        svc,
+        peer,
+        headers,
+        body,
+        &["csrf", "jti", "device", "confirm"]
+    );
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
     };
-    let jti = field_or_page!(svc, ws, f, "jti");
     let by = match &ws.person {
         Some(p) => p.identity.clone(),
         None => format!("web:{user}"),
     };
-    if !ws.admin {
-        // A person revokes only their own passes, and confirms first (a lost laptop is the
-        // reason; a slip of the mouse must not be).
-        let Some(identity) = ws.person.as_ref().map(|p| p.identity.clone()) else {
-            return Ok(see_other("/"));
-        };
-        let mine = recent_of(&svc, Some(identity), usize::MAX).await?;
-        let Some(row) = mine.iter().find(|r| r.record.jti == jti) else {
-            let e = ApiError::NotFound(format!("you have no pass {jti}"));
-            return Ok(error_page(&svc, &ws, &e));
-        };
-        if f.get("confirm") != Some("yes") {
-            let rec = &row.record;
-            let body = format!(
-                r#"<p>Revoke the pass <code>{jti}</code> for <b>{dev}</b>, valid until {exp}? Desktops refuse it after their next <code>hwpass refresh</code>; this cannot be undone.</p>
-<form method="post" action="/revoke" class="card">{csrf}<input type="hidden" name="jti" value="{jti}"><input type="hidden" name="confirm" value="yes">
-<button type="submit" class="danger" id="confirm-revoke">Revoke this pass</button> <a href="/" id="cancel-revoke">Keep it</a></form>"#,
-                jti = esc(&rec.jti),
-                dev = esc(rec.dev.as_deref().unwrap_or("an unnamed device")),
-                exp = esc(&format_time(rec.exp)),
-                csrf = csrf_field(&ws),
-            );
-            return Ok(render(&svc, &ws, StatusCode::OK, "Revoke a pass?", &body));
+    let confirmed = f.get("confirm") == Some("yes");
+    let confirm_form = |field: &str, value: &str, question: String, button: &str| {
+        let body = format!(
+            r#"<p>{question}</p>
+<form method="post" action="/revoke" class="card">{csrf}<input type="hidden" name="{field}" value="{value}"><input type="hidden" name="confirm" value="yes">
+<button type="submit" class="danger" id="confirm-revoke">{button}</button> <a href="/" id="cancel-revoke">Keep it</a></form>"#,
+            value = esc(value),
+            csrf = csrf_field(&ws),
+        );
+        render(&svc, &ws, StatusCode::OK, "Revoke?", &body)
+    };
+    let (what, label) = match (f.get("jti"), f.get("device")) {
+        (Some(jti), None) => {
+            if !ws.admin {
+                // A person revokes only their own passes, and confirms first (a lost laptop
+                // is the reason; a slip of the mouse must not be).
+                let Some(identity) = ws.person.as_ref().map(|p| p.identity.clone()) else {
+                    return Ok(see_other("/"));
+                };
+                let mine = recent_of(&svc, Some(identity), usize::MAX).await?;
+                let Some(row) = mine.iter().find(|r| r.record.jti == jti) else {
+                    let e = ApiError::NotFound(format!("you have no pass {jti}"));
+                    return Ok(error_page(&svc, &ws, &e));
+                };
+                if !confirmed {
+                    let rec = &row.record;
+                    return Ok(confirm_form(
+                        "jti",
+                        jti,
+                        format!(
+                            "Revoke the pass <code>{}</code> for <b>{}</b>, valid until {}? Desktops refuse it after their next <code>hwpass refresh</code>; this cannot be undone.",
+                            esc(&rec.jti),
+                            esc(rec.dev.as_deref().unwrap_or("an unnamed device")),
+                            esc(&format_time(rec.exp)),
+                        ),
+                        "Revoke this pass",
+                    ));
+                }
+            }
+            (
+                Revocation {
+                    pass: Some(jti.to_string()),
+                    device: None,
+                    reason: None,
+                },
+                format!("pass {jti}"),
+            )
         }
-    }
-    let what = Revocation {
-        pass: Some(jti.clone()),
-        device: None,
-        reason: None,
+        (None, Some(jkt)) if ws.admin => {
+            if !confirmed {
+                let passes = recent(&svc, usize::MAX)
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.record.jkt == jkt)
+                    .count();
+                return Ok(confirm_form(
+                    "device",
+                    jkt,
+                    format!(
+                        "Revoke the device key <code>{}</code>? Every pass bound to it ({passes} issued) is refused after the desktop's next <code>hwpass refresh</code>, and no pass for it can be used again; this cannot be undone.",
+                        esc(jkt)
+                    ),
+                    "Revoke this device",
+                ));
+            }
+            (
+                Revocation {
+                    pass: None,
+                    device: Some(jkt.to_string()),
+                    reason: None,
+                },
+                format!("device key {jkt}"),
+            )
+        }
+        _ => {
+            let e = ApiError::BadInput(if ws.admin {
+                "form: give a pass id (jti) or a device key (device)".into()
+            } else {
+                "form: give the pass id (jti) of one of your passes".into()
+            });
+            return Ok(error_page(&svc, &ws, &e));
+        }
     };
     match revoke(&svc, what, by).await {
         Ok(r) => {
             let notice = format!(
-                "Revoked pass {} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
-                jti, r.seq
+                "Revoked {label} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
+                r.seq
             );
             home_page(&svc, &ws, Some(notice)).await
         }

@@ -318,7 +318,10 @@ pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
 pub(super) struct Recent {
     #[serde(flatten)]
     pub(super) record: AuditRecord,
+    /// The pass or its device key is revoked.
     pub(super) revoked: bool,
+    /// Its device key is revoked.
+    pub(super) device_revoked: bool,
 }
 
 /// The newest `limit` audit records, newest first, with their revocation state.
@@ -341,10 +344,13 @@ pub(super) async fn recent_of(
             .rev()
             .filter(|r| sub.as_ref().is_none_or(|s| *s == r.sub))
             .take(limit)
-            .map(|record| Recent {
-                revoked: reg.passes.iter().any(|p| p.jti == record.jti)
-                    || reg.devices.iter().any(|d| d.jkt == record.jkt),
-                record,
+            .map(|record| {
+                let device_revoked = reg.devices.iter().any(|d| d.jkt == record.jkt);
+                Recent {
+                    revoked: device_revoked || reg.passes.iter().any(|p| p.jti == record.jti),
+                    device_revoked,
+                    record,
+                }
             })
             .collect())
     })
