@@ -39,6 +39,189 @@ struct ConfigFile {
     serve: ServeSection,
     #[serde(default)]
     audit: AuditSection,
+    /// Sign-in through the company's OpenID Connect provider (self-service).
+    #[serde(default)]
+    oidc: Option<OidcSection>,
+}
+
+/// `[oidc]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: String,
+    client_id: String,
+    client_secret_file: PathBuf,
+    redirect_url: String,
+    #[serde(default)]
+    identity_claim: Option<String>,
+    #[serde(default)]
+    groups_claim: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    desktop_client_id: Option<String>,
+    #[serde(default)]
+    admin_groups: Vec<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// `[oidc]`: the company's OpenID Connect provider, through which people sign in to get
+/// their own passes.
+#[derive(Clone)]
+pub struct OidcConfig {
+    /// The provider's issuer URL, exactly as its tokens' `iss`.
+    pub issuer: String,
+    /// The service's (confidential) client id.
+    pub client_id: String,
+    /// Its client secret (from `client_secret_file`, never shown).
+    pub client_secret: secrecy::SecretString,
+    /// Where the client secret was read from (`config check` names the file, never the
+    /// secret).
+    pub client_secret_file: PathBuf,
+    /// Where the provider sends the browser back: this service's `/oidc/callback`.
+    pub redirect_url: String,
+    /// Which claims name the person and list their groups.
+    pub claims: crate::oidc::ClaimMap,
+    /// Scopes asked for (`openid` always).
+    pub scopes: Vec<String>,
+    /// The desktop's public client id: its device-grant ID tokens are accepted at
+    /// `/v1/self/…` (`hwpass request --server`).
+    pub desktop_client_id: Option<String>,
+    /// Provider groups whose members are admins (sign for others, revoke anything).
+    pub admin_groups: Vec<String>,
+    /// PEM CA certificates to trust for the provider instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Each request to the provider.
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("redirect_url", &self.redirect_url)
+            .field("claims", &self.claims)
+            .field("desktop_client_id", &self.desktop_client_id)
+            .field("admin_groups", &self.admin_groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An `http://` URL is accepted only for a loopback host (a test or a local provider).
+fn check_url(what: &str, url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        if !(host == "localhost" || host == "[::1]" || host.starts_with("127.")) {
+            return Err(format!(
+                "[oidc] {what} {url:?} must be https:// (plain http only for a loopback address)"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("[oidc] {what} {url:?} is not an https:// URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') || url.contains(char::is_whitespace) {
+        return Err(format!("[oidc] {what} {url:?} is not a URL"));
+    }
+    Ok(())
+}
+
+impl OidcSection {
+    fn resolve(self, file: &Path) -> Result<OidcConfig, IssuerError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let config = |detail: String| IssuerError::Config {
+            path: file.to_path_buf(),
+            detail,
+        };
+        check_url("issuer", &self.issuer).map_err(config)?;
+        check_url("redirect_url", &self.redirect_url).map_err(config)?;
+        if !self
+            .redirect_url
+            .trim_end_matches('/')
+            .ends_with("/oidc/callback")
+        {
+            return Err(config(format!(
+                "[oidc] redirect_url {:?} must end in /oidc/callback (this service's callback, as registered with the provider)",
+                self.redirect_url
+            )));
+        }
+        for (what, v) in [
+            ("client_id", Some(&self.client_id)),
+            ("desktop_client_id", self.desktop_client_id.as_ref()),
+        ] {
+            if v.is_some_and(|v| v.trim().is_empty()) {
+                return Err(config(format!("[oidc] {what} must not be empty")));
+            }
+        }
+        let secret_file = base.join(&self.client_secret_file);
+        check_private(&secret_file)?;
+        let secret = std::fs::read_to_string(&secret_file)
+            .map_err(|e| config(format!("{}: {e}", secret_file.display())))?;
+        let secret = secret.lines().next().unwrap_or_default().trim().to_string();
+        if secret.is_empty() {
+            return Err(config(format!(
+                "[oidc] the client secret file {} is empty",
+                secret_file.display()
+            )));
+        }
+        let identity = self.identity_claim.unwrap_or_else(|| "email".into());
+        let groups = self.groups_claim.unwrap_or_else(|| "groups".into());
+        for (what, v) in [("identity_claim", &identity), ("groups_claim", &groups)] {
+            if v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(config(format!("[oidc] {what} {v:?} is not a claim name")));
+            }
+        }
+        let mut scopes = self.scopes.unwrap_or_else(|| {
+            ["openid", "email", "profile", "groups"]
+                .map(String::from)
+                .to_vec()
+        });
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(config(format!("[oidc] scopes: {s:?} is not a scope")));
+        }
+        let timeout = timeout_in(
+            "[oidc] timeout",
+            self.timeout.as_deref(),
+            std::time::Duration::from_secs(10),
+        )
+        .map_err(config)?;
+        let ca_file = self.ca_file.map(|c| base.join(c));
+        if let Some(ca) = &ca_file {
+            check_not_writable(ca)?;
+        }
+        Ok(OidcConfig {
+            issuer: self.issuer,
+            client_id: self.client_id,
+            client_secret: secret.into(),
+            client_secret_file: secret_file,
+            redirect_url: self.redirect_url,
+            claims: crate::oidc::ClaimMap { identity, groups },
+            scopes,
+            desktop_client_id: self.desktop_client_id,
+            admin_groups: self.admin_groups,
+            ca_file,
+            timeout,
+        })
+    }
 }
 
 /// `[audit]`: the audit log's checkpoints.
@@ -246,8 +429,17 @@ fn count(
     }
 }
 
-/// A timeout from the config: 1 s to 1 h.
+/// A `[serve]` timeout from the config: 1 s to 1 h.
 fn timeout(
+    name: &str,
+    value: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    timeout_in(&format!("[serve] {name}"), value, default)
+}
+
+/// A timeout from the config: 1 s to 1 h.
+fn timeout_in(
     name: &str,
     value: Option<&str>,
     default: std::time::Duration,
@@ -255,9 +447,9 @@ fn timeout(
     let Some(text) = value else {
         return Ok(default);
     };
-    let secs = parse_duration(text).map_err(|e| format!("[serve] {name}: {e}"))?;
+    let secs = parse_duration(text).map_err(|e| format!("{name}: {e}"))?;
     if !(1..=3600).contains(&secs) {
-        return Err(format!("[serve] {name} must be 1s to 1h"));
+        return Err(format!("{name} must be 1s to 1h"));
     }
     // Invariant: 1..=3600 fits u64.
     Ok(std::time::Duration::from_secs(secs.unsigned_abs()))
@@ -544,11 +736,13 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> IssuerError {
     let this_line = text[line_start..].lines().next().unwrap_or_default();
     // The table: this line's `[header]` (an error about the whole table, such as a missing
     // key), else the last one above it (dotted keys and inline tables aside).
-    let table = std::iter::once(this_line)
+    let header = std::iter::once(this_line)
         .chain(before[..line_start].lines().rev())
         .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        .find(|l| l.starts_with('['));
+    let table = header.map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    // `[serve]`, or `[[policy.group]]` for an entry of an array of tables, as written.
+    let header = header.map(|l| l.split('#').next().unwrap_or_default().trim().to_string());
     let key = this_line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_string())
@@ -559,9 +753,9 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> IssuerError {
     });
     let detail = match unknown_field(message) {
         Some((unknown, expected)) => {
-            let place = table
+            let place = header
                 .as_ref()
-                .map_or_else(|| "at the top level".to_string(), |t| format!("in [{t}]"));
+                .map_or_else(|| "at the top level".to_string(), |h| format!("in {h}"));
             match closest(&unknown, &expected) {
                 Some(near) => format!("unknown key `{unknown}` {place} (did you mean `{near}`?)"),
                 None => format!(
@@ -711,6 +905,8 @@ pub struct IssuerConfig {
     pub source: PathBuf,
     /// `[key] module_env`, as given.
     pub module_env: Vec<(String, String)>,
+    /// `[oidc]`: sign-in through the company's OpenID provider.
+    pub oidc: Option<OidcConfig>,
 }
 
 impl IssuerConfig {
@@ -870,6 +1066,13 @@ impl IssuerConfig {
                 }
             }
         }
+        let oidc = file.oidc.map(|o| o.resolve(path)).transpose()?;
+        if oidc.is_some() && policy.groups.is_empty() {
+            notices.push(format!(
+                "{}: [oidc] is set but [[policy.group]] lists no group: nobody can get a pass by signing in (admins in [oidc] admin_groups still can sign for others)",
+                path.display()
+            ));
+        }
         let audit_origin = match file.audit.origin {
             Some(o) => o,
             None => default_origin(&file.issuer),
@@ -890,7 +1093,19 @@ impl IssuerConfig {
             notices,
             source: path.to_path_buf(),
             module_env: key_section.module_env.into_iter().collect(),
+            oidc,
         })
+    }
+
+    /// Which claims name a person and their groups (`[oidc]`; the defaults without it).
+    pub fn oidc_claims(&self) -> crate::oidc::ClaimMap {
+        self.oidc.as_ref().map_or_else(
+            || crate::oidc::ClaimMap {
+                identity: "email".into(),
+                groups: "groups".into(),
+            },
+            |o| o.claims.clone(),
+        )
     }
 
     /// The audit log this config names.
@@ -929,6 +1144,14 @@ impl IssuerConfig {
                 "allow_software": policy.allow_software,
                 "software_max_lifetime": format_duration(policy.software_max_lifetime),
                 "max_request_age": format_duration(policy.max_request_age),
+                "group": policy.groups.iter().map(|g| serde_json::json!({
+                    "name": g.name,
+                    "allowed": g.allowed,
+                    "max_lifetime": format_duration(g.max_lifetime),
+                    "software": g.software,
+                    "attestation": g.attestation,
+                    "passes_per_day": g.passes_per_day,
+                })).collect::<Vec<_>>(),
             },
             "attestation": {
                 "require": att.require,
@@ -938,6 +1161,19 @@ impl IssuerConfig {
                 "allow_missing_ek_eku": att.allow_missing_ek_eku,
                 "manufacturers": att.manufacturers,
             },
+            "oidc": self.oidc.as_ref().map(|o| serde_json::json!({
+                "issuer": o.issuer,
+                "client_id": o.client_id,
+                "client_secret_file": shown(&o.client_secret_file),
+                "redirect_url": o.redirect_url,
+                "identity_claim": o.claims.identity,
+                "groups_claim": o.claims.groups,
+                "scopes": o.scopes,
+                "desktop_client_id": o.desktop_client_id,
+                "admin_groups": o.admin_groups,
+                "ca_file": o.ca_file.as_deref().map(shown),
+                "timeout": format_duration(i64::try_from(o.timeout.as_secs()).unwrap_or(i64::MAX)),
+            })),
             "serve": {
                 "listen": serve.listen.to_string(),
                 "tls": serve.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": shown(c), "key": shown(k)})),

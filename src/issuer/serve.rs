@@ -34,6 +34,7 @@ mod ops;
 mod page;
 mod problem;
 mod service;
+mod signin;
 mod startup;
 
 pub use self::form::{encode_form, parse_form, Fields, FormError};

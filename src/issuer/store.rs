@@ -160,9 +160,16 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
     /// Who asked for it, when the issuing service signed it (`alice`, `web:alice`,
-    /// `proxy:bob`).
+    /// `proxy:bob`, or a person's verified identity when they signed in through the OpenID
+    /// provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The OpenID provider (`iss`) that vouched for `by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
+    /// The provider group whose `[[policy.group]]` rule allowed it (or the admin group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The TPM the pass was sealed to, as its EK certificate names it (attested passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<AuditTpm>,

@@ -330,6 +330,116 @@ fn config_errors_name_file_line_column_and_key() {
     }
 }
 
+/// Company sign-in for the config tests: `[oidc]` (its secret in a 0600 file beside the config)
+/// and two `[[policy.group]]` rules.
+fn oidc_config(issuer: &Issuer, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = issuer.dir.path().join("oidc-secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    r#"
+[oidc]
+issuer = "https://login.corp.example"
+client_id = "hwpass-web"
+client_secret_file = "oidc-secret"
+redirect_url = "https://passes.corp.example/oidc/callback"
+desktop_client_id = "hwpass-desktop"
+admin_groups = ["hwpass-admins"]
+
+[[policy.group]]
+name = "hwpass-users"
+max_lifetime = "7d"
+passes_per_day = 2
+
+[[policy.group]]
+name = "engineering"
+software = false
+"#
+    .to_string()
+}
+
+#[test]
+fn config_check_shows_sign_in_and_groups_in_force_never_the_secret_and_knows_their_keys() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    let secret = "client-secret-4c1b9e0f7d";
+    let oidc = oidc_config(&issuer, secret);
+    let out = with_config(
+        &issuer,
+        |t| format!("{t}{oidc}"),
+        &["config", "check", "--json"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    let e = &out.json()["effective"];
+    let o = &e["oidc"];
+    assert_eq!(o["issuer"], "https://login.corp.example");
+    assert_eq!(o["client_id"], "hwpass-web");
+    assert_eq!(
+        o["client_secret_file"],
+        issuer.dir.path().join("oidc-secret").display().to_string()
+    );
+    assert_eq!(o["desktop_client_id"], "hwpass-desktop");
+    assert_eq!(o["admin_groups"], serde_json::json!(["hwpass-admins"]));
+    // Defaults filled in.
+    assert_eq!(o["identity_claim"], "email");
+    assert_eq!(o["groups_claim"], "groups");
+    assert_eq!(o["timeout"], "10s");
+    let groups = e["policy"]["group"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["name"], "hwpass-users");
+    assert_eq!(groups[0]["max_lifetime"], "7d");
+    assert_eq!(groups[0]["passes_per_day"], 2);
+    assert_eq!(groups[1]["software"], false);
+    assert_eq!(groups[1]["max_lifetime"], "14d", "the [policy] maximum");
+    assert_eq!(groups[1]["passes_per_day"], serde_json::Value::Null);
+
+    let out = with_config(&issuer, |t| format!("{t}{oidc}"), &["config", "check"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    for line in [
+        "group         hwpass-users: allowed, max 7d, software allowed, attestation optional, 2 per day",
+        "group         engineering: allowed, max 14d, software refused, attestation optional, unlimited per day",
+        "oidc          https://login.corp.example as client hwpass-web",
+    ] {
+        assert!(out.stdout.contains(line), "{line}\n{}", out.stdout);
+    }
+    // Without sign-in, config check says so.
+    let plain = issuer.run(&["config", "check"], None).ok();
+    assert!(
+        plain
+            .stdout
+            .contains("oidc          - (no company sign-in)"),
+        "{plain:?}"
+    );
+
+    // The new keys are known to "did you mean".
+    let config = issuer.config.display().to_string();
+    for (typo, want) in [
+        (
+            ("client_secret_file =", "client_secert_file ="),
+            "unknown key `client_secert_file` in [oidc] (did you mean `client_secret_file`?)",
+        ),
+        (
+            ("passes_per_day =", "passes_per_dya ="),
+            "unknown key `passes_per_dya` in [[policy.group]] (did you mean `passes_per_day`?)",
+        ),
+    ] {
+        let out = with_config(
+            &issuer,
+            |t| format!("{t}{}", oidc.replacen(typo.0, typo.1, 1)),
+            &["config", "check"],
+        );
+        assert_eq!(out.code, 1, "{out:?}");
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("hwpass-issuer: error: config {config}:"))
+                && first.ends_with(want),
+            "want {want:?}\n got {first:?}"
+        );
+    }
+}
+
 #[test]
 fn config_check_prints_the_values_in_force_and_finds_what_loading_cannot() {
     let issuer = Issuer::new();

@@ -22,5 +22,6 @@ mod modules;
 mod ops;
 mod packages;
 mod revocation;
+mod self_service;
 mod service;
 mod service_hardening;

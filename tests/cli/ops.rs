@@ -24,7 +24,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 /// Polls the metrics until `name` reaches `want` (a reload runs on its own task); fails after
 /// 20 s. Waits on the event, not on a guessed duration.
-fn wait_for(server: &Server, name: &str, want: f64) -> String {
+pub fn wait_for(server: &Server, name: &str, want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = scrape(server);
@@ -39,7 +39,7 @@ fn wait_for(server: &Server, name: &str, want: f64) -> String {
     }
 }
 
-fn sighup(server: &Server) {
+pub fn sighup(server: &Server) {
     let pid = server.pid().to_string();
     let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(status.success());

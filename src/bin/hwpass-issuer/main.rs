@@ -324,6 +324,22 @@ fn shown(text: &str) -> Cow<'_, str> {
 
 /// JSON text safe to print: serde_json leaves DEL, C1 controls, bidirectional and invisible
 /// characters as they are; they can only occur inside strings, where `\uXXXX` means the same.
+/// "  by alice@corp (group hwpass-users, via https://idp)" for an audit line; nothing when the
+/// record names no one.
+fn asked_by(r: &issuer::AuditRecord) -> String {
+    let Some(by) = &r.by else {
+        return String::new();
+    };
+    let mut out = format!("  by {}", shown(by));
+    match (&r.group, &r.idp) {
+        (Some(g), Some(idp)) => out.push_str(&format!(" (group {}, via {})", shown(g), shown(idp))),
+        (None, Some(idp)) => out.push_str(&format!(" (via {})", shown(idp))),
+        (Some(g), None) => out.push_str(&format!(" (group {})", shown(g))),
+        (None, None) => {}
+    }
+    out
+}
+
 fn shown_json(json: String) -> String {
     if !json.chars().any(unprintable) {
         return json;
@@ -834,6 +850,36 @@ fn config_check(cfg: &IssuerConfig, json: bool) -> Result<(), Failure> {
             s(&p["software_max_lifetime"]),
             s(&p["max_request_age"])
         );
+        let groups = p["group"].as_array().cloned().unwrap_or_default();
+        if groups.is_empty() && !e["oidc"].is_null() {
+            println!("groups        - (nobody gets a pass by signing in)");
+        }
+        for g in &groups {
+            println!(
+                "group         {}: {}, max {}, software {}, attestation {}, {} per day",
+                s(&g["name"]),
+                if g["allowed"] == true {
+                    "allowed"
+                } else {
+                    "shut out"
+                },
+                s(&g["max_lifetime"]),
+                if g["software"] == true {
+                    "allowed"
+                } else {
+                    "refused"
+                },
+                if g["attestation"] == true {
+                    "required"
+                } else {
+                    "optional"
+                },
+                match &g["passes_per_day"] {
+                    serde_json::Value::Null => "unlimited".to_string(),
+                    n => s(n),
+                }
+            );
+        }
         let a = &e["attestation"];
         println!(
             "attestation   {}; roots {}; intermediates {}; {} allow-listed EKs",
@@ -854,6 +900,32 @@ fn config_check(cfg: &IssuerConfig, json: bool) -> Result<(), Failure> {
             s(&v["admins"]),
             s(&v["proxy"])
         );
+        let o = &e["oidc"];
+        if o.is_null() {
+            println!("oidc          - (no company sign-in)");
+        } else {
+            println!(
+                "oidc          {} as client {} (secret in {}), back to {}",
+                s(&o["issuer"]),
+                s(&o["client_id"]),
+                s(&o["client_secret_file"]),
+                s(&o["redirect_url"])
+            );
+            println!(
+                "              identity claim {}, groups claim {}, scopes {}, desktop client {}, admin groups {}, CA {}, timeout {}",
+                s(&o["identity_claim"]),
+                s(&o["groups_claim"]),
+                s(&o["scopes"]),
+                s(&o["desktop_client_id"]),
+                s(&o["admin_groups"]),
+                if o["ca_file"].is_null() {
+                    "the system's".to_string()
+                } else {
+                    s(&o["ca_file"])
+                },
+                s(&o["timeout"])
+            );
+        }
         if problems.is_empty() {
             println!("ok: the config holds, the key opens and the audit log can be written");
         }
@@ -936,12 +1008,13 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 }
                 match e {
                     AuditEntry::Issued(r) => println!(
-                        "{}  {:<24} {:<8} until {}  jti {}{}",
+                        "{}  {:<24} {:<8} until {}  jti {}{}{}",
                         format_time(r.time),
                         shown(&r.sub),
                         r.kind.as_str(),
                         format_time(r.exp),
                         shown(&r.jti),
+                        asked_by(&r),
                         r.tpm
                             .as_ref()
                             .map(|t| format!(

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use super::metrics;
 use super::problem::typed;
-use super::service::{Service, Shared};
+use super::service::{anyone_can_sign_in, provider, Service, Shared, NOBODY_CAN_SIGN_IN};
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::sign;
@@ -237,7 +237,9 @@ pub(super) async fn load_tls(
 
 /// The service under `cfg`, sharing with `old` what outlives a reload: the HSM sessions, the
 /// audit writer and store, the revocation register, the web sessions (less those of admins
-/// the new config no longer lists), the CSRF key and the per-peer request counts. What only a
+/// the new config no longer lists, and of people whose provider it no longer names), the CSRF
+/// key, the per-peer request counts, the sign-in states already used and the lock under which
+/// a person's passes are counted. The OpenID provider is the new config's. What only a
 /// restart changes keeps its old value, with a warning.
 fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError> {
     let was = &old.cfg;
@@ -276,14 +278,19 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     }
     // The same key (its sessions stay open), and the keys desktops are told to trust.
     cfg.key = was.key.clone();
-    if cfg.serve.admins.is_empty() && cfg.serve.proxy.is_none() {
+    if !anyone_can_sign_in(&cfg) {
         return Err(IssuerError::Config {
             path: cfg.source.clone(),
-            detail: "no admin could sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`) or [serve.proxy]".into(),
+            detail: NOBODY_CAN_SIGN_IN.into(),
         });
     }
     let bundle = sign::trust_bundle(&cfg)?;
-    // An admin whose token the new config no longer lists is signed out everywhere.
+    // The OpenID provider as the new config names it (discovered again at the next sign-in).
+    let provider = provider(&cfg)?;
+    let mut sessions = old.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    // An admin whose token the new config no longer lists is signed out everywhere; so is a
+    // person whose provider the new config no longer names. A person's admin rights follow the
+    // new `[oidc] admin_groups` at once.
     let removed: Vec<&String> = was
         .serve
         .admins
@@ -291,10 +298,16 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
         .map(|(name, _)| name)
         .filter(|name| !cfg.serve.admins.iter().any(|(n, _)| n == *name))
         .collect();
-    if !removed.is_empty() {
-        let mut sessions = old.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| !removed.contains(&&s.user));
+    sessions.retain(|_, s| match &s.person {
+        None => !removed.contains(&&s.user),
+        Some(p) => cfg.oidc.as_ref().is_some_and(|o| o.issuer == p.idp),
+    });
+    for s in sessions.values_mut() {
+        if let (Some(p), Some(o)) = (&s.person, &cfg.oidc) {
+            s.admin = o.admin_groups.iter().any(|g| p.groups.contains(g));
+        }
     }
+    drop(sessions);
     Ok(Service {
         cfg,
         pool: old.pool.clone(),
@@ -308,5 +321,9 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
         in_flight: old.in_flight.clone(),
         // The key set may have changed: the next deny list is signed afresh.
         denylist: Default::default(),
+        provider,
+        // Used sign-in states stay used; the per-person counting lock is the same one.
+        used_states: old.used_states.clone(),
+        self_service: old.self_service.clone(),
     })
 }

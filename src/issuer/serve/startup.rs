@@ -20,7 +20,8 @@ use super::metrics::Timed;
 use super::ops::{self, load_tls, Live};
 use super::page;
 use super::problem::ApiError;
-use super::service::{Service, Shared, MAX_BODY};
+use super::service::{anyone_can_sign_in, provider, Service, Shared, MAX_BODY, NOBODY_CAN_SIGN_IN};
+use super::signin;
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
@@ -83,10 +84,10 @@ pub fn run(
     listen: Option<SocketAddr>,
     ready: impl FnOnce(&str),
 ) -> Result<(), IssuerError> {
-    if cfg.serve.admins.is_empty() && cfg.serve.proxy.is_none() {
+    if !anyone_can_sign_in(&cfg) {
         return Err(IssuerError::Config {
             path: "[serve]".into(),
-            detail: "no admin can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`) or [serve.proxy]".into(),
+            detail: NOBODY_CAN_SIGN_IN.into(),
         });
     }
     let internal =
@@ -115,6 +116,7 @@ pub fn run(
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
     let audit = Arc::new(Committer::start(audit_store.clone(), &cfg)?);
+    let provider = provider(&cfg)?;
     let svc = Arc::new(Service {
         cfg,
         pool: Arc::new(KeyPool::new(keys)),
@@ -127,6 +129,9 @@ pub fn run(
         tls: tls.is_some(),
         in_flight: Arc::new(Mutex::new(HashMap::new())),
         denylist: Mutex::new(None),
+        provider,
+        used_states: Arc::new(Mutex::new(HashMap::new())),
+        self_service: Arc::new(tokio::sync::Mutex::new(())),
     });
     let limits = svc.cfg.serve.limits.clone();
     let max_connections = connection_cap(limits.max_connections);
@@ -250,6 +255,11 @@ fn router(svc: Shared) -> Router {
         .route("/v1/revocations", post(api::api_revoke))
         .route("/v1/issuances", get(api::api_issuances))
         .route("/v1/openapi.json", get(api::api_openapi))
+        .route("/v1/self", get(api::self_info))
+        .route("/v1/self/whoami", get(api::self_whoami))
+        .route("/v1/self/passes", post(api::self_sign))
+        .route("/oidc/login", get(signin::login))
+        .route("/oidc/callback", get(signin::callback))
         .merge(ops::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
