@@ -101,6 +101,12 @@ impl ApiError {
                     ),
                     E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
                     E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
+                    // The database behind the register is restarting or out of reach.
+                    E::Revocation(r) if r.is_transient() => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store",
+                        "Revocation register unavailable",
+                    ),
                     // Fail closed: no pass without its audit record and checkpoint.
                     E::Audit(_) => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +124,7 @@ impl ApiError {
                 let detail = match slug {
                     "hsm" => "the HSM did not sign; try again later (the issuer's log says why)",
                     "audit" => "the audit log could not be written, so no pass was issued (the issuer's log says why)",
+                    "store" => "the revocation register is out of reach; try again in a moment (the issuer's log says why)",
                     "internal" => "the issuer could not complete this (its log says why)",
                     _ => return (status, slug, title, e.to_string()),
                 };
@@ -173,7 +180,7 @@ pub(super) fn decorate(resp: &mut Response, status: StatusCode) {
                 HeaderValue::from_static("Bearer realm=\"hwpass\""),
             );
         }
-        StatusCode::TOO_MANY_REQUESTS => {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // The rest of the body was never read: the connection cannot carry another request.

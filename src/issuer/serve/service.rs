@@ -147,11 +147,12 @@ pub(super) async fn revoke(
 }
 
 /// The signed deny list as of now: re-signed when the register changed or the last copy is
-/// older than [`DENYLIST_REUSE_SECS`].
+/// older than [`DENYLIST_REUSE_SECS`] — or, with a store that keeps signed lists for every
+/// replica (PostgreSQL), the one another replica signed.
 pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
     let now = now()?;
     blocking(svc, move |svc| {
-        let seq = svc.register.load()?.seq;
+        let seq = svc.register.seq()?;
         let mut cache = svc.denylist.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, at, list)) = cache.as_ref() {
             if *s == seq && (0..DENYLIST_REUSE_SECS).contains(&(now - at)) {
@@ -160,9 +161,10 @@ pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
         }
         // Publishing may itself raise the sequence number (the key set changed): cache the
         // number the list carries.
-        let (seq, list) = svc
-            .pool
-            .with(|key| sign::publish_denylist(&svc.cfg, &svc.bundle, key, now))?;
+        let (seq, list) = svc.pool.with(|key| {
+            svc.register
+                .current_denylist(&svc.bundle, key, now, DENYLIST_REUSE_SECS)
+        })?;
         *cache = Some((seq, now, list.clone()));
         Ok(list)
     })
@@ -180,12 +182,10 @@ pub(super) struct Recent {
 /// The newest `limit` audit records, newest first, with their revocation state.
 pub(super) async fn recent(svc: &Shared, limit: usize) -> Result<Vec<Recent>, ApiError> {
     blocking(svc, move |svc| {
-        let (records, _) = svc.audit_store.read()?;
+        let records = svc.audit_store.recent_issued(limit)?;
         let reg = svc.register.load()?;
         Ok(records
             .into_iter()
-            .rev()
-            .take(limit)
             .map(|record| Recent {
                 revoked: reg.passes.iter().any(|p| p.jti == record.jti)
                     || reg.devices.iter().any(|d| d.jkt == record.jkt),

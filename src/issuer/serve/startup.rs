@@ -275,7 +275,6 @@ async fn log_and_harden(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CACHE_CONTROL, "no-store"),
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -283,6 +282,9 @@ async fn log_and_harden(
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Nothing is stored by caches, unless a handler says otherwise (the deny list: no-cache).
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     if hsts {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
