@@ -156,3 +156,308 @@ fn pg_cli_needs_migrate_then_signs_revokes_verifies_and_exports() {
     assert_eq!(r.code, 11, "{r:?}");
     assert!(r.stderr.contains("position 3 where 2 was due"), "{r:?}");
 }
+
+#[test]
+fn pg_import_takes_a_verified_file_store_and_refuses_a_damaged_one() {
+    let issuer = PgIssuer::new(Kind::SoftHsm);
+    let with_store = std::fs::read_to_string(&issuer.config).unwrap().replace(
+        "audience = \"analytics-desktop\"\n",
+        "audience = \"analytics-desktop\"\naudit_log = \"audit/audit.jsonl\"\n",
+    );
+    let files_only = &with_store[..with_store.find("[store]").unwrap()];
+    std::fs::write(&issuer.config, files_only).unwrap();
+    issuer.run(&["keygen"], None).ok();
+    let jwks = issuer.run(&["jwks"], None).ok();
+    let trust = issuer.dir.path().join("issuer.jwks");
+    std::fs::write(&trust, &jwks.stdout).unwrap();
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("alice@corp", &[]);
+    let first = issuer.run(&["sign"], Some(&request)).ok().line();
+    issuer.run(&["sign"], Some(&request)).ok();
+    let jti = payload_of(&first)["jti"].as_str().unwrap().to_string();
+    issuer.run(&["revoke", "--pass", &jti], None).ok();
+    let log = issuer.dir.path().join("audit/audit.jsonl");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+
+    // Switch the config to the database (keeping audit_log: where `db import` reads).
+    std::fs::write(&issuer.config, &with_store).unwrap();
+    issuer.run(&["db", "migrate"], None).ok();
+
+    // A copy with one record edited is refused as a whole: nothing is imported.
+    let bad = issuer.dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        bad.join("audit.jsonl"),
+        text.replacen("alice@corp", "mallory@corp", 1),
+    )
+    .unwrap();
+    std::fs::copy(
+        log.with_extension("jsonl.checkpoint"),
+        bad.join("audit.jsonl.checkpoint"),
+    )
+    .unwrap();
+    let r = issuer.run(
+        &[
+            "db",
+            "import",
+            "--audit-log",
+            bad.join("audit.jsonl").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(r.code, 11, "{r:?}");
+    assert!(r.stderr.contains("does not follow"), "{r:?}");
+    assert_eq!(
+        issuer.pg.count("SELECT count(*) FROM hwpass_audit_entries"),
+        0
+    );
+
+    let done = issuer.run(&["db", "import", "--json"], None).ok().json();
+    assert_eq!(done["records"], 3, "{done}");
+    assert_eq!(done["checkpoint"], 3, "{done}");
+    assert_eq!(
+        (done["passes"].as_u64(), done["seq"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let v = issuer.verify();
+    assert_eq!(
+        (v["records"].as_u64(), v["checkpoint"]["size"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // The database continues the same chain; the revocation came along.
+    issuer.run(&["sign"], Some(&request)).ok();
+    let v = issuer.verify();
+    assert_eq!(
+        (v["records"].as_u64(), v["checkpoint"]["size"].as_u64()),
+        (Some(4), Some(4))
+    );
+    let list = issuer.run(&["denylist"], None).ok().line();
+    assert_eq!(payload_of(&list)["passes"][0]["jti"], jti.as_str());
+    let r = issuer
+        .run(&["revoke", "--pass", &jti, "--json"], None)
+        .ok()
+        .json();
+    assert_eq!(r["already"], true, "{r}");
+
+    let again = issuer.run(&["db", "import"], None);
+    assert_eq!(again.code, 11, "{again:?}");
+    assert!(again.stderr.contains("already holds"), "{again:?}");
+    assert!(
+        again.stderr.contains("import only into a new database"),
+        "{again:?}"
+    );
+}
+
+/// `pg_locks`: the backend holding the checkpoint leader's advisory lock
+/// (0x6877_7061_0000_0001: classid 0x68777061, objid 1), if any.
+fn leader_pid(pg: &Postgres) -> Option<i64> {
+    let r = pg.sql(
+        "hwpass",
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = 1752658017 AND objid = 1 AND objsubid = 1",
+    );
+    let pids: Vec<i64> = r
+        .stdout
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(pids.len() <= 1, "one leader at most: {pids:?}");
+    pids.first().copied()
+}
+
+/// What a client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Pass ids of the passes received (201).
+    passes: Vec<String>,
+    /// Error answers: status, content type, body.
+    errors: Vec<(u16, String, String)>,
+    /// Requests that got no answer: the replica's address, and why.
+    unanswered: Vec<(String, String)>,
+}
+
+#[test]
+fn pg_three_replicas_lose_nothing_when_the_leader_is_killed_and_the_database_restarts() {
+    // One token behind `p11-kit server` (a network HSM's shape), one database, three replicas.
+    let mut issuer = PgIssuer::new(Kind::P11Kit);
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("load@corp", &[]);
+    let caps = "max_connections_per_ip = 256\nmax_requests_per_ip = 256\n";
+    // The first replica leads the checkpoints before the others start.
+    let mut replicas = vec![Some(issuer.replica(caps))];
+    assert!(
+        poll(Duration::from_secs(20), || leader_pid(&issuer.pg).is_some()),
+        "the first replica takes the checkpoint leader's lock"
+    );
+    let first_leader = leader_pid(&issuer.pg);
+    replicas.push(Some(issuer.replica(caps)));
+    replicas.push(Some(issuer.replica(caps)));
+    let token = issuer.token.clone().unwrap();
+    let urls: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+        replicas
+            .iter()
+            .map(|r| r.as_ref().unwrap().url.clone())
+            .collect(),
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let turn = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (urls, stop, seen, turn) = (urls.clone(), stop.clone(), seen.clone(), turn.clone());
+            let body = sign_body(&request, Some("1d"));
+            let auth = format!("Bearer {token}");
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(60))
+                    .build();
+                while !stop.load(Ordering::SeqCst) {
+                    let i = turn.fetch_add(1, Ordering::SeqCst) % 3;
+                    let url = urls.lock().unwrap()[i].clone();
+                    let r = agent
+                        .post(&format!("{url}/v1/passes"))
+                        .set("Content-Type", "application/json")
+                        .set("Authorization", &auth)
+                        .send_string(&body);
+                    let mut seen = seen.lock().unwrap();
+                    match r {
+                        Err(ureq::Error::Transport(t)) => {
+                            seen.unanswered.push((url, t.to_string()));
+                        }
+                        other => {
+                            let (status, kind, text) = answer(other);
+                            if status == 201 {
+                                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                                seen.passes.push(v["jti"].as_str().unwrap().to_string());
+                            } else {
+                                seen.errors.push((status, kind, text));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let passes = |seen: &Mutex<Seen>| seen.lock().unwrap().passes.len();
+    let wait_for = |n: usize, what: &str| {
+        assert!(
+            poll(Duration::from_secs(90), || passes(&seen) >= n),
+            "{what}: only {} passes",
+            passes(&seen)
+        );
+    };
+
+    wait_for(150, "before the kill");
+    // SIGKILL the leader mid-load; another replica takes the lock over.
+    let killed = replicas[0].take().unwrap();
+    let killed_url = killed.url.clone();
+    std::process::Command::new("kill")
+        .args(["-KILL", &killed.pid().to_string()])
+        .status()
+        .unwrap();
+    drop(killed);
+    assert!(
+        poll(Duration::from_secs(20), || {
+            leader_pid(&issuer.pg).is_some_and(|p| Some(p) != first_leader)
+        }),
+        "another replica takes the checkpoint leader's lock over"
+    );
+    let restarted = issuer.replica(caps);
+    urls.lock().unwrap()[0] = restarted.url.clone();
+    replicas[0] = Some(restarted);
+    let at_kill = passes(&seen);
+    wait_for(at_kill + 150, "after the replica restarted");
+
+    // PostgreSQL crashes (immediate stop: recovery from the WAL) and comes back.
+    let before_crash = passes(&seen);
+    let errors_before_crash = seen.lock().unwrap().errors.len();
+    issuer.pg.restart();
+    wait_for(before_crash + 150, "after PostgreSQL restarted");
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+
+    // The leader covers everything the replicas appended.
+    let mut v = serde_json::Value::Null;
+    let covered = poll(Duration::from_secs(30), || {
+        v = issuer.verify();
+        v["uncovered"] == 0
+    });
+    assert!(covered, "a checkpoint covers every entry: {v}");
+    let records = v["records"].as_i64().unwrap();
+    assert_eq!(v["checkpoint"]["size"].as_i64(), Some(records), "{v}");
+
+    // Every pass a client received has exactly one record; positions 0..n, no gap.
+    let in_db: HashMap<String, i64> = issuer
+        .pg
+        .sql(
+            "hwpass",
+            "SELECT jti || ' ' || count(*) FROM hwpass_audit_entries WHERE jti IS NOT NULL GROUP BY jti",
+        )
+        .stdout
+        .lines()
+        .map(|l| {
+            let (jti, n) = l.split_once(' ').unwrap();
+            (jti.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    let mut received = std::collections::HashSet::new();
+    for jti in &seen.passes {
+        assert!(received.insert(jti.clone()), "pass {jti} handed out twice");
+        assert_eq!(
+            in_db.get(jti),
+            Some(&1),
+            "pass {jti} has exactly one record"
+        );
+    }
+    assert!(in_db.values().all(|n| *n == 1));
+    assert_eq!(
+        issuer.pg.count(
+            "SELECT count(*) FROM hwpass_audit_entries WHERE position >= 0 AND position < \
+             (SELECT size FROM hwpass_audit_head)"
+        ),
+        records,
+        "positions 0 … n-1, each once"
+    );
+    assert!(records as usize >= seen.passes.len());
+
+    // Clients saw passes or clean 503 problem documents; only the killed replica's address
+    // went unanswered.
+    for (status, kind, body) in &seen.errors {
+        assert_eq!(
+            (*status, kind.as_str()),
+            (503, "application/problem+json"),
+            "{body}"
+        );
+        let p: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(p["type"], "urn:hwpass:problem:audit", "{body}");
+    }
+    for (url, why) in &seen.unanswered {
+        assert_eq!(
+            url, &killed_url,
+            "only the killed replica left requests unanswered: {why}"
+        );
+    }
+    assert!(
+        seen.errors.len() > errors_before_crash,
+        "the database outage was seen by clients (as 503s)"
+    );
+    let mut logs = String::new();
+    for r in replicas.into_iter().flatten() {
+        logs.push_str(&r.stop().1);
+    }
+    assert!(!logs.contains("panicked"), "no replica panicked:\n{logs}");
+    eprintln!(
+        "replicas: {} passes, {} records, {} answers 503, {} unanswered (killed replica)",
+        seen.passes.len(),
+        records,
+        seen.errors.len(),
+        seen.unanswered.len()
+    );
+}
