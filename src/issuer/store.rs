@@ -683,6 +683,11 @@ impl RevocationError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Database(d) if d.is_transient())
     }
+
+    /// The store can be read but not changed here (a read-only standby).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Database(d) if d.is_read_only())
+    }
 }
 
 /// A revoked pass, as the register keeps it.

@@ -461,3 +461,150 @@ fn pg_three_replicas_lose_nothing_when_the_leader_is_killed_and_the_database_res
         seen.unanswered.len()
     );
 }
+
+/// GET /v1/denylist with optional If-None-Match: status, ETag, body.
+fn get_denylist(url: &str, etag: Option<&str>) -> (u16, String, String) {
+    let agent = ureq::AgentBuilder::new().build();
+    let mut req = agent.get(&format!("{url}/v1/denylist"));
+    if let Some(e) = etag {
+        req = req.set("If-None-Match", e);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let tag = resp.header("ETag").unwrap_or_default().to_string();
+    (resp.status(), tag, resp.into_string().unwrap())
+}
+
+#[test]
+fn pg_revocations_through_different_replicas_only_raise_the_sequence_and_reach_every_replica() {
+    let mut issuer = PgIssuer::new(Kind::P11Kit);
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("alice@corp", &[]);
+    let replicas: Vec<Server> = (0..3).map(|_| issuer.replica("")).collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let issued: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            let (status, _, body) = replicas[i % 3].post(
+                "/v1/passes",
+                Some(&replicas[i % 3].bearer()),
+                &sign_body(&request, None),
+            );
+            assert_eq!(status, 201, "{body}");
+            serde_json::from_str(&body).unwrap()
+        })
+        .collect();
+    let jtis: Vec<String> = issued
+        .iter()
+        .map(|v| v["jti"].as_str().unwrap().to_string())
+        .collect();
+    d.install(issued[5]["pass"].as_str().unwrap(), NOW).ok();
+    assert_eq!(d.check(NOW + 60).0, 0);
+    let (status, etag0, first) = get_denylist(&urls[0], None);
+    assert_eq!(status, 200);
+    let base = payload_of(&first)["seq"].as_u64().unwrap();
+
+    // Every replica's published number, read while the revocations run: it never goes down.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (urls, done) = (urls.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut last = vec![0u64; urls.len()];
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) || reads < 3 {
+                for (i, url) in urls.iter().enumerate() {
+                    let (status, _, list) = get_denylist(url, None);
+                    assert_eq!(status, 200, "{list}");
+                    let seq = payload_of(&list)["seq"].as_u64().unwrap();
+                    assert!(
+                        seq >= last[i],
+                        "replica {i} served #{seq} after #{}",
+                        last[i]
+                    );
+                    last[i] = seq;
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let revokers: Vec<_> = jtis
+        .iter()
+        .enumerate()
+        .map(|(i, jti)| {
+            let (url, auth) = (urls[i % 3].clone(), replicas[i % 3].bearer());
+            let body = serde_json::json!({ "pass": jti, "reason": "lost" }).to_string();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let (status, _, text) = answer(
+                    agent
+                        .post(&format!("{url}/v1/revocations"))
+                        .set("Content-Type", "application/json")
+                        .set("Authorization", &auth)
+                        .send_string(&body),
+                );
+                assert_eq!(status, 201, "{text}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert!(v["audit_error"].is_null(), "{text}");
+                v["seq"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = revokers.into_iter().map(|t| t.join().unwrap()).collect();
+    let answered = Instant::now();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (base + 1..=base + 12).collect::<Vec<_>>(),
+        "each revocation raised the number by one, through whichever replica"
+    );
+    done.store(true, Ordering::SeqCst);
+    assert!(watcher.join().unwrap() >= 3);
+
+    // Within 10 s every replica serves one list carrying all of them, under one ETag.
+    let mut lists = Vec::new();
+    for url in &urls {
+        let mut got = (0, String::new(), String::new());
+        let ok = poll(
+            Duration::from_secs(10).saturating_sub(answered.elapsed()),
+            || {
+                got = get_denylist(url, None);
+                let p = payload_of(&got.2);
+                p["seq"] == base + 12 && p["passes"].as_array().is_some_and(|a| a.len() == 12)
+            },
+        );
+        assert!(ok, "{url} serves the new list within 10 s: {}", got.2);
+        lists.push(got);
+    }
+    assert!(
+        lists.iter().all(|l| l.1 == lists[0].1 && l.2 == lists[0].2),
+        "{lists:?}"
+    );
+    assert_ne!(lists[0].1, etag0, "a new list has a new ETag");
+    for url in &urls {
+        let (status, tag, body) = get_denylist(url, Some(&lists[0].1));
+        assert_eq!((status, body.as_str()), (304, ""), "{url}");
+        assert_eq!(tag, lists[0].1);
+        let (status, _, _) = get_denylist(url, Some(&etag0));
+        assert_eq!(status, 200, "an old ETag gets the new list");
+    }
+    // The list is one the desktops take: it revokes a pass installed there.
+    let file = issuer.dir.path().join("deny.jwt");
+    std::fs::write(&file, &lists[0].2).unwrap();
+    d.run(
+        &["refresh", "--file", file.to_str().unwrap()],
+        None,
+        NOW + 60,
+    )
+    .ok();
+    assert_eq!(d.check(NOW + 60).0, 8, "revoked");
+    let v = issuer.verify();
+    assert_eq!(v["records"], 24, "12 passes and 12 revocations: {v}");
+    let revoked = issuer
+        .pg
+        .count("SELECT count(*) FROM hwpass_revoked_passes WHERE reason = 'lost'");
+    assert_eq!(revoked, 12);
+}

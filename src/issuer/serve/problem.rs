@@ -101,8 +101,9 @@ impl ApiError {
                     ),
                     E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
                     E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
-                    // The database behind the register is restarting or out of reach.
-                    E::Revocation(r) if r.is_transient() => (
+                    // The database behind the register is restarting or out of reach, or
+                    // this replica runs on a read-only standby.
+                    E::Revocation(r) if r.is_transient() || r.is_read_only() => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store",
                         "Revocation register unavailable",
@@ -124,7 +125,7 @@ impl ApiError {
                 let detail = match slug {
                     "hsm" => "the HSM did not sign; try again later (the issuer's log says why)",
                     "audit" => "the audit log could not be written, so no pass was issued (the issuer's log says why)",
-                    "store" => "the revocation register is out of reach; try again in a moment (the issuer's log says why)",
+                    "store" => "the revocation register cannot be changed here now; try again in a moment (the issuer's log says why)",
                     "internal" => "the issuer could not complete this (its log says why)",
                     _ => return (status, slug, title, e.to_string()),
                 };
