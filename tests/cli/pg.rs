@@ -74,6 +74,9 @@ impl Postgres {
                 "-E",
                 "UTF8",
                 "--locale=C",
+                // A cluster made for one test: its files need not survive an OS crash (the
+                // server itself keeps fsync on).
+                "--no-sync",
             ],
         );
         pg.launch();
@@ -110,6 +113,8 @@ impl Postgres {
                 "-R",
                 "-X",
                 "stream",
+                "--checkpoint=fast",
+                "--no-sync",
             ],
         );
         pg.launch();
@@ -299,11 +304,17 @@ impl PgIssuer {
         std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes()).unwrap();
     }
 
+    /// Writes the config for the database at `url` (keeping a `[serve]` section added by
+    /// [`Self::serve_config`]).
     pub fn write_config(&self, url: &str, store_extra: &str) {
+        let serve = std::fs::read_to_string(&self.config)
+            .ok()
+            .and_then(|t| t.find("\n[serve]\n").map(|i| t[i..].to_string()))
+            .unwrap_or_default();
         let text = format!(
             "issuer = \"test-issuer\"\naudience = \"analytics-desktop\"\n\n[key]\nuri = \"{}\"\nmax_sessions = 4\n\n[policy]\n{DEFAULT_POLICY}\n[store]\npostgres = \"{url}\"\npassword_file = \"pg-password\"\nmax_connections = 8\n{store_extra}\n",
             self.module.uri("issuer-key")
-        );
+        ) + &serve;
         std::fs::write(&self.config, text).expect("write config");
     }
 

@@ -608,3 +608,111 @@ fn pg_revocations_through_different_replicas_only_raise_the_sequence_and_reach_e
         .count("SELECT count(*) FROM hwpass_revoked_passes WHERE reason = 'lost'");
     assert_eq!(revoked, 12);
 }
+
+#[test]
+fn pg_replicas_start_with_a_role_without_ddl_rights_and_on_a_read_only_standby() {
+    let mut issuer = PgIssuer::new(Kind::SoftHsm);
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("alice@corp", &[]);
+    // A role that may read and write rows but create nothing.
+    issuer.pg.sql(
+        "hwpass",
+        &format!(
+            "CREATE ROLE hwpass_app LOGIN PASSWORD '{}'; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO hwpass_app; \
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+            issuer.pg.password
+        ),
+    );
+    issuer.write_config(&issuer.pg.url("hwpass_app"), "");
+    let no_ddl = issuer.replica("");
+    let (status, _, body) = no_ddl.post(
+        "/v1/passes",
+        Some(&no_ddl.bearer()),
+        &sign_body(&request, None),
+    );
+    assert_eq!(status, 201, "signs without DDL rights: {body}");
+    let jti = serde_json::from_str::<serde_json::Value>(&body).unwrap()["jti"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _, body) = no_ddl.post(
+        "/v1/revocations",
+        Some(&no_ddl.bearer()),
+        &serde_json::json!({ "pass": jti }).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _, list) = no_ddl.get("/v1/denylist");
+    assert_eq!(status, 200, "{list}");
+    let seq = payload_of(&list)["seq"].as_u64().unwrap();
+    let (code, log) = no_ddl.stop();
+    assert_eq!(code, 0, "{log}");
+    // `db migrate` with that role: nothing to do at this version, and nothing it could do.
+    let m = issuer.run(&["db", "migrate", "--json"], None).ok().json();
+    assert_eq!((m["from"].as_i64(), m["to"].as_i64()), (Some(1), Some(1)));
+    issuer
+        .pg
+        .sql("hwpass", "UPDATE hwpass_schema SET version = 0");
+    let r = issuer.run(&["db", "migrate"], None);
+    assert_eq!(r.code, 11, "{r:?}");
+    assert!(
+        r.stderr.contains("SQLSTATE 42"),
+        "refused by PostgreSQL: {r:?}"
+    );
+    issuer
+        .pg
+        .sql("hwpass", "UPDATE hwpass_schema SET version = 1");
+
+    // A hot standby of the database: a replica on it starts and serves what needs no write.
+    let standby = Postgres::standby_of(&issuer.pg);
+    let caught_up = poll(Duration::from_secs(20), || {
+        standby.count("SELECT count(*) FROM hwpass_deny_lists") >= 1
+            && standby.count("SELECT count(*) FROM hwpass_audit_checkpoints WHERE size = 2") == 1
+    });
+    assert!(caught_up, "the standby replays the primary's writes");
+    issuer.write_config(&standby.url("hwpass"), "");
+    let reader = issuer.replica("");
+    let (status, _, body) = reader.get("/v1/jwks");
+    assert_eq!(status, 200, "{body}");
+    let (status, _, served) = reader.get("/v1/denylist");
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(payload_of(&served)["seq"].as_u64(), Some(seq));
+    assert_eq!(payload_of(&served)["passes"][0]["jti"], jti.as_str());
+    let (status, _, body) = answer(
+        reader
+            .agent()
+            .get(&format!("{}/v1/issuances", reader.url))
+            .set("Authorization", &reader.bearer())
+            .call(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&jti), "{body}");
+    // Writes are refused cleanly: 503 problem documents, never a pass.
+    let (status, kind, body) = reader.post(
+        "/v1/passes",
+        Some(&reader.bearer()),
+        &sign_body(&request, None),
+    );
+    assert_eq!(
+        (status, kind.as_str()),
+        (503, "application/problem+json"),
+        "{body}"
+    );
+    let (status, kind, body) = reader.post(
+        "/v1/revocations",
+        Some(&reader.bearer()),
+        &serde_json::json!({ "pass": jti, "reason": "again" }).to_string(),
+    );
+    // Already revoked: answered from the register without a write.
+    assert_eq!((status, kind.as_str()), (200, "application/json"), "{body}");
+    let (code, log) = reader.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        !log.contains("checkpoint failed"),
+        "a standby takes no part in checkpoints: {log}"
+    );
+    // The CLI reads there too.
+    let v = issuer.verify();
+    assert_eq!(v["records"], 2, "{v}");
+}

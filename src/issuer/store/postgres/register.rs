@@ -307,6 +307,27 @@ impl RevocationStore for PgStore {
             let doing = "revoking";
             let err = self.error(doing);
             let mut client = self.client(doing).await?;
+            // Revoked before: answered from a read (no lock, no write; a standby can).
+            let (table, key, id) = match &target {
+                Target::Pass { jti, .. } => ("hwpass_revoked_passes", "jti", jti),
+                Target::Device { jkt } => ("hwpass_revoked_devices", "jkt", jkt),
+            };
+            let known = client
+                .query_opt(
+                    &format!(
+                        "SELECT (SELECT seq FROM hwpass_register) FROM {table} WHERE {key} = $1"
+                    ),
+                    &[id],
+                )
+                .await
+                .map_err(&err)?;
+            if let Some(row) = known {
+                return Ok(Revoked {
+                    seq: unsigned(self, "the deny list sequence number", row.get(0))?,
+                    already: true,
+                    audit_error: None,
+                });
+            }
             let tx = client.transaction().await.map_err(&err)?;
             let current: i64 = tx
                 .query_one("SELECT seq FROM hwpass_register FOR UPDATE", &[])
