@@ -716,3 +716,68 @@ fn pg_replicas_start_with_a_role_without_ddl_rights_and_on_a_read_only_standby()
     let v = issuer.verify();
     assert_eq!(v["records"], 2, "{v}");
 }
+
+#[test]
+fn pg_an_edited_entry_found_by_the_checkpoint_signer_stops_every_replica_until_sealed() {
+    // Checkpoints once an hour: entries the replica appends stay uncovered for the test.
+    let mut issuer = PgIssuer::with_store(Kind::SoftHsm, "checkpoint_interval = \"1h\"", "hwpass");
+    let trust = issuer.setup();
+    let d = Desktop::enrolled(&trust);
+    let request = d.request("alice@corp", &[]);
+    let a = issuer.replica("");
+    let b = issuer.replica("");
+    // The leader has taken its lock (and made its first round, on an empty log); its next
+    // round is an hour away.
+    assert!(poll(Duration::from_secs(20), || leader_pid(&issuer.pg).is_some()));
+    let sign = |r: &Server| r.post("/v1/passes", Some(&r.bearer()), &sign_body(&request, None));
+    assert_eq!(sign(&a).0, 201);
+    assert_eq!(sign(&b).0, 201);
+    let v = issuer.verify();
+    assert_eq!(v["records"], 2, "{v}");
+    assert!(
+        v["uncovered"].as_u64() >= Some(1),
+        "the last entry is not covered yet: {v}"
+    );
+
+    // Someone with access to the database edits an entry no checkpoint covers yet.
+    issuer.pg.sql(
+        "hwpass",
+        "UPDATE hwpass_audit_entries SET line = replace(line, 'alice@corp', 'mallory@corp') WHERE position = 1",
+    );
+    // The next signer (here the CLI's own append) checks before it signs, and refuses.
+    let r = issuer.run(&["sign"], Some(&request));
+    assert_eq!(r.code, 11, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.contains("do not match") || r.stderr.contains("does not follow"),
+        "{r:?}"
+    );
+    // Every replica now refuses to sign, with a clean 503.
+    for r in [&a, &b] {
+        let (status, kind, body) = sign(r);
+        assert_eq!(
+            (status, kind.as_str()),
+            (503, "application/problem+json"),
+            "{body}"
+        );
+    }
+    let r = issuer.run(&["audit", "verify"], None);
+    assert_eq!(r.code, 11, "{r:?}");
+    // Put right (from a backup, say): verify names the stop, seal resumes appends.
+    issuer.pg.sql(
+        "hwpass",
+        "UPDATE hwpass_audit_entries SET line = replace(line, 'mallory@corp', 'alice@corp') WHERE position = 1",
+    );
+    let r = issuer.run(&["audit", "verify"], None);
+    assert_eq!(r.code, 11, "{r:?}");
+    assert!(r.stderr.contains("audit log stopped"), "{r:?}");
+    assert!(r.stderr.contains("audit seal"), "{r:?}");
+    issuer.run(&["audit", "seal"], None).ok();
+    assert_eq!(sign(&a).0, 201);
+    assert_eq!(sign(&b).0, 201);
+    let v = issuer.verify();
+    assert_eq!(
+        v["records"], 5,
+        "two, the CLI's refused pass's record, two more: {v}"
+    );
+}
