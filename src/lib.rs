@@ -25,6 +25,8 @@ pub mod desktop;
 #[cfg(feature = "issuer")]
 pub mod issuer;
 #[cfg(any(feature = "desktop", feature = "issuer"))]
+mod oidc;
+#[cfg(any(feature = "desktop", feature = "issuer"))]
 mod sys;
 
 pub use crate::core::b64::{b64url, b64url_decode};

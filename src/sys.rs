@@ -1,6 +1,6 @@
 //! The few operating-system helpers both sides use: crash-safe file writes (temp file, fsync,
 //! rename, fsync the directory — a crash leaves the old or the new version, never half of one),
-//! private directories, the clock and standard input. Neither `core` (pure) nor a room of its
+//! private directories, the clock, standard input and the HTTP client. Neither `core` (pure) nor a room of its
 //! own: `issuer` and `desktop` share these without importing each other.
 
 use std::fs::{self, File, OpenOptions};
@@ -169,4 +169,39 @@ mod tests {
         // No temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+}
+
+/// The HTTP client for the issuing service and the sign-in provider: no redirects (an answer
+/// must not send this process elsewhere), `timeout` for each request, and the system's web
+/// PKI roots, or only the CA certificates in `ca` (PEM) when given.
+pub fn http_agent(ca: Option<&Path>, timeout: std::time::Duration) -> Result<ureq::Agent, String> {
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .redirects(0)
+        .user_agent(concat!("hwpass/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca {
+        builder = builder.tls_config(std::sync::Arc::new(tls_roots(ca)?));
+    }
+    Ok(builder.build())
+}
+
+fn tls_roots(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let bad = |detail: String| format!("CA file {}: {detail}", ca.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificates in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

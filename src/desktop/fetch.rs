@@ -5,7 +5,6 @@
 //! it private and lets a desktop notice a wrong server early.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::DesktopError;
@@ -20,16 +19,10 @@ pub fn denylist(server: &str, ca: Option<&Path>) -> Result<String, DesktopError>
             "{server:?} is not an http:// or https:// URL"
         )));
     }
-    let mut builder = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(20))
-        .redirects(0)
-        .user_agent(concat!("hwpass/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = ca {
-        builder = builder.tls_config(Arc::new(client_config(ca)?));
-    }
+    let agent = crate::sys::http_agent(ca, Duration::from_secs(20)).map_err(DesktopError::Input)?;
     let url = format!("{base}/v1/denylist");
     let fetch_err = |detail: String| DesktopError::Fetch(format!("GET {url}: {detail}"));
-    let resp = builder.build().get(&url).call().map_err(|e| match e {
+    let resp = agent.get(&url).call().map_err(|e| match e {
         ureq::Error::Status(code, r) => {
             fetch_err(format!("the server answered {code} {}", r.status_text()))
         }
@@ -45,25 +38,4 @@ pub fn denylist(server: &str, ca: Option<&Path>) -> Result<String, DesktopError>
         return Err(fetch_err("the answer is larger than any deny list".into()));
     }
     Ok(body.trim().to_string())
-}
-
-fn client_config(ca: &Path) -> Result<rustls::ClientConfig, DesktopError> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::CertificateDer;
-    let bad = |detail: String| DesktopError::Input(format!("CA file {}: {detail}", ca.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificates in it".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }

@@ -45,6 +45,185 @@ struct ConfigFile {
     /// `[store]`: PostgreSQL instead of files, for several replicas.
     #[serde(default)]
     store: Option<StoreSection>,
+    /// Sign-in through the company's OpenID Connect provider (self-service).
+    #[serde(default)]
+    oidc: Option<OidcSection>,
+}
+
+/// `[oidc]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: String,
+    client_id: String,
+    client_secret_file: PathBuf,
+    redirect_url: String,
+    #[serde(default)]
+    identity_claim: Option<String>,
+    #[serde(default)]
+    groups_claim: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    desktop_client_id: Option<String>,
+    #[serde(default)]
+    admin_groups: Vec<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// `[oidc]`: the company's OpenID Connect provider, through which people sign in to get
+/// their own passes.
+#[derive(Clone)]
+pub struct OidcConfig {
+    /// The provider's issuer URL, exactly as its tokens' `iss`.
+    pub issuer: String,
+    /// The service's (confidential) client id.
+    pub client_id: String,
+    /// Its client secret (from `client_secret_file`, never shown).
+    pub client_secret: secrecy::SecretString,
+    /// Where the provider sends the browser back: this service's `/oidc/callback`.
+    pub redirect_url: String,
+    /// Which claims name the person and list their groups.
+    pub claims: crate::oidc::ClaimMap,
+    /// Scopes asked for (`openid` always).
+    pub scopes: Vec<String>,
+    /// The desktop's public client id: its device-grant ID tokens are accepted at
+    /// `/v1/self/…` (`hwpass request --server`).
+    pub desktop_client_id: Option<String>,
+    /// Provider groups whose members are admins (sign for others, revoke anything).
+    pub admin_groups: Vec<String>,
+    /// PEM CA certificates to trust for the provider instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Each request to the provider.
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("redirect_url", &self.redirect_url)
+            .field("claims", &self.claims)
+            .field("desktop_client_id", &self.desktop_client_id)
+            .field("admin_groups", &self.admin_groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An `http://` URL is accepted only for a loopback host (a test or a local provider).
+fn check_url(what: &str, url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        if !(host == "localhost" || host == "[::1]" || host.starts_with("127.")) {
+            return Err(format!(
+                "[oidc] {what} {url:?} must be https:// (plain http only for a loopback address)"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("[oidc] {what} {url:?} is not an https:// URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') || url.contains(char::is_whitespace) {
+        return Err(format!("[oidc] {what} {url:?} is not a URL"));
+    }
+    Ok(())
+}
+
+impl OidcSection {
+    fn resolve(self, file: &Path) -> Result<OidcConfig, IssuerError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let config = |detail: String| IssuerError::Config {
+            path: file.to_path_buf(),
+            detail,
+        };
+        check_url("issuer", &self.issuer).map_err(config)?;
+        check_url("redirect_url", &self.redirect_url).map_err(config)?;
+        if !self
+            .redirect_url
+            .trim_end_matches('/')
+            .ends_with("/oidc/callback")
+        {
+            return Err(config(format!(
+                "[oidc] redirect_url {:?} must end in /oidc/callback (this service's callback, as registered with the provider)",
+                self.redirect_url
+            )));
+        }
+        for (what, v) in [
+            ("client_id", Some(&self.client_id)),
+            ("desktop_client_id", self.desktop_client_id.as_ref()),
+        ] {
+            if v.is_some_and(|v| v.trim().is_empty()) {
+                return Err(config(format!("[oidc] {what} must not be empty")));
+            }
+        }
+        let secret_file = base.join(&self.client_secret_file);
+        check_private(&secret_file)?;
+        let secret = std::fs::read_to_string(&secret_file)
+            .map_err(|e| config(format!("{}: {e}", secret_file.display())))?;
+        let secret = secret.lines().next().unwrap_or_default().trim().to_string();
+        if secret.is_empty() {
+            return Err(config(format!(
+                "[oidc] the client secret file {} is empty",
+                secret_file.display()
+            )));
+        }
+        let identity = self.identity_claim.unwrap_or_else(|| "email".into());
+        let groups = self.groups_claim.unwrap_or_else(|| "groups".into());
+        for (what, v) in [("identity_claim", &identity), ("groups_claim", &groups)] {
+            if v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(config(format!("[oidc] {what} {v:?} is not a claim name")));
+            }
+        }
+        let mut scopes = self.scopes.unwrap_or_else(|| {
+            ["openid", "email", "profile", "groups"]
+                .map(String::from)
+                .to_vec()
+        });
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        if let Some(s) = scopes
+            .iter()
+            .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(config(format!("[oidc] scopes: {s:?} is not a scope")));
+        }
+        let timeout = timeout_in(
+            "[oidc] timeout",
+            self.timeout.as_deref(),
+            std::time::Duration::from_secs(10),
+        )
+        .map_err(config)?;
+        let ca_file = self.ca_file.map(|c| base.join(c));
+        if let Some(ca) = &ca_file {
+            check_not_writable(ca)?;
+        }
+        Ok(OidcConfig {
+            issuer: self.issuer,
+            client_id: self.client_id,
+            client_secret: secret.into(),
+            redirect_url: self.redirect_url,
+            claims: crate::oidc::ClaimMap { identity, groups },
+            scopes,
+            desktop_client_id: self.desktop_client_id,
+            admin_groups: self.admin_groups,
+            ca_file,
+            timeout,
+        })
+    }
 }
 
 /// `[store]`: the PostgreSQL store (docs/replicas.md).
@@ -344,8 +523,17 @@ fn count(
     }
 }
 
-/// A timeout from the config: 1 s to 1 h.
+/// A `[serve]` timeout from the config: 1 s to 1 h.
 fn timeout(
+    name: &str,
+    value: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    timeout_in(&format!("[serve] {name}"), value, default)
+}
+
+/// A timeout from the config: 1 s to 1 h.
+fn timeout_in(
     name: &str,
     value: Option<&str>,
     default: std::time::Duration,
@@ -353,9 +541,9 @@ fn timeout(
     let Some(text) = value else {
         return Ok(default);
     };
-    let secs = parse_duration(text).map_err(|e| format!("[serve] {name}: {e}"))?;
+    let secs = parse_duration(text).map_err(|e| format!("{name}: {e}"))?;
     if !(1..=3600).contains(&secs) {
-        return Err(format!("[serve] {name} must be 1s to 1h"));
+        return Err(format!("{name} must be 1s to 1h"));
     }
     // Invariant: 1..=3600 fits u64.
     Ok(std::time::Duration::from_secs(secs.unsigned_abs()))
@@ -643,6 +831,8 @@ pub struct IssuerConfig {
     pub attestation: AttestationPolicy,
     /// Things the person should know about the config (deprecated names), one sentence each.
     pub notices: Vec<String>,
+    /// `[oidc]`: sign-in through the company's OpenID provider.
+    pub oidc: Option<OidcConfig>,
 }
 
 impl IssuerConfig {
@@ -805,6 +995,13 @@ impl IssuerConfig {
                 }
             }
         }
+        let oidc = file.oidc.map(|o| o.resolve(path)).transpose()?;
+        if oidc.is_some() && policy.groups.is_empty() {
+            notices.push(format!(
+                "{}: [oidc] is set but [[policy.group]] lists no group: nobody can get a pass by signing in (admins in [oidc] admin_groups still can sign for others)",
+                path.display()
+            ));
+        }
         let audit_origin = match file.audit.origin {
             Some(o) => o,
             None => default_origin(&file.issuer),
@@ -822,7 +1019,19 @@ impl IssuerConfig {
             policy,
             attestation,
             notices,
+            oidc,
         })
+    }
+
+    /// Which claims name a person and their groups (`[oidc]`; the defaults without it).
+    pub fn oidc_claims(&self) -> crate::oidc::ClaimMap {
+        self.oidc.as_ref().map_or_else(
+            || crate::oidc::ClaimMap {
+                identity: "email".into(),
+                groups: "groups".into(),
+            },
+            |o| o.claims.clone(),
+        )
     }
 
     /// The audit log this config names.

@@ -30,6 +30,7 @@ mod limits;
 mod page;
 mod problem;
 mod service;
+mod signin;
 mod startup;
 
 pub use self::form::{encode_form, parse_form, Fields, FormError};

@@ -4,6 +4,7 @@
 use super::attest::{self, seal_delivery, AttestError};
 use super::config::IssuerConfig;
 use super::error::IssuerError;
+use super::policy::{GroupRule, PolicyError};
 use super::store::{
     AuditEntry, AuditError, AuditRecord, AuditStore, AuditTpm, AuditTrust, Notary, RecordKind,
     RevocationRecord, Revoked, RevokedKind, Target,
@@ -153,6 +154,27 @@ pub fn approve(
     lifetime: Option<i64>,
     now: i64,
 ) -> Result<Approved, IssuerError> {
+    approve_for(cfg, request, lifetime, now, None)
+}
+
+/// A person signed in through the OpenID provider, asking for their own pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SelfService<'a> {
+    /// Their verified identity: the only `sub` they may get a pass for.
+    pub identity: &'a str,
+    /// The rule of the group that lets them.
+    pub group: &'a GroupRule,
+}
+
+/// [`approve`], for `person` when a person asks for themselves: the request must name them,
+/// and their group's rule applies on top of the policy (binding, lifetime, attestation).
+pub fn approve_for(
+    cfg: &IssuerConfig,
+    request: &str,
+    lifetime: Option<i64>,
+    now: i64,
+    person: Option<SelfService<'_>>,
+) -> Result<Approved, IssuerError> {
     // What mail and chat do to a pasted request is undone first; the verification stays
     // strict. Another kind of document is named for what it is.
     let request = clean(request);
@@ -167,7 +189,19 @@ pub fn approve(
         }
     }
     let req = verify_request(&request, now)?;
-    let validity = cfg.policy.decide(&req.claims, lifetime, now)?;
+    let validity = match person {
+        Some(p) => {
+            if req.claims.sub != p.identity {
+                return Err(PolicyError::NotYours {
+                    requested: req.claims.sub,
+                    identity: p.identity.to_string(),
+                }
+                .into());
+            }
+            cfg.policy.decide_for(&req.claims, lifetime, now, p.group)?
+        }
+        None => cfg.policy.decide(&req.claims, lifetime, now)?,
+    };
     let deliver_to = match (&req.claims.att, req.claims.kind) {
         (Some(_), BindingKind::Software) => return Err(AttestError::Unexpected.into()),
         (Some(ev), BindingKind::Tpm) if cfg.attestation.configured() => {
@@ -180,6 +214,9 @@ pub fn approve(
         (None, _) => None,
     };
     let att = deliver_to.as_ref().map_or(Attestation::None, |v| v.att);
+    if let Some(p) = person {
+        p.group.check_attestation(att)?;
+    }
     let claims = PassClaims {
         iss: cfg.iss.clone(),
         sub: req.claims.sub,
@@ -276,6 +313,8 @@ pub fn sign_one(
         kid,
         dev: c.dev.clone(),
         by: None,
+        idp: None,
+        group: None,
         tpm: a
             .deliver_to
             .as_ref()

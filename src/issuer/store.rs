@@ -189,9 +189,16 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<String>,
     /// Who asked for it, when the issuing service signed it (`alice`, `web:alice`,
-    /// `proxy:bob`).
+    /// `proxy:bob`, or a person's verified identity when they signed in through the OpenID
+    /// provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The OpenID provider (`iss`) that vouched for `by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
+    /// The provider group whose `[[policy.group]]` rule allowed it (or the admin group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The TPM the pass was sealed to, as its EK certificate names it (attested passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<AuditTpm>,
@@ -595,10 +602,19 @@ pub trait AuditStore: std::fmt::Debug + Send + Sync {
         None
     }
 
-    /// The newest `limit` issuance records, newest first.
-    fn recent_issued(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+    /// The newest `limit` issuance records (of passes for `sub`, when given), newest first.
+    fn recent_issued(
+        &self,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let (records, _) = self.read()?;
-        Ok(records.into_iter().rev().take(limit).collect())
+        Ok(records
+            .into_iter()
+            .rev()
+            .filter(|r| sub.is_none_or(|s| s == r.sub))
+            .take(limit)
+            .collect())
     }
 
     /// Every issuance record, in order, with the chain checked.

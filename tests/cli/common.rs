@@ -375,6 +375,11 @@ pub struct Swtpm {
     pub port: u16,
 }
 
+/// A free loopback port, never handed to another test of this process.
+pub fn free_port() -> u16 {
+    free_port_pair()
+}
+
 fn free_port_pair() -> u16 {
     // Ports handed out from one counter per test process (starting at a random even port), so
     // parallel tests never pick the same pair; each pair is checked free before use. (Asking
@@ -1127,6 +1132,40 @@ impl Drop for Idp {
             eprintln!("--- OpenID Provider log ({}):\n{}", self.issuer, self.log());
         }
     }
+}
+
+/// Runs tests/browser/idp_flow.py; returns its JSON summary.
+pub fn idp_browser(
+    mode: &str,
+    url: &str,
+    user: &IdpUser,
+    files: &[(&str, &str)],
+) -> serde_json::Value {
+    require_browser();
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("username.txt"), &user.preferred_username).unwrap();
+    std::fs::write(work.path().join("password.txt"), &user.password).unwrap();
+    for (name, text) in files {
+        std::fs::write(work.path().join(name), text).unwrap();
+    }
+    // Debian's interpreter, where python3-selenium is installed (not a pyenv or venv one).
+    let out = Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/browser/idp_flow.py"))
+        .args([mode, url])
+        .arg(work.path())
+        .arg(&artifacts)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser flow failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}\n{stderr}"))
 }
 
 /// Fails (never skips) unless headless Chromium, chromedriver and Selenium are installed.

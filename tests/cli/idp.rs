@@ -5,7 +5,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -153,35 +152,6 @@ fn verify_id_token_at(
     Ok(claims)
 }
 
-/// Runs tests/browser/idp_flow.py; returns its JSON summary.
-fn browser(mode: &str, url: &str, user: &IdpUser, files: &[(&str, &str)]) -> serde_json::Value {
-    require_browser();
-    let artifacts = repo().join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    std::fs::write(work.path().join("username.txt"), &user.preferred_username).unwrap();
-    std::fs::write(work.path().join("password.txt"), &user.password).unwrap();
-    for (name, text) in files {
-        std::fs::write(work.path().join(name), text).unwrap();
-    }
-    // Debian's interpreter, where python3-selenium is installed (not a pyenv or venv one).
-    let out = Command::new("/usr/bin/python3")
-        .arg(repo().join("tests/browser/idp_flow.py"))
-        .args([mode, url])
-        .arg(work.path())
-        .arg(&artifacts)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser flow failed:\n{stdout}\n{stderr}"
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no summary ({e}):\n{stdout}\n{stderr}"))
-}
-
 /// The device authorization grant up to the tokens: request a code, have Chromium enter it and
 /// sign in as `user`, poll the token endpoint (bounded). Returns the token response.
 /// One poll of the token endpoint with a device code, as the desktop client.
@@ -222,7 +192,7 @@ fn device_flow(idp: &Idp, user: &IdpUser, scope: &str) -> (serde_json::Value, St
         (400, Some("authorization_pending"))
     );
 
-    let result = browser(
+    let result = idp_browser(
         "device",
         auth["verification_uri"].as_str().unwrap(),
         user,
@@ -449,7 +419,7 @@ fn authorization_code_with_pkce_in_chromium_then_the_code_is_exchanged() {
     );
     assert_eq!(param(&params, "state").as_deref(), Some(state.as_str()));
 
-    let result = browser(
+    let result = idp_browser(
         "code",
         &authorize(Some(&challenge)),
         &carol,
@@ -552,7 +522,7 @@ fn a_code_exchanged_with_the_wrong_pkce_verifier_is_refused() {
         Idp::WEB_CLIENT_ID,
         enc(&redirect_uri),
     );
-    let result = browser("code", &url, &dave, &[("redirect_uri.txt", &redirect_uri)]);
+    let result = idp_browser("code", &url, &dave, &[("redirect_uri.txt", &redirect_uri)]);
     assert_eq!(result["done"], true, "{result}");
     drop(callbacks);
     let code = param(&query(result["final_url"].as_str().unwrap()), "code").unwrap();
@@ -590,7 +560,7 @@ fn a_wrong_password_is_refused_on_the_login_page() {
         enc(&redirect_uri),
         random_b64(32),
     );
-    let result = browser("code", &url, &erin, &[("redirect_uri.txt", &redirect_uri)]);
+    let result = idp_browser("code", &url, &erin, &[("redirect_uri.txt", &redirect_uri)]);
     assert_eq!(result["done"], false, "{result}");
     assert_eq!(result["error"], "Invalid username or password.");
     assert!(!result["final_url"]

@@ -21,5 +21,6 @@ mod modules;
 mod pg;
 mod replicas;
 mod revocation;
+mod self_service;
 mod service;
 mod service_hardening;

@@ -49,6 +49,59 @@ impl Server {
         Self::spawn_cmd(cmd, token)
     }
 
+    /// The service of `issuer` with company sign-in through a test OpenID Provider of its own:
+    /// the provider (clock at [`NOW`], the service's timeline) knows `users` and registers the
+    /// service's callback; `[oidc]` names it (identity from `email`, groups from `groups`, the
+    /// desktop client for `request --server`), followed by `more` (e.g. `[[policy.group]]`
+    /// entries and `[oidc]`-less sections). The admin token of [`Server::start`] still works.
+    pub fn start_with_idp(issuer: &Issuer, users: &[IdpUser], more: &str) -> (Self, Idp) {
+        Self::start_with_idp_options(issuer, users, more, IdpOptions::default(), "")
+    }
+
+    /// [`Server::start_with_idp`], with the provider's options and extra `[oidc]` lines.
+    pub fn start_with_idp_options(
+        issuer: &Issuer,
+        users: &[IdpUser],
+        more: &str,
+        options: IdpOptions,
+        oidc_extra: &str,
+    ) -> (Self, Idp) {
+        // The callback must be registered before the service listens: its port is chosen
+        // first.
+        let port = free_port();
+        let redirect = format!("http://127.0.0.1:{port}/oidc/callback");
+        let idp = Idp::start_with(
+            users,
+            IdpOptions {
+                web_redirect_uris: vec![redirect.clone()],
+                now: Some(NOW),
+                ..options
+            },
+        );
+        let secret = idp.web_client_secret_file();
+        let oidc = format!(
+            "[oidc]\nissuer = \"{iss}\"\nclient_id = \"{web}\"\nclient_secret_file = \"{secret}\"\nredirect_url = \"{redirect}\"\ndesktop_client_id = \"{desktop}\"\n{oidc_extra}\n{more}\n",
+            iss = idp.issuer(),
+            web = Idp::WEB_CLIENT_ID,
+            secret = secret.display(),
+            desktop = Idp::DESKTOP_CLIENT_ID,
+        );
+        let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
+        let token = made.line();
+        let snippet: String = made
+            .stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("[[serve.admins]]"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut config = std::fs::read_to_string(&issuer.config).unwrap();
+        config.push_str(&format!("\n[serve]\nhsm_sessions = 2\n{snippet}\n{oidc}"));
+        std::fs::write(&issuer.config, config).unwrap();
+        let mut cmd = issuer.cmd(NOW);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        (Self::spawn_cmd(cmd, token), idp)
+    }
+
     /// Starts `cmd` (a `serve` command line) and waits for the address it prints.
     pub fn spawn_cmd(mut cmd: Command, token: String) -> Self {
         cmd.stdin(Stdio::null())

@@ -114,6 +114,22 @@ fn shown(text: &str) -> Cow<'_, str> {
 
 /// JSON text safe to print: serde_json leaves DEL, C1 controls, bidirectional and invisible
 /// characters as they are; they can only occur inside strings, where `\uXXXX` means the same.
+/// "  by alice@corp (group hwpass-users, via https://idp)" for an audit line; nothing when the
+/// record names no one.
+fn asked_by(r: &issuer::AuditRecord) -> String {
+    let Some(by) = &r.by else {
+        return String::new();
+    };
+    let mut out = format!("  by {}", shown(by));
+    match (&r.group, &r.idp) {
+        (Some(g), Some(idp)) => out.push_str(&format!(" (group {}, via {})", shown(g), shown(idp))),
+        (None, Some(idp)) => out.push_str(&format!(" (via {})", shown(idp))),
+        (Some(g), None) => out.push_str(&format!(" (group {})", shown(g))),
+        (None, None) => {}
+    }
+    out
+}
+
 fn shown_json(json: String) -> String {
     if !json.chars().any(unprintable) {
         return json;
@@ -710,12 +726,13 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 }
                 match e {
                     AuditEntry::Issued(r) => println!(
-                        "{}  {:<24} {:<8} until {}  jti {}{}",
+                        "{}  {:<24} {:<8} until {}  jti {}{}{}",
                         format_time(r.time),
                         shown(&r.sub),
                         r.kind.as_str(),
                         format_time(r.exp),
                         shown(&r.jti),
+                        asked_by(&r),
                         r.tpm
                             .as_ref()
                             .map(|t| format!(

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::problem::{typed, ApiError};
-use super::service::{denylist, issue, recent, revoke, Revocation, Shared};
+use super::service::{
+    blocking, denylist, issue, now, passes_left, recent, revoke, Asker, Issued, Revocation, Shared,
+};
 use crate::core::claims::Attestation;
 use crate::core::json::check_strict;
 use crate::core::time::parse_duration;
@@ -75,9 +77,13 @@ pub(super) async fn api_sign(
         .map(parse_duration)
         .transpose()
         .map_err(|e| ApiError::BadInput(format!("valid_for: {e}")))?;
-    let out = issue(&svc, b.request, lifetime, &by).await?;
+    let out = issue(&svc, b.request, lifetime, &Asker::admin(by)).await?;
+    Ok((StatusCode::CREATED, axum::Json(sign_reply(out))).into_response())
+}
+
+fn sign_reply(out: Issued) -> SignReply {
     let c = &out.claims;
-    let reply = SignReply {
+    SignReply {
         sealed_to_tpm: out.sealed,
         jti: c.jti.clone(),
         sub: c.sub.clone(),
@@ -87,8 +93,98 @@ pub(super) async fn api_sign(
         exp: c.exp,
         clock_ahead_seconds: out.clock_ahead,
         pass: out.pass,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-service for desktops (`hwpass request --server`): an ID token from the device grant
+
+/// `GET /v1/self`: which provider and client a desktop signs in with.
+pub(super) async fn self_info(State(svc): State<Shared>) -> Result<Response, ApiError> {
+    let oidc = svc.cfg.oidc.as_ref().ok_or(ApiError::NoSelfService)?;
+    let client = oidc
+        .desktop_client_id
+        .as_ref()
+        .ok_or(ApiError::NoSelfService)?;
+    Ok(axum::Json(serde_json::json!({
+        "idp": oidc.issuer,
+        "client_id": client,
+        "scopes": oidc.scopes,
+        "identity_claim": oidc.claims.identity,
+    }))
+    .into_response())
+}
+
+/// The person behind `Authorization: Bearer <ID token>`, verified with the desktop client
+/// as the audience, and what they may get.
+async fn self_asker(svc: &Shared, headers: &HeaderMap) -> Result<Asker, ApiError> {
+    let oidc = svc.cfg.oidc.as_ref().ok_or(ApiError::NoSelfService)?;
+    let client = oidc
+        .desktop_client_id
+        .clone()
+        .ok_or(ApiError::NoSelfService)?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string())
+        .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+        .ok_or(ApiError::Unauthorized(
+            "send the ID token from signing in as `Authorization: Bearer <ID token>`",
+        ))?;
+    let now = now()?;
+    let person = blocking(svc, move |svc| {
+        let provider = svc.provider.as_ref().ok_or_else(|| {
+            crate::issuer::error::IssuerError::Internal("no sign-in provider".into())
+        })?;
+        Ok(provider.verify(&token, &client, &svc.cfg.oidc_claims(), now))
+    })
+    .await?
+    .map_err(ApiError::from)?;
+    // Here everyone asks for themselves: an admin group gives no more than the person's own
+    // group does.
+    svc.asker(&person.identity, false, Some(&person), false)
+}
+
+/// `GET /v1/self/whoami`: who the ID token names and what their group lets them have.
+pub(super) async fn self_whoami(
+    State(svc): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let asker = self_asker(&svc, &headers).await?;
+    let left = passes_left(&svc, &asker).await?;
+    let Some((identity, rule)) = &asker.own else {
+        return Err(ApiError::NoSelfService);
     };
-    Ok((StatusCode::CREATED, axum::Json(reply)).into_response())
+    Ok(axum::Json(serde_json::json!({
+        "identity": identity,
+        "idp": asker.idp,
+        "group": rule.name,
+        "max_lifetime": rule.max_lifetime,
+        "software": rule.software,
+        "attestation_required": rule.attestation,
+        "passes_left_today": left,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/self/passes`: the person's own pass.
+pub(super) async fn self_sign(
+    State(svc): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let asker = self_asker(&svc, &headers).await?;
+    let b: SignBody = parse_json(&headers, &body)?;
+    let lifetime = b
+        .valid_for
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::BadInput(format!("valid_for: {e}")))?;
+    let out = issue(&svc, b.request, lifetime, &asker).await?;
+    Ok((StatusCode::CREATED, axum::Json(sign_reply(out))).into_response())
 }
 
 pub(super) async fn api_jwks(State(svc): State<Shared>) -> Response {

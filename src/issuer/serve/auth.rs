@@ -17,13 +17,21 @@ use tracing::warn;
 
 use super::problem::ApiError;
 use super::service::{Service, Session};
-use crate::core::b64::b64url;
+use crate::core::b64::{b64url, b64url_decode};
 use crate::issuer::error::IssuerError;
+use crate::oidc::Person;
 
 /// The signed-in session's cookie.
 const SESSION_COOKIE: &str = "hwpass_session";
 /// The login form's CSRF nonce cookie.
 const LOGIN_COOKIE: &str = "hwpass_login";
+/// A sign-in at the provider under way: its state, nonce and PKCE verifier, encrypted.
+const PENDING_COOKIE: &str = "hwpass_signin";
+/// How long a sign-in at the provider may take.
+pub(super) const PENDING_LIFETIME: i64 = 600;
+/// Used sign-in states remembered at most (the oldest forgotten first; the provider's codes
+/// are single-use besides).
+const MAX_USED_STATES: usize = 10_000;
 /// Session ids and nonces: 32 random bytes, base64url.
 const ID_LEN: usize = 43;
 
@@ -117,6 +125,16 @@ impl Service {
     }
 
     fn cookie(&self, base: &str, value: &str, max_age: Option<i64>) -> HeaderValue {
+        self.cookie_with(base, value, max_age, "Strict")
+    }
+
+    fn cookie_with(
+        &self,
+        base: &str,
+        value: &str,
+        max_age: Option<i64>,
+        same_site: &str,
+    ) -> HeaderValue {
         let secure = if self.secure_cookies() {
             "; Secure"
         } else {
@@ -126,7 +144,7 @@ impl Service {
             .map(|a| format!("; Max-Age={a}"))
             .unwrap_or_default();
         let v = format!(
-            "{}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}",
+            "{}={value}; Path=/; HttpOnly; SameSite={same_site}{age}{secure}",
             self.cookie_name(base)
         );
         // Invariant: names and values are base64url or ASCII.
@@ -147,6 +165,11 @@ fn session_key(sid: &str) -> String {
 
 /// A cookie's value: a random id of the expected length, or nothing.
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookie_raw(headers, name).filter(|v| v.len() == ID_LEN)
+}
+
+/// A cookie's value, when it is base64url (at most 4 KiB).
+fn cookie_raw(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -156,7 +179,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
         .filter(|v| {
-            v.len() == ID_LEN
+            v.len() <= 4096
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
@@ -174,8 +197,13 @@ fn random_id() -> Result<String, ApiError> {
 pub(super) struct WebSession {
     /// The signed-in session's id; none for anybody else (no server-side state for them).
     pub(super) sid: Option<String>,
-    /// Who: a signed-in admin, or the user a proxy vouches for.
+    /// Who: a signed-in admin or person, or the user a proxy vouches for.
     pub(super) user: Option<String>,
+    /// May sign for others and revoke anything (token admins, the proxy's users, members of
+    /// an admin group).
+    pub(super) admin: bool,
+    /// What the provider vouched for, for people who signed in through it.
+    pub(super) person: Option<Person>,
     /// The CSRF token this browser's forms carry: an HMAC of the session id, or of the login
     /// nonce in its cookie.
     pub(super) csrf: String,
@@ -199,6 +227,8 @@ impl Service {
                 return Ok(WebSession {
                     csrf: self.mac("session", &sid),
                     user: Some(s.user.clone()),
+                    admin: s.admin,
+                    person: s.person.clone(),
                     sid: Some(sid),
                     bound: true,
                     set_cookie: None,
@@ -209,9 +239,12 @@ impl Service {
             Some(n) => (n, true),
             None => (random_id()?, false),
         };
+        let user = self.proxy_user(peer, headers);
         Ok(WebSession {
             sid: None,
-            user: self.proxy_user(peer, headers),
+            admin: user.is_some(),
+            person: None,
+            user,
             csrf: self.mac("login", &nonce),
             set_cookie: (!bound).then(|| self.cookie(LOGIN_COOKIE, &nonce, None)),
             bound,
@@ -225,7 +258,13 @@ impl Service {
 
     /// Signs `user` in with a new session id; returns the cookies to set. Expired sessions
     /// are dropped, and the user's oldest beyond `max_sessions_per_user` ended.
-    pub(super) fn sign_in(&self, user: String, now: i64) -> Result<[HeaderValue; 2], ApiError> {
+    pub(super) fn sign_in(
+        &self,
+        user: String,
+        admin: bool,
+        person: Option<Person>,
+        now: i64,
+    ) -> Result<[HeaderValue; 2], ApiError> {
         let sid = random_id()?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.expires > now);
@@ -244,6 +283,8 @@ impl Service {
             session_key(&sid),
             Session {
                 user,
+                admin,
+                person,
                 serial,
                 expires: now.saturating_add(self.cfg.serve.session_lifetime),
             },
@@ -254,12 +295,104 @@ impl Service {
         ])
     }
 
+    /// The cookie that carries a sign-in at the provider under way (SameSite=Lax: the
+    /// provider's redirect back is a cross-site navigation), sealed with AES-256-GCM under a
+    /// per-process key, so anonymous visitors still cost no server-side state.
+    pub(super) fn pending_cookie(&self, p: &Pending) -> Result<HeaderValue, ApiError> {
+        use aes_gcm::aead::{Aead as _, KeyInit as _};
+        let internal = |e: String| ApiError::Issuer(IssuerError::Internal(e));
+        let plain = serde_json::to_vec(p).map_err(|e| internal(e.to_string()))?;
+        let mut nonce = [0u8; 12];
+        getrandom::getrandom(&mut nonce).map_err(|e| internal(format!("random: {e}")))?;
+        let cipher = aes_gcm::Aes256Gcm::new(&self.pending_key().into());
+        let sealed = cipher
+            .encrypt(
+                &nonce.into(),
+                aes_gcm::aead::Payload {
+                    msg: &plain,
+                    aad: PENDING_COOKIE.as_bytes(),
+                },
+            )
+            .map_err(|_| internal("sealing the sign-in cookie".into()))?;
+        let value = b64url(&[&nonce[..], &sealed].concat());
+        Ok(self.cookie_with(PENDING_COOKIE, &value, Some(PENDING_LIFETIME), "Lax"))
+    }
+
+    /// The sign-in under way in this browser, if its cookie opens; none otherwise.
+    pub(super) fn pending(&self, headers: &HeaderMap) -> Option<Pending> {
+        use aes_gcm::aead::{Aead as _, KeyInit as _};
+        let raw = b64url_decode(&cookie_raw(headers, &self.cookie_name(PENDING_COOKIE))?)?;
+        if raw.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().ok()?;
+        let cipher = aes_gcm::Aes256Gcm::new(&self.pending_key().into());
+        let plain = cipher
+            .decrypt(
+                &aes_gcm::Nonce::from(nonce),
+                aes_gcm::aead::Payload {
+                    msg: sealed,
+                    aad: PENDING_COOKIE.as_bytes(),
+                },
+            )
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// The cookie that ends a sign-in under way.
+    pub(super) fn clear_pending(&self) -> HeaderValue {
+        self.cookie_with(PENDING_COOKIE, "", Some(0), "Lax")
+    }
+
+    fn pending_key(&self) -> [u8; 32] {
+        // Invariant: HMAC accepts keys of any length.
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.csrf_key).unwrap_or_else(|_| unreachable!());
+        mac.update(b"pending sign-in cookie key");
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Marks a sign-in's `state` used; false when it already was (a replayed callback).
+    pub(super) fn use_state(&self, state: &str, now: i64) -> bool {
+        let key: [u8; 32] = Sha256::digest(state.as_bytes()).into();
+        let mut used = self.used_states.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, until| *until > now);
+        if used.contains_key(&key) {
+            return false;
+        }
+        if used.len() >= MAX_USED_STATES {
+            if let Some(oldest) = used
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(k, _)| *k)
+            {
+                used.remove(&oldest);
+            }
+        }
+        used.insert(key, now.saturating_add(PENDING_LIFETIME));
+        true
+    }
+
     /// Ends a session; returns the cookie that clears it.
     pub(super) fn sign_out(&self, sid: &str) -> HeaderValue {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.remove(&session_key(sid));
         self.cookie(SESSION_COOKIE, "", Some(0))
     }
+}
+
+/// A sign-in at the provider under way, as its cookie carries it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Pending {
+    /// `state` sent to the provider.
+    pub(super) state: String,
+    /// `nonce` the ID token must carry.
+    pub(super) nonce: String,
+    /// PKCE verifier.
+    pub(super) verifier: String,
+    /// When the sign-in started.
+    pub(super) at: i64,
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@ use axum::response::{IntoResponse, Response};
 use super::auth::WebSession;
 use super::form::{parse_form, Fields};
 use super::problem::{decorate, typed, ApiError};
-use super::service::{blocking, issue, now, recent, revoke, Revocation, Shared};
+use super::service::{
+    approve, issue, now, passes_left, recent, recent_of, revoke, Asker, Recent, Revocation, Shared,
+};
 use crate::core::claims::{Attestation, BindingKind};
 use crate::core::time::{format_duration, format_time};
 use crate::issuer::error::IssuerError;
 use crate::issuer::policy::PolicyError;
-use crate::issuer::sign;
 
 /// Lifetimes offered on the review page (those within policy are shown).
 const LIFETIMES: [i64; 8] = [
@@ -31,7 +32,7 @@ const LIFETIMES: [i64; 8] = [
 ];
 
 /// Escapes text for HTML element content and quoted attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -47,7 +48,13 @@ fn esc(s: &str) -> String {
 }
 
 /// A whole page, with the login nonce cookie set for a browser that had none.
-fn render(svc: &Shared, ws: &WebSession, status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn render(
+    svc: &Shared,
+    ws: &WebSession,
+    status: StatusCode,
+    title: &str,
+    body: &str,
+) -> Response {
     let csrf = esc(&ws.csrf);
     let who = match &ws.user {
         Some(u) => format!(
@@ -85,7 +92,7 @@ fn csrf_field(ws: &WebSession) -> String {
     )
 }
 
-fn see_other(to: &str) -> Response {
+pub(super) fn see_other(to: &str) -> Response {
     let mut resp = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -94,7 +101,7 @@ fn see_other(to: &str) -> Response {
 }
 
 /// An error shown as a page (the API answers problem+json instead).
-fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
+pub(super) fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
     e.log();
     let (status, _, title, detail) = e.parts();
     let body = format!(
@@ -104,7 +111,11 @@ fn error_page(svc: &Shared, ws: &WebSession, e: &ApiError) -> Response {
     render(svc, ws, status, title, &body)
 }
 
-fn session(svc: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<WebSession, ApiError> {
+pub(super) fn session(
+    svc: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<WebSession, ApiError> {
     svc.web_session(peer.ip(), headers, now()?)
 }
 
@@ -162,19 +173,143 @@ pub(super) async fn home(
     home_page(&svc, &ws, None).await
 }
 
-fn login_page(svc: &Shared, ws: &WebSession, status: StatusCode, error: Option<&str>) -> Response {
+/// Who a signed-in browser asks as (an admin for anyone; a person for themselves, within
+/// their group's rule).
+fn asker_of(svc: &Shared, ws: &WebSession) -> Result<Asker, ApiError> {
+    let user = ws.user.as_deref().unwrap_or_default();
+    svc.asker(user, ws.admin, ws.person.as_ref(), true)
+}
+
+pub(super) fn login_page(
+    svc: &Shared,
+    ws: &WebSession,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
     let error = error
         .map(|e| format!(r#"<p class="error" id="error">{}</p>"#, esc(e)))
         .unwrap_or_default();
-    let body = format!(
-        r#"{error}<form method="post" action="/login" class="card">{csrf}
+    let oidc = svc
+        .cfg
+        .oidc
+        .as_ref()
+        .map(|o| {
+            format!(
+                r#"<div class="card"><p>Employees: sign in with your company account to get a pass for this computer.</p>
+<a class="button" id="oidc-sign-in" href="/oidc/login">Sign in with your company account</a>
+<p class="help">Through {}.</p></div>"#,
+                esc(&o.issuer)
+            )
+        })
+        .unwrap_or_default();
+    let admin = if svc.cfg.serve.admins.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"<form method="post" action="/login" class="card">{csrf}
 <label for="token">Admin token</label>
 <input type="password" id="token" name="token" autocomplete="off" required>
 <p class="help">The token from <code>hwpass-issuer admin-token</code>; the server keeps only its SHA-256.</p>
 <button type="submit" id="login">Sign in</button></form>"#,
-        csrf = csrf_field(ws)
-    );
+            csrf = csrf_field(ws)
+        )
+    };
+    let body = format!("{error}{oidc}{admin}");
     render(svc, ws, status, "Sign in", &body)
+}
+
+/// What a person signed in through the provider sees: their pass form, their group's rule and
+/// their own passes.
+async fn self_page(
+    svc: &Shared,
+    ws: &WebSession,
+    notice: Option<String>,
+) -> Result<Response, ApiError> {
+    let asker = match asker_of(svc, ws) {
+        Ok(a) => a,
+        Err(e) => return Ok(error_page(svc, ws, &e)),
+    };
+    let Some((identity, rule)) = asker.own.clone() else {
+        return Err(ApiError::NoSelfService);
+    };
+    let csrf = csrf_field(ws);
+    let now = now()?;
+    let left = passes_left(svc, &asker).await?;
+    let rows = recent_of(svc, Some(identity.clone()), 50).await?;
+    let mut table = String::new();
+    for r in &rows {
+        table.push_str(&pass_row(r, now, &csrf, false));
+    }
+    if rows.is_empty() {
+        table.push_str(r#"<tr><td colspan="6">You have no passes yet.</td></tr>"#);
+    }
+    let notice = notice
+        .map(|n| format!(r#"<p class="notice" id="notice">{}</p>"#, esc(&n)))
+        .unwrap_or_default();
+    let binding = match (rule.software, rule.attestation) {
+        (_, true) => "TPM-bound with verified attestation",
+        (true, false) => "TPM- or software-bound",
+        (false, false) => "TPM-bound",
+    };
+    let left = left
+        .map(|n| format!(" You can get {n} more in the next 24 hours."))
+        .unwrap_or_default();
+    let body = format!(
+        r#"{notice}<p id="rule">Passes here are for you, <b id="identity">{identity}</b>. Your group <b id="group">{group}</b> may get {binding} passes valid for up to {max}.{left}</p>
+<form method="post" action="/review" class="card">{csrf}
+<label for="request">Paste the request you made with <code>hwpass request --subject {identity}</code></label>
+<textarea id="request" name="request" rows="5" required spellcheck="false" autocomplete="off"></textarea>
+<button type="submit" id="review">Review request</button></form>
+<h2>My passes</h2>
+<table id="my-passes"><thead><tr><th>Issued</th><th>Device</th><th>Binding</th><th>Expires</th><th>Pass id</th><th></th></tr></thead>
+<tbody>{table}</tbody></table>"#,
+        identity = esc(&identity),
+        group = esc(&rule.name),
+        max = format_duration(rule.max_lifetime),
+    );
+    Ok(render(svc, ws, StatusCode::OK, "Get a pass", &body))
+}
+
+/// One row of a pass list; `admin` adds the subject and who asked.
+fn pass_row(r: &Recent, now: i64, csrf: &str, admin: bool) -> String {
+    let rec = &r.record;
+    let state = if r.revoked {
+        r#"<span class="tag revoked">revoked</span>"#.to_string()
+    } else if rec.exp <= now {
+        r#"<span class="tag expired">expired</span>"#.to_string()
+    } else {
+        format!(
+            r#"<form method="post" action="/revoke" class="inline">{csrf}<input type="hidden" name="jti" value="{jti}"><button type="submit" class="danger" data-jti="{jti}">Revoke</button></form>"#,
+            jti = esc(&rec.jti)
+        )
+    };
+    let state = if admin && !r.device_revoked {
+        format!(
+            r#"{state}<form method="post" action="/revoke" class="inline">{csrf}<input type="hidden" name="device" value="{jkt}"><button type="submit" class="danger link" data-jkt="{jkt}">Revoke device</button></form>"#,
+            jkt = esc(&rec.jkt)
+        )
+    } else {
+        state
+    };
+    let admin_cells = if admin {
+        let by = match (&rec.by, &rec.group) {
+            (Some(by), Some(g)) => format!("{} ({})", esc(by), esc(g)),
+            (Some(by), None) => esc(by),
+            (None, _) => "—".into(),
+        };
+        format!(r#"<td>{}</td><td class="by">{by}</td>"#, esc(&rec.sub))
+    } else {
+        String::new()
+    };
+    format!(
+        r#"<tr><td>{time}</td>{admin_cells}<td>{dev}</td><td>{kind} / {att}</td><td>{exp}</td><td><code>{jti}</code></td><td>{state}</td></tr>"#,
+        time = esc(&format_time(rec.time)),
+        dev = esc(rec.dev.as_deref().unwrap_or("—")),
+        kind = rec.kind.as_str(),
+        att = att_shown(rec.att),
+        exp = esc(&format_time(rec.exp)),
+        jti = esc(&rec.jti),
+    )
 }
 
 async fn home_page(
@@ -182,35 +317,18 @@ async fn home_page(
     ws: &WebSession,
     notice: Option<String>,
 ) -> Result<Response, ApiError> {
+    if !ws.admin {
+        return self_page(svc, ws, notice).await;
+    }
     let csrf = csrf_field(ws);
     let now = now()?;
     let rows = recent(svc, 20).await?;
     let mut table = String::new();
     for r in &rows {
-        let rec = &r.record;
-        let state = if r.revoked {
-            r#"<span class="tag revoked">revoked</span>"#.to_string()
-        } else if rec.exp <= now {
-            r#"<span class="tag expired">expired</span>"#.to_string()
-        } else {
-            format!(
-                r#"<form method="post" action="/revoke" class="inline">{csrf}<input type="hidden" name="jti" value="{jti}"><button type="submit" class="danger" data-jti="{jti}">Revoke</button></form>"#,
-                jti = esc(&rec.jti)
-            )
-        };
-        table.push_str(&format!(
-            r#"<tr><td>{time}</td><td>{sub}</td><td>{dev}</td><td>{kind} / {att}</td><td>{exp}</td><td><code>{jti}</code></td><td>{state}</td></tr>"#,
-            time = esc(&format_time(rec.time)),
-            sub = esc(&rec.sub),
-            dev = esc(rec.dev.as_deref().unwrap_or("—")),
-            kind = rec.kind.as_str(),
-            att = att_shown(rec.att),
-            exp = esc(&format_time(rec.exp)),
-            jti = esc(&rec.jti),
-        ));
+        table.push_str(&pass_row(r, now, &csrf, true));
     }
     if rows.is_empty() {
-        table.push_str(r#"<tr><td colspan="7">No passes issued yet.</td></tr>"#);
+        table.push_str(r#"<tr><td colspan="8">No passes issued yet.</td></tr>"#);
     }
     let notice = notice
         .map(|n| format!(r#"<p class="notice" id="notice">{}</p>"#, esc(&n)))
@@ -221,7 +339,7 @@ async fn home_page(
 <textarea id="request" name="request" rows="5" required spellcheck="false" autocomplete="off"></textarea>
 <button type="submit" id="review">Review request</button></form>
 <h2>Recent issuances</h2>
-<table id="recent"><thead><tr><th>Issued</th><th>Subject</th><th>Device</th><th>Binding</th><th>Expires</th><th>Pass id</th><th></th></tr></thead>
+<table id="recent"><thead><tr><th>Issued</th><th>Subject</th><th>Asked by</th><th>Device</th><th>Binding</th><th>Expires</th><th>Pass id</th><th></th></tr></thead>
 <tbody>{table}</tbody></table>"#
     );
     Ok(render(svc, ws, StatusCode::OK, "Sign a pass", &body))
@@ -262,7 +380,7 @@ pub(super) async fn login(
         Some(user) => {
             tracing::info!(user = %user, "web sign-in");
             // A new session id at sign-in: nothing a browser held before becomes a session.
-            let cookies = svc.sign_in(user, now()?)?;
+            let cookies = svc.sign_in(user, true, None, now()?)?;
             let mut resp = see_other("/");
             for c in cookies {
                 resp.headers_mut().append(header::SET_COOKIE, c);
@@ -307,21 +425,19 @@ pub(super) async fn review(
         return Ok(see_other("/"));
     }
     let request = field_or_page!(svc, ws, f, "request").trim().to_string();
-    let now = now()?;
+    let asker = match asker_of(&svc, &ws) {
+        Ok(a) => a,
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
+    };
     // Approving needs no HSM: it shows exactly what Sign would issue, attestation included.
-    let req2 = request.clone();
-    let approved = blocking(&svc, move |svc| sign::approve(&svc.cfg, &req2, None, now)).await;
-    let a = match approved {
+    let a = match approve(&svc, request.clone(), &asker).await {
         Ok(a) => a,
         Err(e) => return Ok(error_page(&svc, &ws, &e)),
     };
     let c = &a.claims;
     let proposed = c.exp - c.nbf;
-    let p = &svc.cfg.policy;
-    let max = match c.hwb.kind {
-        BindingKind::Tpm => p.max_lifetime,
-        BindingKind::Software => p.software_max_lifetime,
-    };
+    let cap = asker.own.as_ref().map(|(_, rule)| rule.max_lifetime);
+    let max = svc.cfg.policy.max_for(c.hwb.kind, cap);
     let mut choices: Vec<i64> = LIFETIMES.iter().copied().filter(|&l| l <= max).collect();
     if !choices.contains(&proposed) {
         choices.push(proposed);
@@ -432,15 +548,19 @@ pub(super) async fn sign(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "request", "lifetime"]);
-    let Some(user) = ws.user.clone() else {
+    if ws.user.is_none() {
         return Ok(see_other("/"));
+    }
+    let asker = match asker_of(&svc, &ws) {
+        Ok(a) => a,
+        Err(e) => return Ok(error_page(&svc, &ws, &e)),
     };
     let request = field_or_page!(svc, ws, f, "request");
     let lifetime = match lifetime(&svc, &field_or_page!(svc, ws, f, "lifetime")) {
         Ok(l) => l,
         Err(e) => return Ok(error_page(&svc, &ws, &e)),
     };
-    let out = match issue(&svc, request, Some(lifetime), &format!("web:{user}")).await {
+    let out = match issue(&svc, request, Some(lifetime), &asker).await {
         Ok(o) => o,
         Err(ApiError::Issuer(IssuerError::Policy(e @ PolicyError::LifetimeTooLong { .. }))) => {
             return Ok(error_page(&svc, &ws, &ApiError::BadLifetime(e.to_string())))
@@ -458,7 +578,7 @@ pub(super) async fn sign(
     };
     let body = format!(
         r#"<p class="notice">Signed a {kind} pass for <b>{sub}</b>, valid until {exp} ({left}). Recorded in the audit log as <code>{jti}</code>. {what}</p>
-<label for="pass">The pass — give it to the person; they run <code>hwpass install</code> and paste it</label>
+<label for="pass">{give}</label>
 <div class="row"><input type="text" id="pass" readonly value="{pass}" spellcheck="false"><button type="button" id="copy">Copy</button></div>
 <p><a id="download" download="hwpass-pass.txt" href="data:text/plain;charset=utf-8,{pass}">Download as a file</a> · {len} characters</p>
 <div class="qr" id="qr">{qr}</div>
@@ -470,6 +590,11 @@ pub(super) async fn sign(
         jti = esc(&c.jti),
         pass = esc(&out.pass),
         len = out.pass.len(),
+        give = if ws.admin {
+            "The pass — give it to the person; they run <code>hwpass install</code> and paste it"
+        } else {
+            "Your pass — on your computer, run <code>hwpass install</code> and paste it"
+        },
     );
     Ok(render(&svc, &ws, StatusCode::OK, "Pass signed", &body))
 }
@@ -501,21 +626,108 @@ pub(super) async fn revoke_form(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (ws, f) = form_or_page!(svc, peer, headers, body, &["csrf", "jti"]);
+    let (ws, f) = form_or_page!(
+        svc,
+        peer,
+        headers,
+        body,
+        &["csrf", "jti", "device", "confirm"]
+    );
     let Some(user) = ws.user.clone() else {
         return Ok(see_other("/"));
     };
-    let jti = field_or_page!(svc, ws, f, "jti");
-    let what = Revocation {
-        pass: Some(jti.clone()),
-        device: None,
-        reason: None,
+    let by = match &ws.person {
+        Some(p) => p.identity.clone(),
+        None => format!("web:{user}"),
     };
-    match revoke(&svc, what, format!("web:{user}")).await {
+    let confirmed = f.get("confirm") == Some("yes");
+    let confirm_form = |field: &str, value: &str, question: String, button: &str| {
+        let body = format!(
+            r#"<p>{question}</p>
+<form method="post" action="/revoke" class="card">{csrf}<input type="hidden" name="{field}" value="{value}"><input type="hidden" name="confirm" value="yes">
+<button type="submit" class="danger" id="confirm-revoke">{button}</button> <a href="/" id="cancel-revoke">Keep it</a></form>"#,
+            value = esc(value),
+            csrf = csrf_field(&ws),
+        );
+        render(&svc, &ws, StatusCode::OK, "Revoke?", &body)
+    };
+    let (what, label) = match (f.get("jti"), f.get("device")) {
+        (Some(jti), None) => {
+            if !ws.admin {
+                // A person revokes only their own passes, and confirms first (a lost laptop
+                // is the reason; a slip of the mouse must not be).
+                let Some(identity) = ws.person.as_ref().map(|p| p.identity.clone()) else {
+                    return Ok(see_other("/"));
+                };
+                let mine = recent_of(&svc, Some(identity), usize::MAX).await?;
+                let Some(row) = mine.iter().find(|r| r.record.jti == jti) else {
+                    let e = ApiError::NotFound(format!("you have no pass {jti}"));
+                    return Ok(error_page(&svc, &ws, &e));
+                };
+                if !confirmed {
+                    let rec = &row.record;
+                    return Ok(confirm_form(
+                        "jti",
+                        jti,
+                        format!(
+                            "Revoke the pass <code>{}</code> for <b>{}</b>, valid until {}? Desktops refuse it after their next <code>hwpass refresh</code>; this cannot be undone.",
+                            esc(&rec.jti),
+                            esc(rec.dev.as_deref().unwrap_or("an unnamed device")),
+                            esc(&format_time(rec.exp)),
+                        ),
+                        "Revoke this pass",
+                    ));
+                }
+            }
+            (
+                Revocation {
+                    pass: Some(jti.to_string()),
+                    device: None,
+                    reason: None,
+                },
+                format!("pass {jti}"),
+            )
+        }
+        (None, Some(jkt)) if ws.admin => {
+            if !confirmed {
+                let passes = recent(&svc, usize::MAX)
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.record.jkt == jkt)
+                    .count();
+                return Ok(confirm_form(
+                    "device",
+                    jkt,
+                    format!(
+                        "Revoke the device key <code>{}</code>? Every pass bound to it ({passes} issued) is refused after the desktop's next <code>hwpass refresh</code>, and no pass for it can be used again; this cannot be undone.",
+                        esc(jkt)
+                    ),
+                    "Revoke this device",
+                ));
+            }
+            (
+                Revocation {
+                    pass: None,
+                    device: Some(jkt.to_string()),
+                    reason: None,
+                },
+                format!("device key {jkt}"),
+            )
+        }
+        _ => {
+            let e = ApiError::BadInput(if ws.admin {
+                "form: give a pass id (jti) or a device key (device)".into()
+            } else {
+                "form: give the pass id (jti) of one of your passes".into()
+            });
+            return Ok(error_page(&svc, &ws, &e));
+        }
+    };
+    match revoke(&svc, what, by).await {
         Ok(r) => {
             let notice = format!(
-                "Revoked pass {} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
-                jti, r.seq
+                "Revoked {label} (deny list #{}). Desktops refuse it after their next `hwpass refresh`.",
+                r.seq
             );
             home_page(&svc, &ws, Some(notice)).await
         }

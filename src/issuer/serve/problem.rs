@@ -7,6 +7,18 @@ use tracing::warn;
 
 use crate::issuer::attest::AttestError;
 use crate::issuer::error::IssuerError;
+use crate::issuer::policy::PolicyError;
+use crate::oidc::OidcError;
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> Self {
+        match e {
+            OidcError::Unavailable { .. } => Self::IdpUnavailable(e.to_string()),
+            OidcError::Config(_) => Self::Issuer(IssuerError::Internal(e.to_string())),
+            other => Self::BadToken(other.to_string()),
+        }
+    }
+}
 
 /// Why a request failed, as the client sees it.
 #[derive(Debug)]
@@ -27,6 +39,12 @@ pub(super) enum ApiError {
     Busy,
     /// No such thing.
     NotFound(String),
+    /// An ID token presented to the API did not verify (why, in words).
+    BadToken(String),
+    /// The OpenID provider could not be reached: nothing was signed.
+    IdpUnavailable(String),
+    /// This issuer has no self-service sign-in (`[oidc]`, or its desktop client, missing).
+    NoSelfService,
     /// The sign flow refused or failed.
     Issuer(IssuerError),
 }
@@ -84,12 +102,41 @@ impl ApiError {
                 "too many requests from your address are in progress; retry in a moment".into(),
             ),
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "not-found", "Not found", d.clone()),
+            Self::BadToken(d) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Sign-in refused",
+                d.clone(),
+            ),
+            Self::IdpUnavailable(d) => (
+                StatusCode::BAD_GATEWAY,
+                "idp-unavailable",
+                "Sign-in provider unavailable",
+                format!("{d}; nothing was signed, try again later"),
+            ),
+            Self::NoSelfService => (
+                StatusCode::NOT_FOUND,
+                "no-self-service",
+                "No self-service here",
+                "this issuer has no sign-in for desktops ([oidc] desktop_client_id is not set); ask an administrator for a pass".into(),
+            ),
             Self::Issuer(e) => {
                 let (status, slug, title) = match e {
                     E::Request(_) => (
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "request-refused",
                         "Request refused",
+                    ),
+                    E::Policy(PolicyError::NotYours { .. }) => {
+                        (StatusCode::FORBIDDEN, "not-yours", "Not your pass to ask for")
+                    }
+                    E::Policy(PolicyError::NoGroup { .. } | PolicyError::GroupNotAllowed { .. }) => {
+                        (StatusCode::FORBIDDEN, "no-group", "Not in a group that may get passes")
+                    }
+                    E::Policy(PolicyError::RateLimited { .. }) => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limited",
+                        "Passes per day reached",
                     ),
                     E::Attest(AttestError::Missing) | E::Policy(_) => {
                         (StatusCode::FORBIDDEN, "policy", "Refused by policy")
@@ -138,11 +185,20 @@ impl ApiError {
 impl ApiError {
     /// Logs what the client is not told: the whole error behind a server-side failure.
     pub(super) fn log(&self) {
-        if let Self::Issuer(e) = self {
-            let (status, slug, ..) = self.parts();
-            if status.is_server_error() {
-                warn!(problem = slug, error = %e, "request failed");
+        match self {
+            Self::Issuer(e) => {
+                let (status, slug, ..) = self.parts();
+                if status.is_server_error() {
+                    warn!(problem = slug, error = %e, "request failed");
+                }
             }
+            Self::IdpUnavailable(why) => {
+                warn!(problem = "idp-unavailable", error = %why, "sign-in provider unavailable")
+            }
+            Self::BadToken(why) => {
+                warn!(problem = "unauthorized", error = %why, "ID token refused")
+            }
+            _ => {}
         }
     }
 }

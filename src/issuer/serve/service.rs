@@ -16,8 +16,10 @@ use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
 use crate::issuer::keys::IssuerKey;
-use crate::issuer::sign;
+use crate::issuer::policy::GroupRule;
+use crate::issuer::sign::{self, SelfService};
 use crate::issuer::store::{AuditRecord, AuditStore, RevocationStore, Revoked};
+use crate::oidc::{Person, Provider};
 
 /// Largest request body accepted (a request is at most 8 KiB; forms carry one).
 pub(super) const MAX_BODY: usize = 64 * 1024;
@@ -41,6 +43,13 @@ pub(super) struct Service {
     pub(super) in_flight: Mutex<HashMap<IpAddr, usize>>,
     /// The last signed deny list: its sequence number, when it was signed, the list.
     pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
+    /// The OpenID provider people sign in with (`[oidc]`).
+    pub(super) provider: Option<Provider>,
+    /// Sign-in `state`s already used, by hash, until they would have expired anyway.
+    pub(super) used_states: Mutex<HashMap<[u8; 32], i64>>,
+    /// Held while a person's passes are counted and their next one signed, so two at once
+    /// cannot both pass the `passes_per_day` count.
+    pub(super) self_service: tokio::sync::Mutex<()>,
 }
 
 /// A signed deny list is reused for this long while nothing changed (an anonymous GET must
@@ -49,10 +58,15 @@ const DENYLIST_REUSE_SECS: i64 = 300;
 
 pub(super) type Shared = Arc<Service>;
 
-/// A signed-in admin's web session.
+/// A signed-in web session: an admin's, or a person's who signed in through the provider.
 #[derive(Debug, Clone)]
 pub(super) struct Session {
+    /// Who, as audit records name them (`alice` for a token admin, the identity for a person).
     pub(super) user: String,
+    /// May sign for others and revoke anything.
+    pub(super) admin: bool,
+    /// What the provider said, for people who signed in through it.
+    pub(super) person: Option<Person>,
     /// Order of sign-in (the user's oldest session ends first).
     pub(super) serial: u64,
     pub(super) expires: i64,
@@ -88,22 +102,152 @@ pub(super) struct Issued {
     pub(super) clock_ahead: Option<i64>,
 }
 
+/// Who asks for a pass, as the audit record names them.
+#[derive(Debug, Clone)]
+pub(super) struct Asker {
+    /// `alice` (API token), `web:alice`, `proxy:bob`, or a person's verified identity.
+    pub(super) by: String,
+    /// The provider that vouched for them.
+    pub(super) idp: Option<String>,
+    /// The group that let them (its rule, or the admin group).
+    pub(super) group: Option<String>,
+    /// A person asking for their own pass, under their group's rule.
+    pub(super) own: Option<(String, GroupRule)>,
+}
+
+impl Asker {
+    /// An admin (token, proxy) signing for anyone.
+    pub(super) fn admin(by: String) -> Self {
+        Self {
+            by,
+            idp: None,
+            group: None,
+            own: None,
+        }
+    }
+
+    fn self_service(&self) -> Option<SelfService<'_>> {
+        self.own
+            .as_ref()
+            .map(|(identity, group)| SelfService { identity, group })
+    }
+}
+
+impl Service {
+    /// The asker behind a signed-in session: an admin signs for anyone; a person for
+    /// themselves, within their group's rule (decided now, from the groups the provider
+    /// vouched for at sign-in, so a changed policy applies at once).
+    pub(super) fn asker(
+        &self,
+        user: &str,
+        admin: bool,
+        person: Option<&Person>,
+        web: bool,
+    ) -> Result<Asker, ApiError> {
+        let Some(p) = person else {
+            let by = if web {
+                format!("web:{user}")
+            } else {
+                user.to_string()
+            };
+            return Ok(Asker::admin(by));
+        };
+        if admin {
+            let group = self.admin_group_of(p);
+            return Ok(Asker {
+                by: p.identity.clone(),
+                idp: Some(p.idp.clone()),
+                group,
+                own: None,
+            });
+        }
+        let rule = self
+            .cfg
+            .policy
+            .group_for(&p.groups)
+            .map_err(|e| ApiError::Issuer(e.into()))?;
+        Ok(Asker {
+            by: p.identity.clone(),
+            idp: Some(p.idp.clone()),
+            group: Some(rule.name.clone()),
+            own: Some((p.identity.clone(), rule.clone())),
+        })
+    }
+
+    /// The first of `[oidc] admin_groups` the person is in.
+    pub(super) fn admin_group_of(&self, p: &Person) -> Option<String> {
+        let oidc = self.cfg.oidc.as_ref()?;
+        oidc.admin_groups
+            .iter()
+            .find(|g| p.groups.contains(g))
+            .cloned()
+    }
+}
+
+/// The times of the passes `asker` had signed through the service (by them, via the same
+/// provider).
+fn passes_by(svc: &Service, asker: &Asker) -> Result<Vec<i64>, IssuerError> {
+    let (records, _) = svc.audit_store.read()?;
+    Ok(records
+        .iter()
+        .filter(|r| r.by.as_deref() == Some(asker.by.as_str()) && r.idp == asker.idp)
+        .map(|r| r.time)
+        .collect())
+}
+
+/// Passes left today for a person (none when unlimited or not a person).
+pub(super) async fn passes_left(svc: &Shared, asker: &Asker) -> Result<Option<u32>, ApiError> {
+    let Some((_, rule)) = asker.own.clone() else {
+        return Ok(None);
+    };
+    let now = now()?;
+    let asker = asker.clone();
+    blocking(svc, move |svc| Ok(rule.left(&passes_by(svc, &asker)?, now))).await
+}
+
+/// Approves without signing (the review page): exactly what Sign would issue.
+pub(super) async fn approve(
+    svc: &Shared,
+    request: String,
+    asker: &Asker,
+) -> Result<sign::Approved, ApiError> {
+    let now = now()?;
+    let asker = asker.clone();
+    blocking(svc, move |svc| {
+        sign::approve_for(&svc.cfg, request.trim(), None, now, asker.self_service())
+    })
+    .await
+}
+
 /// Verifies, approves and signs on the blocking pool, then waits for the audit record's
-/// group commit. The pass is returned only once its record is durable.
+/// group commit. The pass is returned only once its record is durable. A person's passes in
+/// the last day are counted first, under a lock, against their group's `passes_per_day`.
 pub(super) async fn issue(
     svc: &Shared,
     request: String,
     lifetime: Option<i64>,
-    by: &str,
+    asker: &Asker,
 ) -> Result<Issued, ApiError> {
+    let _counted = match asker.own {
+        Some(_) => Some(svc.self_service.lock().await),
+        None => None,
+    };
     let now = now()?;
+    let who = asker.clone();
     let (approved, pass, mut record) = blocking(svc, move |svc| {
-        let approved = sign::approve(&svc.cfg, request.trim(), lifetime, now)?;
+        let approved =
+            sign::approve_for(&svc.cfg, request.trim(), lifetime, now, who.self_service())?;
+        if let Some((_, rule)) = &who.own {
+            rule.check_rate(&passes_by(svc, &who)?, now)?;
+        }
         let (pass, record) = svc.pool.with(|key| sign::sign_one(&approved, key, now))?;
         Ok((approved, pass, record))
     })
     .await?;
-    record.by = Some(by.to_string());
+    record.by = Some(asker.by.clone());
+    record.idp = asker.idp.clone();
+    record.group = asker.group.clone();
+    let by = &asker.by;
     svc.audit.commit(record).await?;
     let c = &approved.claims;
     info!(jti = %c.jti, sub = %c.sub, kind = %c.hwb.kind.as_str(), exp = c.exp, %by, "pass issued");
@@ -176,20 +320,36 @@ pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
 pub(super) struct Recent {
     #[serde(flatten)]
     pub(super) record: AuditRecord,
+    /// The pass or its device key is revoked.
     pub(super) revoked: bool,
+    /// Its device key is revoked.
+    pub(super) device_revoked: bool,
 }
 
 /// The newest `limit` audit records, newest first, with their revocation state.
 pub(super) async fn recent(svc: &Shared, limit: usize) -> Result<Vec<Recent>, ApiError> {
+    recent_of(svc, None, limit).await
+}
+
+/// The newest `limit` audit records of passes for `sub` (all when none), newest first, with
+/// their revocation state.
+pub(super) async fn recent_of(
+    svc: &Shared,
+    sub: Option<String>,
+    limit: usize,
+) -> Result<Vec<Recent>, ApiError> {
     blocking(svc, move |svc| {
-        let records = svc.audit_store.recent_issued(limit)?;
+        let records = svc.audit_store.recent_issued(limit, sub.as_deref())?;
         let reg = svc.register.load()?;
         Ok(records
             .into_iter()
-            .map(|record| Recent {
-                revoked: reg.passes.iter().any(|p| p.jti == record.jti)
-                    || reg.devices.iter().any(|d| d.jkt == record.jkt),
-                record,
+            .map(|record| {
+                let device_revoked = reg.devices.iter().any(|d| d.jkt == record.jkt);
+                Recent {
+                    revoked: device_revoked || reg.passes.iter().any(|p| p.jti == record.jti),
+                    device_revoked,
+                    record,
+                }
             })
             .collect())
     })

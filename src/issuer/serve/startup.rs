@@ -19,6 +19,7 @@ use super::limits::{per_request, LimitAcceptor};
 use super::page;
 use super::problem::ApiError;
 use super::service::{Service, Shared, MAX_BODY};
+use super::signin;
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
@@ -80,10 +81,10 @@ pub fn run(
     listen: Option<SocketAddr>,
     ready: impl FnOnce(&str),
 ) -> Result<(), IssuerError> {
-    if cfg.serve.admins.is_empty() && cfg.serve.proxy.is_none() {
+    if cfg.serve.admins.is_empty() && cfg.serve.proxy.is_none() && cfg.oidc.is_none() {
         return Err(IssuerError::Config {
             path: "[serve]".into(),
-            detail: "no admin can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`) or [serve.proxy]".into(),
+            detail: "nobody can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`), [serve.proxy] or [oidc]".into(),
         });
     }
     let internal =
@@ -107,6 +108,19 @@ pub fn run(
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
     let audit = Committer::start(audit_store.clone(), &cfg)?;
+    // The provider is discovered at the first sign-in, not here: the service starts (and
+    // admins sign in with their tokens) while it is down.
+    let provider = match &cfg.oidc {
+        Some(o) => {
+            let agent = crate::sys::http_agent(o.ca_file.as_deref(), o.timeout)
+                .map_err(|e| internal("[oidc] ca_file", &e))?;
+            Some(
+                crate::oidc::Provider::new(&o.issuer, agent)
+                    .map_err(|e| internal("[oidc] issuer", &e))?,
+            )
+        }
+        None => None,
+    };
     let svc = Arc::new(Service {
         cfg,
         pool: Arc::new(KeyPool::new(keys)),
@@ -119,6 +133,9 @@ pub fn run(
         tls: tls.is_some(),
         in_flight: Mutex::new(HashMap::new()),
         denylist: Mutex::new(None),
+        provider,
+        used_states: Mutex::new(HashMap::new()),
+        self_service: tokio::sync::Mutex::new(()),
     });
     let limits = svc.cfg.serve.limits.clone();
     let max_connections = connection_cap(limits.max_connections);
@@ -243,6 +260,11 @@ fn router(svc: Shared) -> Router {
         .route("/v1/revocations", post(api::api_revoke))
         .route("/v1/issuances", get(api::api_issuances))
         .route("/v1/openapi.json", get(api::api_openapi))
+        .route("/v1/self", get(api::self_info))
+        .route("/v1/self/whoami", get(api::self_whoami))
+        .route("/v1/self/passes", post(api::self_sign))
+        .route("/oidc/login", get(signin::login))
+        .route("/oidc/callback", get(signin::callback))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -977,6 +977,8 @@ mod tests {
             kid: "kid".into(),
             dev: None,
             by: None,
+            idp: None,
+            group: None,
             tpm: None,
             prev: String::new(),
         })

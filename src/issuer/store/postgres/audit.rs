@@ -113,6 +113,7 @@ impl PgStore {
         let mut positions = Vec::with_capacity(entries.len());
         let mut lines = Vec::with_capacity(entries.len());
         let mut jtis = Vec::with_capacity(entries.len());
+        let mut subs = Vec::with_capacity(entries.len());
         let mut times = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter_mut().enumerate() {
             e.set_prev(last);
@@ -124,16 +125,17 @@ impl PgStore {
             // Canonical JSON is UTF-8 (serde_json writes nothing else).
             lines.push(String::from_utf8_lossy(&line).into_owned());
             jtis.push(e.issued().map(|r| r.jti.clone()));
+            subs.push(e.issued().map(|r| r.sub.clone()));
             times.push(e.time());
         }
         let insert = tx
             .prepare_cached(
-                "INSERT INTO hwpass_audit_entries (position, line, jti, time) \
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
+                "INSERT INTO hwpass_audit_entries (position, line, jti, sub, time) SELECT * \
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
             )
             .await
             .map_err(&err)?;
-        tx.execute(&insert, &[&positions, &lines, &jtis, &times])
+        tx.execute(&insert, &[&positions, &lines, &jtis, &subs, &times])
             .await
             .map_err(&err)?;
         let size = signed(self, "the audit log size", frontier.size())?;
@@ -526,7 +528,12 @@ impl AuditStore for PgStore {
         Ok(line.and_then(|l| serde_json::from_str::<AuditRecord>(&l).ok()))
     }
 
-    fn recent_issued(&self, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+    /// From the issuance index: by subject through the `sub` column's index.
+    fn recent_issued(
+        &self,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.block_on(async {
             let doing = "reading recent issuances";
@@ -534,8 +541,8 @@ impl AuditStore for PgStore {
             client
                 .query(
                     "SELECT position, line FROM hwpass_audit_entries WHERE jti IS NOT NULL \
-                     ORDER BY position DESC LIMIT $1",
-                    &[&limit],
+                     AND ($2::text IS NULL OR sub = $2) ORDER BY position DESC LIMIT $1",
+                    &[&limit, &sub],
                 )
                 .await
                 .map_err(self.error(doing))

@@ -95,8 +95,8 @@ impl PgStore {
         }
         let insert = tx
             .prepare(
-                "INSERT INTO hwpass_audit_entries (position, line, jti, time) \
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
+                "INSERT INTO hwpass_audit_entries (position, line, jti, sub, time) SELECT * \
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
             )
             .await
             .map_err(&err)?;
@@ -113,8 +113,12 @@ impl PgStore {
                 .iter()
                 .map(|e| e.issued().map(|r| r.jti.clone()))
                 .collect();
+            let subs: Vec<Option<String>> = chunk
+                .iter()
+                .map(|e| e.issued().map(|r| r.sub.clone()))
+                .collect();
             let times: Vec<i64> = chunk.iter().map(|e| e.time()).collect();
-            tx.execute(&insert, &[&positions, &lines, &jtis, &times])
+            tx.execute(&insert, &[&positions, &lines, &jtis, &subs, &times])
                 .await
                 .map_err(&err)?;
         }

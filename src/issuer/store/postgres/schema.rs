@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `hwpass_schema` | one row: the schema version |
 //! | `hwpass_audit_head` | one row, the sequencer: entries in the log, hash of the last, the Merkle tree's right edge, and a fault that stops appends |
-//! | `hwpass_audit_entries` | each entry: its position (0, 1, …), canonical JSON line, pass id (the issuance index) and time |
+//! | `hwpass_audit_entries` | each entry: its position (0, 1, …), canonical JSON line, pass id and subject (the issuance index) and time |
 //! | `hwpass_audit_checkpoints` | each signed checkpoint note, with the tree's right edge and last hash at its size |
 //! | `hwpass_register` | one row: the deny list sequence number and the key ids of the last list |
 //! | `hwpass_revoked_passes`, `hwpass_revoked_devices` | the revocations |
@@ -43,8 +43,11 @@ CREATE TABLE hwpass_audit_entries (
     position bigint PRIMARY KEY CHECK (position >= 0),
     line text NOT NULL,
     jti text UNIQUE,
+    sub text,
     time bigint NOT NULL
 );
+CREATE INDEX hwpass_audit_entries_sub ON hwpass_audit_entries (sub, position)
+    WHERE sub IS NOT NULL;
 
 CREATE TABLE hwpass_audit_checkpoints (
     size bigint PRIMARY KEY CHECK (size > 0),
