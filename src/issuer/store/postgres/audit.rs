@@ -58,7 +58,7 @@ fn decode_frontier(store: &PgStore, size: u64, bytes: &[u8]) -> Result<Frontier,
             "the stored Merkle tree edge at size {size} is damaged"
         ))
     };
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(damaged());
     }
     let path: Vec<Hash> = bytes

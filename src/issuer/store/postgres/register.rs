@@ -123,7 +123,7 @@ impl PgStore {
         for p in after
             .passes
             .iter()
-            .filter(|p| old.get(p.jti.as_str()) != Some(&p))
+            .filter(|p| old.get(p.jti.as_str()) != Some(p))
         {
             tx.execute(
                 "INSERT INTO hwpass_revoked_passes (jti, exp, sub, time, revoked_by, reason, seq) \
@@ -146,7 +146,7 @@ impl PgStore {
         for d in after
             .devices
             .iter()
-            .filter(|d| old.get(d.jkt.as_str()) != Some(&d))
+            .filter(|d| old.get(d.jkt.as_str()) != Some(d))
         {
             tx.execute(
                 "INSERT INTO hwpass_revoked_devices (jkt, time, revoked_by, reason, seq) \
