@@ -14,8 +14,9 @@ use super::error::{Access, IssuerError};
 use super::keys::{self, KeyManager};
 use super::policy::{Policy, PolicyConfig};
 use super::store::file::{FileAuditLog, FileRegister};
+use super::store::memory::MemorySessions;
 use super::store::postgres::{PgOptions, PgStore};
-use super::store::{AuditStore, RevocationStore};
+use super::store::{AuditStore, RevocationStore, SessionStore};
 use crate::core::jwk::{Jwk, Jwks, TrustParams};
 use crate::core::time::parse_duration;
 
@@ -1048,6 +1049,15 @@ impl IssuerConfig {
             Storage::Files { revocations, .. } => Arc::new(FileRegister::new(revocations)),
             Storage::Postgres { store, .. } => Arc::new(store.clone()),
         }
+    }
+
+    /// Where the service keeps web sessions: in its own memory with the file store (a new
+    /// one each call), in the database with PostgreSQL (shared by the replicas).
+    pub fn session_store(&self) -> Result<Arc<dyn SessionStore>, String> {
+        Ok(match &self.storage {
+            Storage::Files { .. } => Arc::new(MemorySessions::new()?),
+            Storage::Postgres { store, .. } => Arc::new(store.clone()),
+        })
     }
 
     /// The PostgreSQL store, when the config names one.

@@ -16,6 +16,7 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod file;
+pub(crate) mod memory;
 pub(crate) mod postgres;
 
 use std::io;
@@ -923,6 +924,49 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
         let list = denylist_of(&reg, bundle, now);
         Ok((list.seq, denylist::sign(&list, signer)?))
     }
+}
+
+/// A signed-in web session as a [`SessionStore`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Who (sessions are bounded per user).
+    pub user: String,
+    /// Until when (Unix seconds).
+    pub expires: i64,
+    /// What the service keeps about the session (JSON), opaque to the store.
+    pub data: String,
+}
+
+/// The web page's shared state: signed-in sessions (by the SHA-256 of their id, never the id
+/// itself), the sign-in `state`s already used, and the key that the page's CSRF tokens and the
+/// sign-in cookie are made with. In memory for one machine ([`memory::MemorySessions`]); in the
+/// database for replicas, so a person signed in through one replica stays signed in through
+/// the others.
+pub trait SessionStore: std::fmt::Debug + Send + Sync {
+    /// The key for CSRF tokens and the sign-in cookie.
+    fn web_key(&self) -> Result<[u8; 32], DbError>;
+
+    /// The session with this id hash, if it has not expired at `now`.
+    fn session(&self, id_hash: &str, now: i64) -> Result<Option<StoredSession>, DbError>;
+
+    /// Stores a new session; drops expired ones, and the user's oldest beyond
+    /// `max_per_user` (counting the new one).
+    fn open_session(
+        &self,
+        id_hash: &str,
+        session: StoredSession,
+        max_per_user: usize,
+        now: i64,
+    ) -> Result<(), DbError>;
+
+    /// Ends a session.
+    fn end_session(&self, id_hash: &str) -> Result<(), DbError>;
+
+    /// Ends every session of these users; returns how many ended.
+    fn end_sessions_of(&self, users: &[String]) -> Result<u64, DbError>;
+
+    /// Marks a sign-in `state` (its hash) used until `until`; false when it already was.
+    fn use_state(&self, state_hash: [u8; 32], until: i64, now: i64) -> Result<bool, DbError>;
 }
 
 /// The key ids of a trust bundle as the register keeps them: the set matters, not the order

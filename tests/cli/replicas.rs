@@ -781,3 +781,71 @@ fn pg_an_edited_entry_found_by_the_checkpoint_signer_stops_every_replica_until_s
         "two, the CLI's refused pass's record, two more: {v}"
     );
 }
+
+/// Signs in through `server`'s login form with the browser state of `page` (another replica's
+/// page: its login cookie and CSRF token); returns the session cookie.
+fn login_across(page: &Server, server: &Server) -> String {
+    let first = page.agent().get(&format!("{}/", page.url)).call().unwrap();
+    let visitor = crate::service::cookie_in(&first, "hwpass_login");
+    let csrf = crate::service::csrf_in(&first.into_string().unwrap());
+    let ok = server
+        .agent()
+        .post(&format!("{}/login", server.url))
+        .set("Cookie", &visitor)
+        .send_form(&[("csrf", &csrf), ("token", &server.token)])
+        .unwrap();
+    assert_eq!(ok.status(), 303);
+    crate::service::cookie_in(&ok, "hwpass_session")
+}
+
+/// The home page through `server` with `cookie`: its CSRF token when signed in.
+fn home(server: &Server, cookie: &str) -> Option<String> {
+    let page = server
+        .agent()
+        .get(&format!("{}/", server.url))
+        .set("Cookie", cookie)
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    page.contains("Recent issuances")
+        .then(|| crate::service::csrf_in(&page))
+}
+
+#[test]
+fn pg_a_person_signed_in_through_one_replica_is_signed_in_through_the_others() {
+    let mut issuer = PgIssuer::new(Kind::P11Kit);
+    issuer.setup();
+    let (a, b) = (issuer.replica(""), issuer.replica(""));
+
+    // A's login form, posted to B: the replicas make and check CSRF tokens with one key.
+    let session = login_across(&a, &b);
+    let sid = session.split_once('=').unwrap().1.to_string();
+    assert!(home(&b, &session).is_some(), "signed in through B");
+    let csrf = home(&a, &session).expect("and through A, with the same session");
+    // The database holds the session under the hash of its id, never the id.
+    assert_eq!(
+        issuer.pg.count("SELECT count(*) FROM hwpass_web_sessions"),
+        1
+    );
+    assert_eq!(
+        issuer.pg.count(&format!(
+            "SELECT count(*) FROM hwpass_web_sessions WHERE data LIKE '%{sid}%' OR id_sha256 = '{sid}'"
+        )),
+        0
+    );
+
+    // Signing out through B (with A's page's token) ends it for A too.
+    let out = b
+        .agent()
+        .post(&format!("{}/logout", b.url))
+        .set("Cookie", &session)
+        .send_form(&[("csrf", &csrf)])
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(home(&a, &session).is_none(), "signed out everywhere");
+    assert_eq!(
+        issuer.pg.count("SELECT count(*) FROM hwpass_web_sessions"),
+        0
+    );
+}

@@ -155,6 +155,11 @@ impl ApiError {
                         "store",
                         "Revocation register unavailable",
                     ),
+                    E::Sessions(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "sessions",
+                        "Sign-in unavailable",
+                    ),
                     // Fail closed: no pass without its audit record and checkpoint.
                     E::Audit(_) => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -173,6 +178,7 @@ impl ApiError {
                     "hsm" => "the HSM did not sign; try again later (the issuer's log says why)",
                     "audit" => "the audit log could not be written, so no pass was issued (the issuer's log says why)",
                     "store" => "the revocation register cannot be changed here now; try again in a moment (the issuer's log says why)",
+                    "sessions" => "signed-in sessions cannot be read or stored here now; try again in a moment (the issuer's log says why)",
                     "internal" => "the issuer could not complete this (its log says why)",
                     _ => return (status, slug, title, e.to_string()),
                 };

@@ -22,6 +22,7 @@ pub(crate) mod audit;
 pub(crate) mod import;
 pub(crate) mod register;
 pub(crate) mod schema;
+pub(crate) mod sessions;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

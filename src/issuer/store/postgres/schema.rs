@@ -13,6 +13,8 @@
 //! | `hwpass_revoked_passes`, `hwpass_revoked_devices` | the revocations |
 //! | `hwpass_deny_lists` | signed deny lists, for every replica to hand out |
 //! | `hwpass_web_sessions` | signed-in web sessions, by the SHA-256 of their id |
+//! | `hwpass_used_states` | sign-in `state`s already used (by hash), until they expire |
+//! | `hwpass_web_key` | one row: the key of the web page's CSRF tokens and sign-in cookie, made by `db migrate` |
 
 use super::{locks, DbError, PgStore};
 
@@ -91,11 +93,22 @@ CREATE TABLE hwpass_deny_lists (
 CREATE TABLE hwpass_web_sessions (
     id_sha256 text PRIMARY KEY,
     person text NOT NULL,
-    serial bigint NOT NULL,
+    opened bigint NOT NULL,
     expires bigint NOT NULL,
     data text NOT NULL
 );
-CREATE INDEX hwpass_web_sessions_person ON hwpass_web_sessions (person, serial);
+CREATE INDEX hwpass_web_sessions_person ON hwpass_web_sessions (person, opened);
+CREATE INDEX hwpass_web_sessions_expires ON hwpass_web_sessions (expires);
+
+CREATE TABLE hwpass_used_states (
+    state_sha256 bytea PRIMARY KEY,
+    until bigint NOT NULL
+);
+
+CREATE TABLE hwpass_web_key (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    key bytea NOT NULL CHECK (length(key) = 32)
+);
 "#,
 )];
 
@@ -147,6 +160,15 @@ impl PgStore {
                     .await
                     .map_err(&err)?;
             }
+            // The replicas' shared key for the web page's CSRF tokens and sign-in cookie.
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| DbError::Client(format!("random: {e}")))?;
+            tx.execute(
+                "INSERT INTO hwpass_web_key (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&&key[..]],
+            )
+            .await
+            .map_err(&err)?;
             tx.commit().await.map_err(&err)?;
             Ok(Migrated { from, to: VERSION })
         })?
