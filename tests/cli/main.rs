@@ -18,6 +18,8 @@ mod interop;
 mod issuer;
 mod matrix;
 mod modules;
+mod pg;
+mod replicas;
 mod revocation;
 mod self_service;
 mod service;

@@ -93,8 +93,6 @@ pub fn run(
         .map(|_| cfg.key.open())
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = sign::trust_bundle(&cfg)?;
-    let mut csrf_key = [0u8; 32];
-    getrandom::getrandom(&mut csrf_key).map_err(|e| internal("random", &e))?;
     let addr = listen.unwrap_or(cfg.serve.listen);
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| internal(&format!("cannot listen on {addr}"), &e))?;
@@ -108,6 +106,12 @@ pub fn run(
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
     let audit = Committer::start(audit_store.clone(), &cfg)?;
+    let web = cfg
+        .session_store()
+        .map_err(|e| internal("web sessions", &e))?;
+    let csrf_key = web
+        .web_key()
+        .map_err(|e| internal("the web page's key", &e))?;
     // The provider is discovered at the first sign-in, not here: the service starts (and
     // admins sign in with their tokens) while it is down.
     let provider = match &cfg.oidc {
@@ -128,13 +132,12 @@ pub fn run(
         audit,
         audit_store,
         register,
-        sessions: Mutex::new(HashMap::new()),
+        web,
         csrf_key,
         tls: tls.is_some(),
         in_flight: Mutex::new(HashMap::new()),
         denylist: Mutex::new(None),
         provider,
-        used_states: Mutex::new(HashMap::new()),
         self_service: tokio::sync::Mutex::new(()),
     });
     let limits = svc.cfg.serve.limits.clone();
@@ -297,7 +300,6 @@ async fn log_and_harden(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CACHE_CONTROL, "no-store"),
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -305,6 +307,9 @@ async fn log_and_harden(
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Nothing is stored by caches, unless a handler says otherwise (the deny list: no-cache).
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     if hsts {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
