@@ -22,7 +22,7 @@ mod store;
 
 pub use attest::{AttestError, AttestationPolicy, CertRef, EkCertError, TpmIdentity};
 pub use batch::{issue_batch, BatchItem, BatchOptions};
-pub use config::{IssuerConfig, Limits, ProxyConfig, ServeConfig, PROXY_SECRET_HEADER};
+pub use config::{IssuerConfig, Limits, ProxyConfig, ServeConfig, Storage, PROXY_SECRET_HEADER};
 pub use credential::EkPublic;
 pub use error::{exit, Access, IssuerError};
 pub use init::{init, Account, InitError, InitKey, InitOptions, InitReport, SOFTHSM_MODULE};
@@ -38,11 +38,13 @@ pub use sign::{
     approve, audit_trust, issue, publish_denylist, revoke_device, revoke_pass, sign_one,
     trust_bundle, Approved, MAX_DELIVERY_LEN,
 };
+pub use store::file::{export_log, Exported, FileAuditLog, FileRegister};
+pub use store::postgres::{DbError, Imported, Migrated, PgOptions, PgStore};
 pub use store::{
     entry_hash, record_hash, verify_log, AuditEntry, AuditError, AuditRecord, AuditStore, AuditTpm,
-    AuditTrust, ChainSummary, Checkpoint, CheckpointError, LogContents, Notary, NotaryError,
-    PendingAppend, RecordKind, Register, RevocationError, RevocationRecord, RevocationStore,
-    Revoked, RevokedKind, Target, Verified, GENESIS,
+    AuditTrust, ChainSummary, Checkpoint, CheckpointError, Checkpointer, LogContents, Notary,
+    NotaryError, PendingAppend, RecordKind, Register, RevocationError, RevocationRecord,
+    RevocationStore, Revoked, RevokedKind, Round, Target, Verified, GENESIS,
 };
 
 /// Items for this crate's own integration tests: not part of the API.
@@ -58,5 +60,4 @@ pub mod internal {
     pub use super::serve::{encode_form, parse_form, Fields, FormError};
     #[cfg(fuzzing)]
     pub use super::store::file::fuzz_audit_log;
-    pub use super::store::file::{FileAuditLog, FileRegister};
 }

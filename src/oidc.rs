@@ -190,7 +190,7 @@ fn http(agent: &ureq::Agent) -> impl Fn(HttpRequest) -> Result<HttpResponse, Htt
 
 #[cfg(feature = "issuer")]
 /// What a verified ID token says about the person.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Person {
     /// The provider (`iss`).
     pub idp: String,

@@ -14,7 +14,9 @@ use super::error::{Access, IssuerError};
 use super::keys::{self, KeyManager};
 use super::policy::{Policy, PolicyConfig};
 use super::store::file::{FileAuditLog, FileRegister};
-use super::store::{AuditStore, RevocationStore};
+use super::store::memory::MemorySessions;
+use super::store::postgres::{PgOptions, PgStore};
+use super::store::{AuditStore, RevocationStore, SessionStore};
 use crate::core::jwk::{Jwk, Jwks, TrustParams};
 use crate::core::time::parse_duration;
 
@@ -23,7 +25,9 @@ use crate::core::time::parse_duration;
 struct ConfigFile {
     issuer: String,
     audience: String,
-    audit_log: PathBuf,
+    /// The file store's audit log; with `[store] postgres`, where `db import` reads one.
+    #[serde(default)]
+    audit_log: Option<PathBuf>,
     /// The issuer key (`[key]`; `[hsm]` is its old name, still read).
     #[serde(default)]
     key: Option<KeySection>,
@@ -39,6 +43,9 @@ struct ConfigFile {
     serve: ServeSection,
     #[serde(default)]
     audit: AuditSection,
+    /// `[store]`: PostgreSQL instead of files, for several replicas.
+    #[serde(default)]
+    store: Option<StoreSection>,
     /// Sign-in through the company's OpenID Connect provider (self-service).
     #[serde(default)]
     oidc: Option<OidcSection>,
@@ -222,6 +229,98 @@ impl OidcSection {
             timeout,
         })
     }
+}
+
+/// `[store]`: the PostgreSQL store (docs/replicas.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    /// A libpq URL or key=value string, without a password.
+    postgres: String,
+    /// The file holding the password (mode 0600).
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    /// Connections per process at most (default 16).
+    #[serde(default)]
+    max_connections: Option<usize>,
+    /// How often the checkpoint leader covers new entries (default 1 s).
+    #[serde(default)]
+    checkpoint_interval: Option<String>,
+}
+
+impl StoreSection {
+    fn resolve(self, file: &Path) -> Result<PgStore, IssuerError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let config = |detail: String| IssuerError::Config {
+            path: file.to_path_buf(),
+            detail,
+        };
+        let password = match &self.password_file {
+            Some(p) => {
+                let p = base.join(p);
+                check_private(&p)?;
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| config(format!("[store] password_file {}: {e}", p.display())))?;
+                let first = text.lines().next().unwrap_or_default().to_string();
+                if first.is_empty() {
+                    return Err(config(format!(
+                        "[store] password_file {} is empty",
+                        p.display()
+                    )));
+                }
+                Some(secrecy::SecretString::from(first))
+            }
+            None => None,
+        };
+        let max_connections = match self.max_connections {
+            None => 16,
+            Some(n) if (1..=1000).contains(&n) => n,
+            Some(_) => return Err(config("[store] max_connections must be 1 to 1000".into())),
+        };
+        let checkpoint_interval = match self.checkpoint_interval.as_deref() {
+            None => std::time::Duration::from_secs(1),
+            Some(text) => {
+                let secs = parse_duration(text)
+                    .map_err(|e| config(format!("[store] checkpoint_interval: {e}")))?;
+                if !(1..=3600).contains(&secs) {
+                    return Err(config(
+                        "[store] checkpoint_interval must be 1s to 1h".into(),
+                    ));
+                }
+                // Invariant: 1..=3600 fits u64.
+                std::time::Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        PgStore::new(PgOptions {
+            url: self.postgres,
+            password,
+            max_connections,
+            checkpoint_interval,
+        })
+        .map_err(config)
+    }
+}
+
+/// Where the audit log and the revocation register live.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Storage {
+    /// Files on this machine (the default): `audit_log`, and `revocations` (default
+    /// `revocations.json` beside it).
+    Files {
+        /// The audit log.
+        audit_log: PathBuf,
+        /// The revocation register.
+        revocations: PathBuf,
+    },
+    /// PostgreSQL (`[store] postgres`), shared by replicas.
+    Postgres {
+        /// The store.
+        store: PgStore,
+        /// A file store the config still names (`audit_log`, `revocations`): where `db
+        /// import` reads by default.
+        files: Option<(PathBuf, PathBuf)>,
+    },
 }
 
 /// `[audit]`: the audit log's checkpoints.
@@ -882,15 +981,14 @@ pub struct IssuerConfig {
     pub iss: String,
     /// `aud` of every pass.
     pub aud: String,
-    /// The audit log (relative paths resolved against the config's directory).
-    pub audit_log: PathBuf,
+    /// Where the audit log and the register live (relative paths resolved against the
+    /// config's directory).
+    pub storage: Storage,
     /// The issuer key: the one that signs.
     pub key: Arc<dyn KeyManager>,
     /// Other keys (labels in the same token) listed in the trust bundle: the next key before a
     /// rotation, the previous one until its passes have expired.
     pub also_trusted: Vec<String>,
-    /// The revocation register.
-    pub revocations: PathBuf,
     /// The audit log's name in its signed checkpoints (`[audit] origin`).
     pub audit_origin: String,
     /// `[serve]`.
@@ -1043,21 +1141,45 @@ impl IssuerConfig {
                 "[key] also_trusted must list other keys' labels, not the signing key's".into(),
             ));
         }
-        let audit_log = base.join(file.audit_log);
-        let revocations = match file.revocations {
-            Some(p) => base.join(p),
-            None => audit_log.with_file_name("revocations.json"),
-        };
-        // The audit log and the register: their directories, where they exist (the first
-        // append creates them).
-        for dir in [audit_log.parent(), revocations.parent()]
-            .into_iter()
-            .flatten()
-        {
-            if dir.exists() {
-                check_not_writable(dir)?;
+        let files = match file.audit_log {
+            Some(log) => {
+                let audit_log = base.join(log);
+                let revocations = match file.revocations {
+                    Some(p) => base.join(p),
+                    None => audit_log.with_file_name("revocations.json"),
+                };
+                // The audit log and the register: their directories, where they exist (the
+                // first append creates them).
+                for dir in [audit_log.parent(), revocations.parent()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if dir.exists() {
+                        check_not_writable(dir)?;
+                    }
+                }
+                Some((audit_log, revocations))
             }
-        }
+            None if file.revocations.is_some() => {
+                return Err(err("revocations needs audit_log beside it".into()))
+            }
+            None => None,
+        };
+        let storage = match (file.store, files) {
+            (Some(section), files) => Storage::Postgres {
+                store: section.resolve(path)?,
+                files,
+            },
+            (None, Some((audit_log, revocations))) => Storage::Files {
+                audit_log,
+                revocations,
+            },
+            (None, None) => {
+                return Err(err(
+                    "missing audit_log (the audit log file), or a [store] section naming a PostgreSQL database".into(),
+                ))
+            }
+        };
         let serve = file.serve.resolve(path)?;
         if let Some((cert, key)) = &serve.tls {
             for f in [cert, key] {
@@ -1082,10 +1204,9 @@ impl IssuerConfig {
         Ok(Self {
             iss: file.issuer,
             aud: file.audience,
-            audit_log,
+            storage,
             key,
             also_trusted: key_section.also_trusted,
-            revocations,
             audit_origin,
             serve,
             policy,
@@ -1110,12 +1231,35 @@ impl IssuerConfig {
 
     /// The audit log this config names.
     pub fn audit_store(&self) -> Arc<dyn AuditStore> {
-        Arc::new(FileAuditLog::new(&self.audit_log))
+        match &self.storage {
+            Storage::Files { audit_log, .. } => Arc::new(FileAuditLog::new(audit_log)),
+            Storage::Postgres { store, .. } => Arc::new(store.clone()),
+        }
     }
 
     /// The revocation register this config names.
     pub fn revocation_store(&self) -> Arc<dyn RevocationStore> {
-        Arc::new(FileRegister::new(&self.revocations))
+        match &self.storage {
+            Storage::Files { revocations, .. } => Arc::new(FileRegister::new(revocations)),
+            Storage::Postgres { store, .. } => Arc::new(store.clone()),
+        }
+    }
+
+    /// Where the service keeps web sessions: in its own memory with the file store (a new
+    /// one each call), in the database with PostgreSQL (shared by the replicas).
+    pub fn session_store(&self) -> Result<Arc<dyn SessionStore>, String> {
+        Ok(match &self.storage {
+            Storage::Files { .. } => Arc::new(MemorySessions::new()?),
+            Storage::Postgres { store, .. } => Arc::new(store.clone()),
+        })
+    }
+
+    /// The PostgreSQL store, when the config names one.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.storage {
+            Storage::Postgres { store, .. } => Some(store),
+            Storage::Files { .. } => None,
+        }
     }
 
     /// The values in force after defaults and path resolution, for `config check`: what each
@@ -1130,8 +1274,20 @@ impl IssuerConfig {
             "config": shown(&self.source),
             "issuer": self.iss,
             "audience": self.aud,
-            "audit_log": shown(&self.audit_log),
-            "revocations": shown(&self.revocations),
+            // Files: where the log and the register are; PostgreSQL: the database (never a
+            // password) and the files `db import` would read.
+            "store": match &self.storage {
+                Storage::Files { .. } => "files".to_string(),
+                Storage::Postgres { store, .. } => format!("postgres {}", store.at()),
+            },
+            "audit_log": match &self.storage {
+                Storage::Files { audit_log, .. } => Some(shown(audit_log)),
+                Storage::Postgres { files, .. } => files.as_ref().map(|(l, _)| shown(l)),
+            },
+            "revocations": match &self.storage {
+                Storage::Files { revocations, .. } => Some(shown(revocations)),
+                Storage::Postgres { files, .. } => files.as_ref().map(|(_, r)| shown(r)),
+            },
             "audit": { "origin": self.audit_origin },
             "key": {
                 "uri": self.key.display_uri(),

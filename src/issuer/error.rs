@@ -69,6 +69,9 @@ pub enum IssuerError {
     /// The revocation register failed.
     #[error("{0}")]
     Revocation(#[from] RevocationError),
+    /// The web page's session store (the database the replicas share) failed.
+    #[error("web sessions: {0}")]
+    Sessions(#[source] crate::issuer::store::DbError),
     /// What was asked for does not exist (a pass id not in the audit log).
     #[error("{0}")]
     NotFound(String),
@@ -132,6 +135,7 @@ impl IssuerError {
             | Self::Exposed { .. }
             | Self::Internal(_)
             | Self::TooLarge { .. }
+            | Self::Sessions(_)
             | Self::Revocation(_) => exit::OTHER,
             // A PIN the token refused is the person's to fix, like a missing one (README).
             Self::Key(k) if k.pin_refused() => exit::OTHER,

@@ -9,13 +9,20 @@
 //! checkpoint covering the new entries, signed by the issuer key; [`verify_log`] checks every
 //! entry. Both are functions of the entries (their canonical JSON), not of a file's bytes, so
 //! any store can hold the same log.
+//!
+//! [`postgres`] holds the same log and register in PostgreSQL for several replicas: their
+//! appends only add entries, and one of them at a time signs the checkpoints
+//! ([`AuditStore::checkpointer`]).
 
 pub(crate) mod checkpoint;
 pub(crate) mod file;
+pub(crate) mod memory;
+pub(crate) mod postgres;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -23,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 pub use checkpoint::{
     AuditTrust, Checkpoint, CheckpointError, Frontier, Hash, Notary, NotaryError,
 };
+pub use postgres::DbError;
 
 use crate::core::claims::{Attestation, BindingKind};
 use crate::core::denylist::{self, DenyList, RevokedPass};
@@ -111,6 +119,22 @@ pub enum AuditError {
     /// The same failure, reported to everyone whose entries were in one group commit.
     #[error(transparent)]
     Shared(Arc<AuditError>),
+    /// The database holding the log (PostgreSQL) failed or refused.
+    #[error("audit log: {0}")]
+    Database(#[from] DbError),
+    /// The log's entries are not numbered 0, 1, 2, … in order (PostgreSQL): an entry was
+    /// deleted or a position changed.
+    #[error("audit log position {found} where {expected} was due: an entry was deleted, inserted or renumbered")]
+    Position {
+        /// The position the next entry must have.
+        expected: u64,
+        /// The position it has.
+        found: u64,
+    },
+    /// A checkpoint signer found the log inconsistent and stopped every replica's appends
+    /// until a person checks it (`audit verify`, then `audit seal`).
+    #[error("audit log stopped: {0}")]
+    Stopped(String),
 }
 
 impl From<NotaryError> for AuditError {
@@ -129,6 +153,12 @@ impl AuditError {
             Self::Shared(inner) => inner.cause(),
             other => other,
         }
+    }
+
+    /// The store could not be reached for a while (a database restarting): nothing is known
+    /// to be wrong with the log, and the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.cause(), Self::Database(d) if d.is_transient())
     }
 }
 
@@ -402,6 +432,10 @@ pub struct Verified {
     pub torn_tail: bool,
     /// Checkpoints saved elsewhere that the log was checked against.
     pub against: Vec<Checkpoint>,
+    /// Entries after the last checkpoint that no checkpoint covers yet: in a store whose
+    /// checkpoints a leader signs after the appends (PostgreSQL), the newest entries until its
+    /// next round. Always 0 for the file store, which refuses uncovered entries.
+    pub uncovered: u64,
 }
 
 /// Checks the whole log: the chain (already checked by the store as it read), that the entries
@@ -509,6 +543,7 @@ pub fn verify_log(
         pending,
         torn_tail: log.fragment.is_some(),
         against,
+        uncovered: if log.pending.is_some() { 0 } else { extra },
     })
 }
 
@@ -550,6 +585,43 @@ pub trait AuditStore: std::fmt::Debug + Send + Sync {
     /// broken chain are skipped), so revocation works on a damaged log.
     fn find_issued(&self, jti: &str) -> Result<Option<AuditRecord>, AuditError>;
 
+    /// Checks, without changing anything, that this build can use the store as it is (the
+    /// database schema's version): a replica calls it as it starts.
+    fn check_ready(&self) -> Result<(), AuditError> {
+        Ok(())
+    }
+
+    /// Appends `entries` like [`Self::append`], but leaves the checkpoint to the store's
+    /// [`Self::checkpointer`] when it has one; stores without one sign it here, as `append`.
+    fn append_entries(
+        &self,
+        entries: &mut [AuditEntry],
+        notary: &Notary<'_>,
+    ) -> Result<(), AuditError> {
+        self.append(entries, notary).map(|_| ())
+    }
+
+    /// For a store shared by several replicas: what signs the checkpoints, one replica at a
+    /// time, after [`Self::append_entries`]. `None` when each append signs its own.
+    fn checkpointer(&self) -> Option<Box<dyn Checkpointer>> {
+        None
+    }
+
+    /// The newest `limit` issuance records (of passes for `sub`, when given), newest first.
+    fn recent_issued(
+        &self,
+        limit: usize,
+        sub: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let (records, _) = self.read()?;
+        Ok(records
+            .into_iter()
+            .rev()
+            .filter(|r| sub.is_none_or(|s| s == r.sub))
+            .take(limit)
+            .collect())
+    }
+
     /// Every issuance record, in order, with the chain checked.
     fn read(&self) -> Result<(Vec<AuditRecord>, ChainSummary), AuditError> {
         let log = self.load()?;
@@ -564,6 +636,30 @@ pub trait AuditStore: std::fmt::Debug + Send + Sync {
             .collect();
         Ok((records, summary))
     }
+}
+
+/// Signs the checkpoints of a log that several replicas append to: one of them at a time (the
+/// leader) signs a checkpoint covering the entries the others appended, after checking them;
+/// when it stops, another takes over.
+pub trait Checkpointer: std::fmt::Debug + Send {
+    /// One turn: leads if no other replica does, and while leading signs a checkpoint covering
+    /// every entry not yet covered (after checking them against the last checkpoint). An
+    /// entry that does not check stops the appends of every replica
+    /// ([`AuditError::Stopped`]).
+    fn round(&mut self, notary: &Notary<'_>) -> Result<Round, AuditError>;
+
+    /// How long to wait between turns.
+    fn interval(&self) -> Duration;
+}
+
+/// What a [`Checkpointer::round`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Round {
+    /// Another replica leads.
+    Follower,
+    /// This replica leads; the checkpoint it signed, if there were new entries.
+    Leader(Option<Checkpoint>),
 }
 
 /// What went wrong with the register.
@@ -598,6 +694,21 @@ pub enum RevocationError {
         /// Its sequence number.
         seq: u64,
     },
+    /// The database holding the register (PostgreSQL) failed or refused.
+    #[error("revocation register: {0}")]
+    Database(#[from] DbError),
+}
+
+impl RevocationError {
+    /// The store could not be reached for a while: the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database(d) if d.is_transient())
+    }
+
+    /// The store can be read but not changed here (a read-only standby).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Database(d) if d.is_read_only())
+    }
 }
 
 /// A revoked pass, as the register keeps it.
@@ -689,6 +800,25 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
     /// Reads the register; none yet is an empty register.
     fn load(&self) -> Result<Register, RevocationError>;
 
+    /// The register's sequence number (cheaper than [`Self::load`] where the store can).
+    fn seq(&self) -> Result<u64, RevocationError> {
+        Ok(self.load()?.seq)
+    }
+
+    /// The deny list to hand out now: a list this store keeps (signed by any replica) when it
+    /// carries the register's current sequence number and is younger than `reuse` seconds,
+    /// else [`Self::publish_seq`]. Stores that keep no lists publish each time.
+    fn current_denylist(
+        &self,
+        bundle: &Jwks,
+        signer: &dyn Signer,
+        now: i64,
+        reuse: i64,
+    ) -> Result<(u64, String), RevocationError> {
+        let _ = reuse;
+        self.publish_seq(bundle, signer, now)
+    }
+
     /// Runs `change` on the register under the store's exclusive lock and stores the result
     /// when `change` returns true. Returns the register as it is afterwards.
     fn update(
@@ -775,9 +905,7 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
         signer: &dyn Signer,
         now: i64,
     ) -> Result<(u64, String), RevocationError> {
-        // The set of keys matters, not their order (the signing key is listed first).
-        let mut kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
-        kids.sort();
+        let kids = bundle_kids(bundle);
         let mut exhausted = None;
         let reg = self.update(&mut |reg| {
             if reg.kids == kids {
@@ -797,32 +925,89 @@ pub trait RevocationStore: std::fmt::Debug + Send + Sync {
                 seq,
             });
         }
-        let params = bundle.hwpass.clone().unwrap_or(TrustParams {
-            iss: String::new(),
-            aud: String::new(),
-        });
-        let keys = match bundle.to_json().get("keys") {
-            Some(serde_json::Value::Array(keys)) => keys.clone(),
-            _ => Vec::new(),
-        };
-        let list = DenyList {
-            iss: params.iss,
-            aud: params.aud,
-            seq: reg.seq,
-            iat: now,
-            keys,
-            passes: reg
-                .passes
-                .iter()
-                // Leeway: a desktop accepts a pass until exp + LEEWAY_SECS.
-                .filter(|p| p.exp.saturating_add(LEEWAY_SECS) > now)
-                .map(|p| RevokedPass {
-                    jti: p.jti.clone(),
-                    exp: p.exp,
-                })
-                .collect(),
-            devices: reg.devices.iter().map(|d| d.jkt.clone()).collect(),
-        };
+        let list = denylist_of(&reg, bundle, now);
         Ok((list.seq, denylist::sign(&list, signer)?))
+    }
+}
+
+/// A signed-in web session as a [`SessionStore`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Who (sessions are bounded per user).
+    pub user: String,
+    /// Until when (Unix seconds).
+    pub expires: i64,
+    /// What the service keeps about the session (JSON), opaque to the store.
+    pub data: String,
+}
+
+/// The web page's shared state: signed-in sessions (by the SHA-256 of their id, never the id
+/// itself), the sign-in `state`s already used, and the key that the page's CSRF tokens and the
+/// sign-in cookie are made with. In memory for one machine ([`memory::MemorySessions`]); in the
+/// database for replicas, so a person signed in through one replica stays signed in through
+/// the others.
+pub trait SessionStore: std::fmt::Debug + Send + Sync {
+    /// The key for CSRF tokens and the sign-in cookie.
+    fn web_key(&self) -> Result<[u8; 32], DbError>;
+
+    /// The session with this id hash, if it has not expired at `now`.
+    fn session(&self, id_hash: &str, now: i64) -> Result<Option<StoredSession>, DbError>;
+
+    /// Stores a new session; drops expired ones, and the user's oldest beyond
+    /// `max_per_user` (counting the new one).
+    fn open_session(
+        &self,
+        id_hash: &str,
+        session: StoredSession,
+        max_per_user: usize,
+        now: i64,
+    ) -> Result<(), DbError>;
+
+    /// Ends a session.
+    fn end_session(&self, id_hash: &str) -> Result<(), DbError>;
+
+    /// Ends every session of these users; returns how many ended.
+    fn end_sessions_of(&self, users: &[String]) -> Result<u64, DbError>;
+
+    /// Marks a sign-in `state` (its hash) used until `until`; false when it already was.
+    fn use_state(&self, state_hash: [u8; 32], until: i64, now: i64) -> Result<bool, DbError>;
+}
+
+/// The key ids of a trust bundle as the register keeps them: the set matters, not the order
+/// (the signing key is listed first), so sorted.
+pub(crate) fn bundle_kids(bundle: &Jwks) -> Vec<String> {
+    let mut kids: Vec<String> = bundle.keys.iter().map(|(k, _)| k.clone()).collect();
+    kids.sort();
+    kids
+}
+
+/// The deny list of a register at `now`: its revocations (passes already expired left out) and
+/// the trust bundle's keys, under the register's sequence number.
+pub(crate) fn denylist_of(reg: &Register, bundle: &Jwks, now: i64) -> DenyList {
+    let params = bundle.hwpass.clone().unwrap_or(TrustParams {
+        iss: String::new(),
+        aud: String::new(),
+    });
+    let keys = match bundle.to_json().get("keys") {
+        Some(serde_json::Value::Array(keys)) => keys.clone(),
+        _ => Vec::new(),
+    };
+    DenyList {
+        iss: params.iss,
+        aud: params.aud,
+        seq: reg.seq,
+        iat: now,
+        keys,
+        passes: reg
+            .passes
+            .iter()
+            // Leeway: a desktop accepts a pass until exp + LEEWAY_SECS.
+            .filter(|p| p.exp.saturating_add(LEEWAY_SECS) > now)
+            .map(|p| RevokedPass {
+                jti: p.jti.clone(),
+                exp: p.exp,
+            })
+            .collect(),
+        devices: reg.devices.iter().map(|d| d.jkt.clone()).collect(),
     }
 }

@@ -21,6 +21,8 @@ mod matrix;
 mod modules;
 mod ops;
 mod packages;
+mod pg;
+mod replicas;
 mod revocation;
 mod self_service;
 mod service;

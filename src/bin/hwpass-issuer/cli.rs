@@ -160,6 +160,41 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The PostgreSQL store (`[store] postgres`): its schema, and importing a file store.
+    Db {
+        #[command(subcommand)]
+        cmd: DbCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DbCmd {
+    /// Create or upgrade the database schema (needs a role that may create tables). Replicas
+    /// never change the schema themselves: run this before starting them, and after upgrading
+    /// hwpass-issuer.
+    Migrate {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a file store — the audit log with its checkpoint, and the revocation register —
+    /// into the new (empty) database, after verifying the whole log. Nothing is imported if
+    /// anything does not verify.
+    Import {
+        /// The audit log file (default: the config's `audit_log`).
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
+        /// The register file (default: the config's `revocations`, or `revocations.json` beside
+        /// the audit log).
+        #[arg(long, value_name = "FILE")]
+        revocations: Option<PathBuf>,
+        /// Check the log's checkpoint with the keys of this trust bundle instead of the HSM's.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +222,26 @@ pub enum AuditCmd {
         /// HSM unavailable.
         #[arg(long, value_name = "FILE")]
         trust: Option<PathBuf>,
+        /// Verify this audit log file (and its .checkpoint beside it: an `audit export`)
+        /// instead of the store the config names.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the log up to its last checkpoint as a file log (JSON lines and its .checkpoint
+    /// file), which `audit verify --log FILE --trust JWKS` checks offline, on any machine.
+    Export {
+        /// The file to write (it must not exist).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Check signatures with the keys of this trust bundle instead of the HSM's.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List issued passes and revocations.
     List {

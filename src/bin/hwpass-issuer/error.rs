@@ -2,7 +2,8 @@
 //! reports facts ([`IssuerError`] and the typed errors inside it); the advice lives here.
 
 use hwpass::issuer::{
-    Access, AttestError, AuditError, CheckpointError, Ckr, IssuerError, KeyError, Pkcs11Error,
+    Access, AttestError, AuditError, CheckpointError, Ckr, DbError, IssuerError, KeyError,
+    Pkcs11Error, RevocationError,
 };
 use hwpass::{DocKind, TokenError};
 
@@ -28,6 +29,7 @@ pub fn fail(e: IssuerError) -> Failure {
         }
         IssuerError::Attest(_) => Some("the TPM evidence does not hold up: do not issue a pass for this device; see README \"Attestation\""),
         IssuerError::Key(k) => key_hint(k),
+        IssuerError::Revocation(RevocationError::Database(d)) => db_hint(d),
         IssuerError::Revocation(_) => Some("fix the revocation register's location or permissions (config `revocations`)"),
         IssuerError::NotFound(_) => Some("list issued passes with `hwpass-issuer audit list`"),
         IssuerError::Audit(a) => audit_hint(a.cause()),
@@ -37,6 +39,27 @@ pub fn fail(e: IssuerError) -> Failure {
         _ => None,
     };
     (e.exit_code(), e.to_string(), hint)
+}
+
+/// `db` commands with a config that names no database.
+pub const NO_DATABASE: &str = "add a [store] section with `postgres = \"postgresql://USER@HOST:PORT/DB\"` (and password_file) to the config: docs/replicas.md";
+
+/// What to do about a PostgreSQL failure.
+fn db_hint(e: &DbError) -> Option<&'static str> {
+    Some(match e {
+        DbError::Unavailable { .. } => "check that PostgreSQL is running and reachable at [store] postgres (and the password in [store] password_file), then retry",
+        DbError::Refused { code, .. } if code == "25006" => "this database is a read-only standby: replicas on it serve reads only; point [store] postgres at the primary to sign and revoke",
+        DbError::Refused { code, .. } if code == "42501" => "the database role lacks a privilege: `db migrate` needs one that may create tables; replicas need SELECT, INSERT, UPDATE, DELETE on the hwpass_ tables (docs/replicas.md)",
+        DbError::Refused { code, .. } if code == "28P01" || code == "28000" => "PostgreSQL refused the login: check the user in [store] postgres and the password in [store] password_file",
+        DbError::Refused { .. } => "see PostgreSQL's message above; docs/replicas.md lists what hwpass needs from the database",
+        DbError::Schema { found: None, .. } => "create the schema with `hwpass-issuer db migrate` (with a role that may create tables), then start the replicas",
+        DbError::Schema { found: Some(v), expected, .. } if v < expected => "upgrade the schema with `hwpass-issuer db migrate` (replicas never change it themselves)",
+        DbError::Schema { .. } => "the database was migrated by a newer hwpass-issuer: run that version",
+        DbError::NotEmpty { .. } => "import only into a new database: create an empty one, run `db migrate`, then `db import`",
+        DbError::Damaged { .. } => "the database holds rows hwpass did not write: restore it from a backup (docs/replicas.md)",
+        DbError::Client(_) => "the process could not start its database client (threads): check the system's limits",
+        _ => return None,
+    })
 }
 
 /// What to do when a revocation is in force but its audit record could not be written.
@@ -53,6 +76,9 @@ fn audit_hint(e: &AuditError) -> Option<&'static str> {
         AuditError::Mismatch { .. } | AuditError::Broken { .. } | AuditError::Malformed { .. } => "the log was altered: compare it with a backup; to sign again, restore it, or move the log and its .checkpoint file aside (keep both for investigation) and hwpass starts a new log",
         AuditError::Uncovered { .. } => "review the lines after the last checkpoint (`hwpass-issuer audit list`): remove them if they are not genuine, or run `hwpass-issuer audit seal` to cover them",
         AuditError::Inconsistent { .. } => "the log was cut or rewritten since the saved checkpoint: restore it from a backup",
+        AuditError::Database(d) => return db_hint(d),
+        AuditError::Position { .. } => "entries were deleted or renumbered in the database: restore it from a backup (docs/replicas.md)",
+        AuditError::Stopped(_) => "appends stopped on every replica: run `hwpass-issuer audit verify`; if the log verifies, `hwpass-issuer audit seal` resumes them, otherwise restore the database from a backup",
         AuditError::Checkpoint(CheckpointError::UnknownKey) => "the last checkpoint was signed by a key this issuer no longer trusts: list that key in [key] also_trusted (or restore the checkpoint file)",
         AuditError::Checkpoint(CheckpointError::WrongOrigin { .. }) => "[audit] origin in the config changed: set it back to the name the checkpoint carries",
         AuditError::Checkpoint(_) | AuditError::State { .. } => "the checkpoint file was altered or damaged: restore it from a backup",

@@ -16,7 +16,7 @@ use hwpass::issuer::{self, exit, AuditEntry, IssuerConfig, IssuerError, KeyPool,
 use hwpass::os::{self as util, FAKE_NOW_ENV};
 use hwpass::{check_text, format_duration, format_time, Jwk, Signer, TextProblem};
 
-use cli::{AuditCmd, Cli, Cmd, ConfigCmd};
+use cli::{AuditCmd, Cli, Cmd, ConfigCmd, DbCmd};
 use error::{fail, Failure};
 
 struct TerminalPrompt;
@@ -769,8 +769,111 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cmd: ConfigCmd::Check { json },
         } => config_check(&cfg, json)?,
         Cmd::Audit { cmd } => audit(&cfg, cmd)?,
+        Cmd::Db { cmd } => db(&cfg, cmd)?,
         // Answered in main() without a config.
         Cmd::Completion { .. } | Cmd::Manpages { .. } | Cmd::Init { .. } => {}
+    }
+    Ok(())
+}
+
+/// The checkpoints' trust: the keys of a trust bundle file, or the HSM's public keys.
+fn audit_trust_from(
+    cfg: &IssuerConfig,
+    bundle: Option<&std::path::Path>,
+) -> Result<issuer::AuditTrust, Failure> {
+    match bundle {
+        None => issuer::audit_trust(cfg).map_err(fail),
+        Some(path) => {
+            let bad = |e: String| (exit::OTHER, format!("{}: {e}", path.display()), None);
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let bundle = hwpass::Jwks::from_json(&text).map_err(|e| bad(e.to_string()))?;
+            let keys = bundle.keys.iter().map(|(_, k)| *k.verifying_key());
+            issuer::AuditTrust::new(&cfg.audit_origin, keys)
+                .map_err(|e| fail(issuer::AuditError::from(e).into()))
+        }
+    }
+}
+
+/// `hwpass-issuer db …`.
+fn db(cfg: &IssuerConfig, cmd: DbCmd) -> Result<(), Failure> {
+    let Some(store) = cfg.postgres() else {
+        return Err((
+            exit::OTHER,
+            "the config names no database: `db` commands work on the PostgreSQL store".into(),
+            Some(error::NO_DATABASE),
+        ));
+    };
+    let db_fail = |e: issuer::DbError| fail(issuer::AuditError::from(e).into());
+    match cmd {
+        DbCmd::Migrate { json } => {
+            let m = store.migrate().map_err(db_fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"database": store.at(), "from": m.from, "to": m.to})
+                );
+            } else if m.from == m.to {
+                println!(
+                    "PostgreSQL {}: the schema is at version {} already",
+                    store.at(),
+                    m.to
+                );
+            } else {
+                println!(
+                    "PostgreSQL {}: schema migrated from version {} to {}",
+                    store.at(),
+                    m.from,
+                    m.to
+                );
+            }
+        }
+        DbCmd::Import {
+            audit_log,
+            revocations,
+            trust,
+            json,
+        } => {
+            let files = match &cfg.storage {
+                issuer::Storage::Postgres { files, .. } => files.clone(),
+                _ => None,
+            };
+            let log_path = audit_log
+                .or_else(|| files.as_ref().map(|(l, _)| l.clone()))
+                .ok_or((
+                    exit::OTHER,
+                    "no audit log to import: give --audit-log FILE (or keep audit_log in the config)".to_string(),
+                    None,
+                ))?;
+            let register_path = revocations
+                .or_else(|| files.as_ref().map(|(_, r)| r.clone()))
+                .unwrap_or_else(|| log_path.with_file_name("revocations.json"));
+            let trust = audit_trust_from(cfg, trust.as_deref())?;
+            let log = issuer::FileAuditLog::new(&log_path);
+            let contents = issuer::AuditStore::load(&log).map_err(|e| fail(e.into()))?;
+            let register =
+                issuer::RevocationStore::load(&issuer::FileRegister::new(&register_path))
+                    .map_err(|e| fail(e.into()))?;
+            let done = store
+                .import(&contents, &register, &trust)
+                .map_err(|e| fail(e.into()))?;
+            if json {
+                let mut v = serde_json::to_value(&done).unwrap_or_default();
+                v["database"] = store.at().into();
+                println!("{v}");
+            } else {
+                println!(
+                    "imported {} audit records (verified; the checkpoint covers all {}) and {} revoked passes, {} revoked device keys (deny list #{}) from {} into PostgreSQL {}",
+                    done.records,
+                    done.checkpoint,
+                    done.passes,
+                    done.devices,
+                    done.seq,
+                    log_path.display(),
+                    store.at()
+                );
+                println!("keep the files as they are (read-only) as the record of the import; the replicas now use the database");
+            }
+        }
     }
     Ok(())
 }
@@ -831,12 +934,20 @@ fn config_check(cfg: &IssuerConfig, json: bool) -> Result<(), Failure> {
             kid.as_deref().unwrap_or("-: does not open")
         );
         println!("also trusted  {}", s(&e["key"]["also_trusted"]));
-        println!(
-            "audit log     {} (origin {})",
-            s(&e["audit_log"]),
-            s(&e["audit"]["origin"])
-        );
-        println!("revocations   {}", s(&e["revocations"]));
+        if e["store"] == "files" {
+            println!(
+                "audit log     {} (origin {})",
+                s(&e["audit_log"]),
+                s(&e["audit"]["origin"])
+            );
+            println!("revocations   {}", s(&e["revocations"]));
+        } else {
+            println!(
+                "store         {} (audit log origin {})",
+                s(&e["store"]),
+                s(&e["audit"]["origin"])
+            );
+        }
         let p = &e["policy"];
         println!(
             "policy        default {}, max {}, software {} (max {}), requests up to {} old",
@@ -947,17 +1058,16 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
     let log = cfg.audit_store();
     let audit_fail = |e: issuer::AuditError| fail(e.into());
     match cmd {
-        AuditCmd::Verify { against, trust } => {
-            let trust = match trust {
-                None => issuer::audit_trust(cfg).map_err(fail)?,
-                Some(path) => {
-                    let bad = |e: String| (exit::OTHER, format!("{}: {e}", path.display()), None);
-                    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-                    let bundle = hwpass::Jwks::from_json(&text).map_err(|e| bad(e.to_string()))?;
-                    let keys = bundle.keys.iter().map(|(_, k)| *k.verifying_key());
-                    issuer::AuditTrust::new(&cfg.audit_origin, keys)
-                        .map_err(|e| fail(issuer::AuditError::from(e).into()))?
-                }
+        AuditCmd::Verify {
+            against,
+            trust,
+            log: file,
+            json,
+        } => {
+            let trust = audit_trust_from(cfg, trust.as_deref())?;
+            let log: std::sync::Arc<dyn issuer::AuditStore> = match file {
+                Some(path) => std::sync::Arc::new(issuer::FileAuditLog::new(path)),
+                None => log,
             };
             let saved = against
                 .iter()
@@ -967,6 +1077,23 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let v = log.verify(&trust, &saved).map_err(audit_fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "log": log.describe(),
+                        "records": v.records,
+                        "head": v.head,
+                        "checkpoint": v.checkpoint.as_ref().map(|c| serde_json::json!({
+                            "size": c.size, "root": b64_std(&c.root), "time": c.time, "origin": c.origin,
+                        })),
+                        "pending": v.pending,
+                        "uncovered": v.uncovered,
+                        "against": v.against.iter().map(|c| c.size).collect::<Vec<_>>(),
+                    })
+                );
+                return Ok(());
+            }
             println!(
                 "{} verifies: {} records, head {}",
                 log.describe(),
@@ -984,6 +1111,9 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                 None if v.pending == 0 => println!("checkpoint: none yet (an empty log)"),
                 None => println!("checkpoint: none finished yet"),
             }
+            if v.uncovered > 0 {
+                println!("note: {} record(s) after it await the next checkpoint (replicas append them; the checkpoint leader covers them within [store] checkpoint_interval)", v.uncovered);
+            }
             if v.pending > 0 || v.torn_tail {
                 println!("note: {} record(s) after it were written by an append that did not finish (a crash); its signed checkpoint covers them, and the next append completes it", v.pending);
             }
@@ -994,6 +1124,32 @@ fn audit(cfg: &IssuerConfig, cmd: AuditCmd) -> Result<(), Failure> {
                     c.size,
                     format_time(c.time)
                 );
+            }
+        }
+        AuditCmd::Export {
+            output,
+            trust,
+            json,
+        } => {
+            let trust = audit_trust_from(cfg, trust.as_deref())?;
+            let contents = log.load().map_err(audit_fail)?;
+            let done = issuer::export_log(&contents, &trust, &output).map_err(audit_fail)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"output": output, "records": done.records, "left_out": done.left_out})
+                );
+            } else {
+                println!(
+                    "wrote {} records and their checkpoint to {} (and {}.checkpoint); check it anywhere with `hwpass-issuer audit verify --log {} --trust issuer.jwks`",
+                    done.records,
+                    output.display(),
+                    output.display(),
+                    output.display()
+                );
+                if done.left_out > 0 {
+                    println!("note: {} newer record(s) are not covered by a checkpoint yet and were left out; export again later to include them", done.left_out);
+                }
             }
         }
         AuditCmd::List { json } => {

@@ -191,9 +191,38 @@ pub(super) async fn api_jwks(State(svc): State<Shared>) -> Response {
     typed(svc.bundle.to_json().to_string(), "application/jwk-set+json")
 }
 
-pub(super) async fn api_denylist(State(svc): State<Shared>) -> Result<Response, ApiError> {
+/// `GET /v1/denylist`: the signed list with an `ETag` (a hash of the list, the same on every
+/// replica that hands out the same list); `If-None-Match` with it gets 304 while it is current.
+pub(super) async fn api_denylist(
+    State(svc): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let list = denylist(&svc).await?;
-    Ok(typed(format!("{list}\n"), "application/jwt"))
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(list.as_bytes());
+    let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+    // RFC 9110 §13.1.2: a list of entity tags (weak comparison), or `*`.
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag);
+    let mut resp = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        typed(format!("{list}\n"), "application/jwt")
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    // Revalidate every time (a revocation must show at once), but keep it to compare.
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(resp)
 }
 
 pub(super) async fn api_revoke(

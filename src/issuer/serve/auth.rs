@@ -19,6 +19,7 @@ use super::problem::ApiError;
 use super::service::{Service, Session};
 use crate::core::b64::{b64url, b64url_decode};
 use crate::issuer::error::IssuerError;
+use crate::issuer::store::StoredSession;
 use crate::oidc::Person;
 
 /// The signed-in session's cookie.
@@ -29,9 +30,6 @@ const LOGIN_COOKIE: &str = "hwpass_login";
 const PENDING_COOKIE: &str = "hwpass_signin";
 /// How long a sign-in at the provider may take.
 pub(super) const PENDING_LIFETIME: i64 = 600;
-/// Used sign-in states remembered at most (the oldest forgotten first; the provider's codes
-/// are single-use besides).
-const MAX_USED_STATES: usize = 10_000;
 /// Session ids and nonces: 32 random bytes, base64url.
 const ID_LEN: usize = 43;
 
@@ -222,13 +220,21 @@ impl Service {
         now: i64,
     ) -> Result<WebSession, ApiError> {
         if let Some(sid) = cookie_value(headers, &self.cookie_name(SESSION_COOKIE)) {
-            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = sessions.get(&session_key(&sid)).filter(|s| s.expires > now) {
+            let stored = self
+                .web
+                .session(&session_key(&sid), now)
+                .map_err(IssuerError::Sessions)?;
+            // A session the service cannot read back (written by another version) is none; so
+            // is one the config in force no longer allows.
+            if let Some(s) = stored
+                .and_then(|s| serde_json::from_str::<Session>(&s.data).ok())
+                .and_then(|s| self.in_force(s))
+            {
                 return Ok(WebSession {
                     csrf: self.mac("session", &sid),
-                    user: Some(s.user.clone()),
+                    user: Some(s.user),
                     admin: s.admin,
-                    person: s.person.clone(),
+                    person: s.person,
                     sid: Some(sid),
                     bound: true,
                     set_cookie: None,
@@ -251,6 +257,31 @@ impl Service {
         })
     }
 
+    /// A stored session as the config in force sees it (a SIGHUP may have changed it, or
+    /// another replica's config opened it): a token admin must still be listed, a person's
+    /// provider must still be `[oidc]`'s, and their admin rights follow `admin_groups` now.
+    fn in_force(&self, mut s: Session) -> Option<Session> {
+        match &s.person {
+            None => {
+                // Token admins; a proxy's users have no sessions.
+                if !self
+                    .cfg
+                    .serve
+                    .admins
+                    .iter()
+                    .any(|(name, _)| *name == s.user)
+                {
+                    return None;
+                }
+            }
+            Some(p) => {
+                let oidc = self.cfg.oidc.as_ref().filter(|o| o.issuer == p.idp)?;
+                s.admin = oidc.admin_groups.iter().any(|g| p.groups.contains(g));
+            }
+        }
+        Some(s)
+    }
+
     /// Whether a posted form's token is this browser's.
     pub(super) fn csrf_ok(&self, ws: &WebSession, given: &str) -> bool {
         ws.bound && bool::from(ws.csrf.as_bytes().ct_eq(given.as_bytes()))
@@ -266,29 +297,25 @@ impl Service {
         now: i64,
     ) -> Result<[HeaderValue; 2], ApiError> {
         let sid = random_id()?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| s.expires > now);
-        let mut mine: Vec<(u64, String)> = sessions
-            .iter()
-            .filter(|(_, s)| s.user == user)
-            .map(|(k, s)| (s.serial, k.clone()))
-            .collect();
-        mine.sort_unstable();
-        let keep = self.cfg.serve.max_sessions_per_user.saturating_sub(1);
-        for (_, key) in mine.iter().take(mine.len().saturating_sub(keep)) {
-            sessions.remove(key);
-        }
-        let serial = sessions.values().map(|s| s.serial).max().unwrap_or(0) + 1;
-        sessions.insert(
-            session_key(&sid),
-            Session {
-                user,
-                admin,
-                person,
-                serial,
-                expires: now.saturating_add(self.cfg.serve.session_lifetime),
-            },
-        );
+        let expires = now.saturating_add(self.cfg.serve.session_lifetime);
+        let data = serde_json::to_string(&Session {
+            user: user.clone(),
+            admin,
+            person,
+        })
+        .map_err(|e| IssuerError::Internal(format!("a web session: {e}")))?;
+        self.web
+            .open_session(
+                &session_key(&sid),
+                StoredSession {
+                    user,
+                    expires,
+                    data,
+                },
+                self.cfg.serve.max_sessions_per_user,
+                now,
+            )
+            .map_err(IssuerError::Sessions)?;
         Ok([
             self.cookie(SESSION_COOKIE, &sid, Some(self.cfg.serve.session_lifetime)),
             self.cookie(LOGIN_COOKIE, "", Some(0)),
@@ -354,31 +381,20 @@ impl Service {
     }
 
     /// Marks a sign-in's `state` used; false when it already was (a replayed callback).
-    pub(super) fn use_state(&self, state: &str, now: i64) -> bool {
+    pub(super) fn use_state(&self, state: &str, now: i64) -> Result<bool, ApiError> {
         let key: [u8; 32] = Sha256::digest(state.as_bytes()).into();
-        let mut used = self.used_states.lock().unwrap_or_else(|p| p.into_inner());
-        used.retain(|_, until| *until > now);
-        if used.contains_key(&key) {
-            return false;
-        }
-        if used.len() >= MAX_USED_STATES {
-            if let Some(oldest) = used
-                .iter()
-                .min_by_key(|(_, until)| **until)
-                .map(|(k, _)| *k)
-            {
-                used.remove(&oldest);
-            }
-        }
-        used.insert(key, now.saturating_add(PENDING_LIFETIME));
-        true
+        Ok(self
+            .web
+            .use_state(key, now.saturating_add(PENDING_LIFETIME), now)
+            .map_err(IssuerError::Sessions)?)
     }
 
     /// Ends a session; returns the cookie that clears it.
-    pub(super) fn sign_out(&self, sid: &str) -> HeaderValue {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.remove(&session_key(sid));
-        self.cookie(SESSION_COOKIE, "", Some(0))
+    pub(super) fn sign_out(&self, sid: &str) -> Result<HeaderValue, ApiError> {
+        self.web
+            .end_session(&session_key(sid))
+            .map_err(IssuerError::Sessions)?;
+        Ok(self.cookie(SESSION_COOKIE, "", Some(0)))
     }
 }
 

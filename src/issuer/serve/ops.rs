@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::metrics;
 use super::problem::typed;
 use super::service::{anyone_can_sign_in, provider, Service, Shared, NOBODY_CAN_SIGN_IN};
-use crate::issuer::config::IssuerConfig;
+use crate::issuer::config::{IssuerConfig, Storage};
 use crate::issuer::error::IssuerError;
 use crate::issuer::sign;
 
@@ -214,6 +214,17 @@ impl Live {
     }
 }
 
+/// Where the audit log and the revocation register are, to compare two configs.
+fn storage_of(cfg: &IssuerConfig) -> String {
+    match &cfg.storage {
+        Storage::Files {
+            audit_log,
+            revocations,
+        } => format!("files {} {}", audit_log.display(), revocations.display()),
+        Storage::Postgres { store, .. } => format!("postgres {}", store.at()),
+    }
+}
+
 /// The TLS settings of the listener: HTTP/1.1 only (its header-read timeout is what cuts slow
 /// clients), from the PEM certificate chain and key.
 pub(super) async fn load_tls(
@@ -236,10 +247,11 @@ pub(super) async fn load_tls(
 }
 
 /// The service under `cfg`, sharing with `old` what outlives a reload: the HSM sessions, the
-/// audit writer and store, the revocation register, the web sessions (less those of admins
-/// the new config no longer lists, and of people whose provider it no longer names), the CSRF
-/// key, the per-peer request counts, the sign-in states already used and the lock under which
-/// a person's passes are counted. The OpenID provider is the new config's. What only a
+/// audit writer and store, the revocation register, the web sessions and sign-in states
+/// already used (less the sessions of admins the new config no longer lists; a person's
+/// session is held against the config in force whenever it is read), the CSRF key, the
+/// per-peer request counts and the lock under which a person's passes are counted. The
+/// OpenID provider is the new config's. What only a
 /// restart changes keeps its old value, with a warning.
 fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError> {
     let was = &old.cfg;
@@ -247,11 +259,8 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     if cfg.key.display_uri() != was.key.display_uri() || cfg.module_env != was.module_env {
         restart.push("[key] uri and module_env");
     }
-    if cfg.audit_log != was.audit_log || cfg.audit_origin != was.audit_origin {
-        restart.push("audit_log and [audit] origin");
-    }
-    if cfg.revocations != was.revocations {
-        restart.push("revocations");
+    if storage_of(&cfg) != storage_of(was) || cfg.audit_origin != was.audit_origin {
+        restart.push("audit_log, revocations, [store] and [audit] origin");
     }
     if cfg.serve.listen != was.serve.listen
         || cfg.serve.hsm_sessions != was.serve.hsm_sessions
@@ -266,9 +275,8 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     if !restart.is_empty() {
         warn!(settings = %restart.join("; "), "changed settings that take effect only after a restart; the old values stay in force until then");
         cfg.module_env = was.module_env.clone();
-        cfg.audit_log = was.audit_log.clone();
+        cfg.storage = was.storage.clone();
         cfg.audit_origin = was.audit_origin.clone();
-        cfg.revocations = was.revocations.clone();
         cfg.serve.listen = was.serve.listen;
         cfg.serve.hsm_sessions = was.serve.hsm_sessions;
         cfg.serve.limits = was.serve.limits.clone();
@@ -287,27 +295,20 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     let bundle = sign::trust_bundle(&cfg)?;
     // The OpenID provider as the new config names it (discovered again at the next sign-in).
     let provider = provider(&cfg)?;
-    let mut sessions = old.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    // An admin whose token the new config no longer lists is signed out everywhere; so is a
-    // person whose provider the new config no longer names. A person's admin rights follow the
-    // new `[oidc] admin_groups` at once.
-    let removed: Vec<&String> = was
+    // An admin whose token the new config no longer lists is signed out everywhere (also
+    // checked whenever a session is read, as is a person's provider and admin group).
+    let removed: Vec<String> = was
         .serve
         .admins
         .iter()
-        .map(|(name, _)| name)
-        .filter(|name| !cfg.serve.admins.iter().any(|(n, _)| n == *name))
+        .map(|(name, _)| name.clone())
+        .filter(|name| !cfg.serve.admins.iter().any(|(n, _)| n == name))
         .collect();
-    sessions.retain(|_, s| match &s.person {
-        None => !removed.contains(&&s.user),
-        Some(p) => cfg.oidc.as_ref().is_some_and(|o| o.issuer == p.idp),
-    });
-    for s in sessions.values_mut() {
-        if let (Some(p), Some(o)) = (&s.person, &cfg.oidc) {
-            s.admin = o.admin_groups.iter().any(|g| p.groups.contains(g));
+    if !removed.is_empty() {
+        if let Err(e) = old.web.end_sessions_of(&removed) {
+            warn!(error = %e, "the sessions of removed admins could not be ended now: they are refused when used");
         }
     }
-    drop(sessions);
     Ok(Service {
         cfg,
         pool: old.pool.clone(),
@@ -315,15 +316,14 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
         audit: old.audit.clone(),
         audit_store: old.audit_store.clone(),
         register: old.register.clone(),
-        sessions: old.sessions.clone(),
+        web: old.web.clone(),
         csrf_key: old.csrf_key,
         tls: old.tls,
         in_flight: old.in_flight.clone(),
         // The key set may have changed: the next deny list is signed afresh.
         denylist: Default::default(),
         provider,
-        // Used sign-in states stay used; the per-person counting lock is the same one.
-        used_states: old.used_states.clone(),
+        // The per-person counting lock is the same one (used sign-in states are in `web`).
         self_service: old.self_service.clone(),
     })
 }

@@ -409,7 +409,7 @@ pub(super) async fn logout(
     let mut resp = see_other("/");
     if let Some(sid) = &ws.sid {
         resp.headers_mut()
-            .insert(header::SET_COOKIE, svc.sign_out(sid));
+            .insert(header::SET_COOKIE, svc.sign_out(sid)?);
     }
     Ok(resp)
 }

@@ -148,6 +148,18 @@ impl ApiError {
                     ),
                     E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
                     E::Key(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm", "HSM unavailable"),
+                    // The database behind the register is restarting or out of reach, or
+                    // this replica runs on a read-only standby.
+                    E::Revocation(r) if r.is_transient() || r.is_read_only() => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store",
+                        "Revocation register unavailable",
+                    ),
+                    E::Sessions(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "sessions",
+                        "Sign-in unavailable",
+                    ),
                     // Fail closed: no pass without its audit record and checkpoint.
                     E::Audit(_) => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -165,6 +177,8 @@ impl ApiError {
                 let detail = match slug {
                     "hsm" => "the HSM did not sign; try again later (the issuer's log says why)",
                     "audit" => "the audit log could not be written, so no pass was issued (the issuer's log says why)",
+                    "store" => "the revocation register cannot be changed here now; try again in a moment (the issuer's log says why)",
+                    "sessions" => "signed-in sessions cannot be read or stored here now; try again in a moment (the issuer's log says why)",
                     "internal" => "the issuer could not complete this (its log says why)",
                     _ => return (status, slug, title, e.to_string()),
                 };
@@ -229,7 +243,7 @@ pub(super) fn decorate(resp: &mut Response, status: StatusCode) {
                 HeaderValue::from_static("Bearer realm=\"hwpass\""),
             );
         }
-        StatusCode::TOO_MANY_REQUESTS => {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // The rest of the body was never read: the connection cannot carry another request.

@@ -19,7 +19,7 @@ use crate::issuer::keys::pool::KeyPool;
 use crate::issuer::keys::IssuerKey;
 use crate::issuer::policy::GroupRule;
 use crate::issuer::sign::{self, SelfService};
-use crate::issuer::store::{AuditRecord, AuditStore, RevocationStore, Revoked};
+use crate::issuer::store::{AuditRecord, AuditStore, RevocationStore, Revoked, SessionStore};
 use crate::oidc::{Person, Provider};
 
 /// Largest request body accepted (a request is at most 8 KiB; forms carry one).
@@ -33,11 +33,12 @@ pub(super) struct Service {
     pub(super) audit: Arc<Committer>,
     pub(super) audit_store: Arc<dyn AuditStore>,
     pub(super) register: Arc<dyn RevocationStore>,
-    /// Web sessions of signed-in admins, by the SHA-256 of their id. Anonymous visitors
-    /// have none: their login form is protected by a signed cookie instead.
-    /// Shared by the configs a SIGHUP switches between.
-    pub(super) sessions: Arc<Mutex<HashMap<String, Session>>>,
-    /// Keys the CSRF tokens (HMAC), per process.
+    /// Signed-in sessions and used sign-in states: in this process, or in the database that
+    /// the replicas share. Anonymous visitors have none: their login form is protected by a
+    /// signed cookie instead.
+    pub(super) web: Arc<dyn SessionStore>,
+    /// Keys the CSRF tokens (HMAC) and the sign-in cookie: per process, or the replicas' one
+    /// from the database.
     pub(super) csrf_key: [u8; 32],
     /// The listener speaks TLS.
     pub(super) tls: bool,
@@ -47,10 +48,6 @@ pub(super) struct Service {
     pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
     /// The OpenID provider people sign in with (`[oidc]`).
     pub(super) provider: Option<Provider>,
-    /// Sign-in `state`s already used, by hash, until they would have expired anyway.
-    /// Shared by the configs a SIGHUP switches between (a reload does not make one usable
-    /// again).
-    pub(super) used_states: Arc<Mutex<HashMap<[u8; 32], i64>>>,
     /// Held while a person's passes are counted and their next one signed, so two at once
     /// cannot both pass the `passes_per_day` count; shared across a SIGHUP, like the counts
     /// (they are read from the audit log).
@@ -88,8 +85,9 @@ const DENYLIST_REUSE_SECS: i64 = 300;
 
 pub(super) type Shared = Arc<Service>;
 
-/// A signed-in web session: an admin's, or a person's who signed in through the provider.
-#[derive(Debug, Clone)]
+/// A signed-in web session: an admin's, or a person's who signed in through the provider. The
+/// session store keeps it as JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Session {
     /// Who, as audit records name them (`alice` for a token admin, the identity for a person).
     pub(super) user: String,
@@ -97,9 +95,6 @@ pub(super) struct Session {
     pub(super) admin: bool,
     /// What the provider said, for people who signed in through it.
     pub(super) person: Option<Person>,
-    /// Order of sign-in (the user's oldest session ends first).
-    pub(super) serial: u64,
-    pub(super) expires: i64,
 }
 
 pub(super) fn now() -> Result<i64, ApiError> {
@@ -338,11 +333,12 @@ pub(super) async fn revoke(
 }
 
 /// The signed deny list as of now: re-signed when the register changed or the last copy is
-/// older than [`DENYLIST_REUSE_SECS`].
+/// older than [`DENYLIST_REUSE_SECS`] — or, with a store that keeps signed lists for every
+/// replica (PostgreSQL), the one another replica signed.
 pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
     let now = now()?;
     blocking(svc, move |svc| {
-        let seq = svc.register.load()?.seq;
+        let seq = svc.register.seq()?;
         let mut cache = svc.denylist.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, at, list)) = cache.as_ref() {
             if *s == seq && (0..DENYLIST_REUSE_SECS).contains(&(now - at)) {
@@ -351,9 +347,10 @@ pub(super) async fn denylist(svc: &Shared) -> Result<String, ApiError> {
         }
         // Publishing may itself raise the sequence number (the key set changed): cache the
         // number the list carries.
-        let (seq, list) = svc
-            .pool
-            .with(|key| sign::publish_denylist(&svc.cfg, &svc.bundle, key, now))?;
+        let (seq, list) = svc.pool.with(|key| {
+            svc.register
+                .current_denylist(&svc.bundle, key, now, DENYLIST_REUSE_SECS)
+        })?;
         *cache = Some((seq, now, list.clone()));
         Ok(list)
     })
@@ -384,13 +381,10 @@ pub(super) async fn recent_of(
     limit: usize,
 ) -> Result<Vec<Recent>, ApiError> {
     blocking(svc, move |svc| {
-        let (records, _) = svc.audit_store.read()?;
+        let records = svc.audit_store.recent_issued(limit, sub.as_deref())?;
         let reg = svc.register.load()?;
         Ok(records
             .into_iter()
-            .rev()
-            .filter(|r| sub.as_ref().is_none_or(|s| *s == r.sub))
-            .take(limit)
             .map(|record| {
                 let device_revoked = reg.devices.iter().any(|d| d.jkt == record.jkt);
                 Recent {

@@ -144,7 +144,7 @@ pub(super) async fn callback(
             "the sign-in answer does not belong to the sign-in this browser started (state); start again",
         ));
     }
-    if !svc.use_state(&pending.state, now) {
+    if !svc.use_state(&pending.state, now)? {
         return Ok(refuse(
             StatusCode::BAD_REQUEST,
             "this sign-in answer was already used; start again",

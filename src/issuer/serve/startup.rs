@@ -101,8 +101,6 @@ pub fn run(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = sign::trust_bundle(&cfg)?;
-    let mut csrf_key = [0u8; 32];
-    getrandom::getrandom(&mut csrf_key).map_err(|e| internal("random", &e))?;
     let addr = listen.unwrap_or(cfg.serve.listen);
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| internal(&format!("cannot listen on {addr}"), &e))?;
@@ -116,6 +114,12 @@ pub fn run(
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
     let audit = Arc::new(Committer::start(audit_store.clone(), &cfg)?);
+    let web = cfg
+        .session_store()
+        .map_err(|e| internal("web sessions", &e))?;
+    let csrf_key = web
+        .web_key()
+        .map_err(|e| internal("the web page's key", &e))?;
     let provider = provider(&cfg)?;
     let svc = Arc::new(Service {
         cfg,
@@ -124,13 +128,12 @@ pub fn run(
         audit,
         audit_store,
         register,
-        sessions: Arc::new(Mutex::new(HashMap::new())),
+        web,
         csrf_key,
         tls: tls.is_some(),
         in_flight: Arc::new(Mutex::new(HashMap::new())),
         denylist: Mutex::new(None),
         provider,
-        used_states: Arc::new(Mutex::new(HashMap::new())),
         self_service: Arc::new(tokio::sync::Mutex::new(())),
     });
     let limits = svc.cfg.serve.limits.clone();
@@ -292,7 +295,6 @@ async fn log_and_harden(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CACHE_CONTROL, "no-store"),
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -300,6 +302,9 @@ async fn log_and_harden(
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Nothing is stored by caches, unless a handler says otherwise (the deny list: no-cache).
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     if hsts {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,

@@ -533,6 +533,85 @@ impl FileAuditLog {
     }
 }
 
+/// What [`export_log`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exported {
+    /// Entries written: those the last checkpoint covers.
+    pub records: u64,
+    /// Entries after the last checkpoint, left out (no checkpoint covers them yet; a later
+    /// export takes them).
+    pub left_out: u64,
+}
+
+/// Writes the entries of `log` that its last checkpoint covers as a file log at `path`, with
+/// its checkpoint file beside it — the format [`FileAuditLog`] reads, so that `audit verify
+/// --log` checks it on any machine. Checks `log` with [`verify_log`] first (entries after the
+/// checkpoint are allowed and left out). Refuses to overwrite either file.
+pub fn export_log(
+    log: &LogContents,
+    trust: &AuditTrust,
+    path: &Path,
+) -> Result<Exported, AuditError> {
+    let verified = verify_log(log, trust, &[], true)?;
+    let covered = verified.checkpoint.as_ref().map_or(0, |c| c.size);
+    let (Some(note), true) = (&log.checkpoint, covered > 0) else {
+        return Err(AuditError::NoCheckpoint {
+            records: verified.records,
+        });
+    };
+    let out = FileAuditLog::new(path);
+    let io = |p: &Path, source: io::Error| AuditError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
+    let state_path = out.checkpoint_path();
+    if state_path.exists() {
+        return Err(io(
+            &state_path,
+            io::Error::new(io::ErrorKind::AlreadyExists, "already exists"),
+        ));
+    }
+    // Invariant: covered <= entries (verify_log checked it).
+    let count = usize::try_from(covered).unwrap_or(usize::MAX);
+    let mut buf = Vec::new();
+    for e in &log.entries[..count] {
+        buf.extend_from_slice(&e.canonical());
+        buf.push(b'\n');
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    file.write_all(&buf).map_err(|e| io(path, e))?;
+    file.sync_all().map_err(|e| io(path, e))?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(dir).map_err(|e| io(dir, e))?;
+    }
+    let mut before_last = Frontier::new();
+    for leaf in &log.leaves[..count - 1] {
+        before_last.push(leaf);
+    }
+    out.write_state(&State {
+        v: 1,
+        checkpoint: Some(Covered {
+            note: note.clone(),
+            offset: buf.len() as u64,
+            path: before_last
+                .next_leaf_path()
+                .iter()
+                .map(|h| B64.encode(h))
+                .collect(),
+        }),
+        pending: None,
+    })?;
+    Ok(Exported {
+        records: covered,
+        left_out: verified.records - covered,
+    })
+}
+
 /// The file store's reader on arbitrary bytes — a log file and its checkpoint file — with the
 /// whole-log check `audit verify` makes, for the fuzzer: never a panic, and never a log that
 /// verifies without a checkpoint the fuzzer could not have signed.
