@@ -362,6 +362,26 @@ pub enum OnlineError {
     },
 }
 
+impl OnlineReason {
+    /// A stable name for scripts (`hwpass request --server --json` prints it as `failure`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsecureUrl => "insecure-url",
+            Self::Service => "service",
+            Self::NoSelfService => "no-self-service",
+            Self::IdpUnavailable => "idp-unavailable",
+            Self::IdpConfig => "idp-config",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::TokenRefused => "token-refused",
+            Self::NoGroup => "no-group",
+            Self::RateLimited => "rate-limited",
+            Self::WrongSubject => "wrong-subject",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 impl OnlineError {
     /// What kind of trouble this is.
     pub fn reason(&self) -> OnlineReason {

@@ -65,7 +65,7 @@ pub enum Cmd {
         #[arg(long, required_unless_present = "server")]
         subject: Option<String>,
         /// Lifetime to ask for (e.g. 7d); the issuer's policy decides.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, visible_alias = "lifetime", value_parser = parse_duration)]
         valid_for: Option<i64>,
         /// Name of this device shown to the admin (default: the host name).
         #[arg(long)]
@@ -78,7 +78,8 @@ pub enum Cmd {
         /// provider is trusted with them and the web PKI roots.
         #[arg(long, requires = "server")]
         ca: Option<PathBuf>,
-        /// With --server: print the installed pass's verdict as JSON.
+        /// With --server: print the result as JSON on stdout (the installed pass's verdict,
+        /// who signed in, or why no pass was installed).
         #[arg(long, requires = "server")]
         json: bool,
     },

@@ -133,6 +133,8 @@ fn run(cli: Cli) -> i32 {
         } => {
             let dev = device_name.or_else(desktop::host_name);
             if let Some(server) = server {
+                // Remembered for later `hwpass refresh` runs, from any directory.
+                let ca = ca.map(|p| std::path::absolute(&p).unwrap_or(p));
                 let req = desktop::OnlineRequest {
                     server: &server,
                     ca: ca.as_deref(),
@@ -253,7 +255,7 @@ fn request_online(
     started: i64,
     json: bool,
 ) -> i32 {
-    if let Err(e) = signin::catch_ctrl_c() {
+    if let Err(e) = signin::catch_ctrl_c(json) {
         eprintln!("hwpass: error: {e}");
         return exit::OTHER;
     }
@@ -280,6 +282,11 @@ fn request_online(
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 print_installed(&r.verdict);
+                if r.sealed_to_tpm {
+                    eprintln!(
+                        "hwpass: the pass came sealed to this computer's TPM, which opened it"
+                    );
+                }
                 eprintln!(
                     "hwpass: `hwpass refresh` now fetches revocations and new issuer keys from {}",
                     r.server
@@ -287,7 +294,16 @@ fn request_online(
             }
             0
         }
-        Err(e) if json => print_verdict(Verdict::from_error(&e), true),
+        Err(e) if json => {
+            // The verdict's fields, and for a failure online its kind (`OnlineReason`).
+            let v = advised(Verdict::from_error(&e));
+            let mut out = serde_json::to_value(&v).unwrap_or_default();
+            if let (DesktopError::Online(o), Some(fields)) = (&e, out.as_object_mut()) {
+                fields.insert("failure".into(), o.reason().as_str().into());
+            }
+            println!("{out}");
+            v.exit_code
+        }
         Err(e) => report(&e),
     }
 }

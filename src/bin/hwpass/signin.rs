@@ -35,6 +35,8 @@ struct Flow {
     done: bool,
     /// A countdown is drawn on the current terminal line.
     line_open: bool,
+    /// `--json`: a cancellation is also told on stdout.
+    json: bool,
 }
 
 static FLOW: Mutex<Flow> = Mutex::new(Flow {
@@ -42,14 +44,16 @@ static FLOW: Mutex<Flow> = Mutex::new(Flow {
     interrupted: false,
     done: false,
     line_open: false,
+    json: false,
 });
 
 fn flow() -> std::sync::MutexGuard<'static, Flow> {
     FLOW.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Installs the Ctrl-C handler.
-pub fn catch_ctrl_c() -> Result<(), String> {
+/// Installs the Ctrl-C handler; `json`: a cancellation is also printed as JSON on stdout.
+pub fn catch_ctrl_c(json: bool) -> Result<(), String> {
+    flow().json = json;
     ctrlc::set_handler(on_ctrl_c).map_err(|e| format!("cannot catch Ctrl-C: {e}"))
 }
 
@@ -78,10 +82,19 @@ fn on_ctrl_c() {
 /// Stops the process: nothing was written on this desktop.
 fn cancel(f: &mut Flow, stage: Option<Stage>) -> ! {
     close_line(f);
-    if stage == Some(Stage::Sending) {
-        eprintln!("hwpass: cancelled; nothing was changed on this desktop (the request had reached the service, which may have signed a pass: its audit log has it, and it counts toward your passes for today)");
+    let message = if stage == Some(Stage::Sending) {
+        "cancelled; nothing was changed on this desktop (the request had reached the service, which may have signed a pass: its audit log has it, and it counts toward your passes for today)"
     } else {
-        eprintln!("hwpass: cancelled; nothing was changed");
+        "cancelled; nothing was changed"
+    };
+    eprintln!("hwpass: {message}");
+    if f.json {
+        let out = serde_json::json!({
+            "status": "cancelled",
+            "exit_code": CANCELLED,
+            "message": message,
+        });
+        println!("{out}");
     }
     std::process::exit(CANCELLED)
 }
@@ -129,7 +142,7 @@ impl Terminal {
 
     /// The countdown: redrawn in place on a terminal, a line now and then otherwise.
     fn countdown(&self) {
-        let left = format_duration(self.left().as_secs() as i64);
+        let left = remaining(self.left());
         if self.tty {
             let mut f = flow();
             eprint!(
@@ -212,6 +225,17 @@ impl SignInPrompt for Terminal {
     }
 }
 
+/// Time left on the code, rounded up: `4m 05s`, `42s` (a code just shown for 5 minutes says
+/// `5m 00s`, not `4m`).
+fn remaining(left: Duration) -> String {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format_duration(secs.try_into().unwrap_or(i64::MAX)),
+    }
+}
+
 /// `text` as a QR code of Unicode half blocks (two rows a line), light modules drawn, for a
 /// dark terminal (phone cameras read the inverse too).
 fn qr(text: &str) -> Option<String> {
@@ -225,4 +249,18 @@ fn qr(text: &str) -> Option<String> {
             .quiet_zone(true)
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_countdown_rounds_up_and_shows_seconds_below_an_hour() {
+        assert_eq!(remaining(Duration::from_millis(299_990)), "5m 00s");
+        assert_eq!(remaining(Duration::from_secs(245)), "4m 05s");
+        assert_eq!(remaining(Duration::from_millis(2_100)), "3s");
+        assert_eq!(remaining(Duration::ZERO), "0s");
+        assert_eq!(remaining(Duration::from_secs(3 * 3600 + 60)), "3h 1m");
+    }
 }
