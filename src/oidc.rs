@@ -529,6 +529,35 @@ impl Provider {
     }
 
     #[cfg(feature = "desktop")]
+    /// The endpoints the device grant talks to, as the provider's discovery document names
+    /// them (discovered now if need be): the device authorization endpoint, then the token
+    /// endpoint (which hands over the ID token).
+    pub fn device_endpoints(&self) -> Result<[String; 2], OidcError> {
+        let known = self.known()?;
+        let device = known
+            .meta
+            .additional_metadata()
+            .device_authorization_endpoint
+            .as_ref()
+            .ok_or_else(|| self.no_device_endpoint())?;
+        let token = known.meta.token_endpoint().ok_or_else(|| {
+            OidcError::Config(format!(
+                "the sign-in provider {} names no token endpoint in its discovery document",
+                self.issuer
+            ))
+        })?;
+        Ok([device.url().to_string(), token.url().to_string()])
+    }
+
+    #[cfg(feature = "desktop")]
+    fn no_device_endpoint(&self) -> OidcError {
+        OidcError::Config(format!(
+            "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
+            self.issuer
+        ))
+    }
+
+    #[cfg(feature = "desktop")]
     /// Starts the device authorization grant (RFC 8628 §3.1) for the public client
     /// `client_id`.
     pub fn device_start(
@@ -542,12 +571,7 @@ impl Provider {
             .additional_metadata()
             .device_authorization_endpoint
             .clone()
-            .ok_or_else(|| {
-                OidcError::Config(format!(
-                    "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
-                    self.issuer
-                ))
-            })?;
+            .ok_or_else(|| self.no_device_endpoint())?;
         let client = client.set_device_authorization_url(url);
         let mut req = client.exchange_device_code();
         for s in scopes.iter().filter(|s| *s != "openid") {
@@ -584,7 +608,7 @@ impl Provider {
             .additional_metadata()
             .device_authorization_endpoint
             .clone()
-            .ok_or_else(|| OidcError::Config("no device authorization endpoint".into()))?;
+            .ok_or_else(|| self.no_device_endpoint())?;
         // The poller retries a provider that does not answer (backing off) until the code's
         // lifetime is over and then reports the code expired: remember the last failure so
         // that case is told as what it was.

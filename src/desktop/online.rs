@@ -177,6 +177,13 @@ pub fn request_online(
     let agent =
         crate::sys::http_agent_also_trusting(req.ca, TIMEOUT).map_err(DesktopError::Input)?;
     let provider = Provider::new(idp, agent).map_err(|e| idp_error(idp, e, None))?;
+    // The ID token comes back from the token endpoint: never in the clear on the network.
+    let endpoints = provider
+        .device_endpoints()
+        .map_err(|e| idp_error(idp, e, None))?;
+    if let Some(url) = endpoints.iter().find(|u| !secure(u)) {
+        return Err(OnlineError::InsecureUrl { url: url.clone() }.into());
+    }
     let code = provider
         .device_start(&info.client_id, &info.scopes)
         .map_err(|e| idp_error(idp, e, None))?;

@@ -39,7 +39,7 @@ pub fn hint(reason: Reason) -> &'static str {
 /// What to do when `request --server` got no pass. The offline path always remains.
 fn online(reason: OnlineReason) -> &'static str {
     match reason {
-        OnlineReason::InsecureUrl => "use the service's https:// address (plain http:// is accepted only for this computer's own loopback address)",
+        OnlineReason::InsecureUrl => "use the service's https:// address (plain http:// is accepted only for this computer's own loopback address); if the address above is the sign-in provider's, tell the service's administrators",
         OnlineReason::Service => "check the server address and your network; or use the offline path: `hwpass request --subject you@corp`, paste the line on the service's page or send it to your admin, and `hwpass install` the pass",
         OnlineReason::NoSelfService => "get your pass the offline way: `hwpass request --subject you@corp`, send the line to your admin, and `hwpass install` the pass you get back",
         OnlineReason::IdpUnavailable => "try again in a while; or use the offline path: `hwpass request --subject you@corp` and send the line to your admin",

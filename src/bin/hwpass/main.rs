@@ -271,7 +271,7 @@ fn request_online(
                     format_duration(ahead)
                 );
             }
-            if interrupted {
+            if interrupted == signin::Interrupted::DuringInstall {
                 eprintln!(
                     "hwpass: note: Ctrl-C came while the pass was being stored; it is installed"
                 );
@@ -293,6 +293,13 @@ fn request_online(
                 );
             }
             0
+        }
+        // Ctrl-C came while the device was busy and the flow failed before it took effect: the
+        // failure is told, the exit is Ctrl-C's.
+        Err(e) if interrupted == signin::Interrupted::Before => {
+            report(&e);
+            signin::tell_cancelled(None, json);
+            signin::CANCELLED
         }
         Err(e) if json => {
             // The verdict's fields, and for a failure online its kind (`OnlineReason`).

@@ -82,13 +82,19 @@ fn on_ctrl_c() {
 /// Stops the process: nothing was written on this desktop.
 fn cancel(f: &mut Flow, stage: Option<Stage>) -> ! {
     close_line(f);
+    tell_cancelled(stage, f.json);
+    std::process::exit(CANCELLED)
+}
+
+/// Says that the flow was cancelled at `stage` (on stderr; with `json`, on stdout too).
+pub fn tell_cancelled(stage: Option<Stage>, json: bool) {
     let message = if stage == Some(Stage::Sending) {
         "cancelled; nothing was changed on this desktop (the request had reached the service, which may have signed a pass: its audit log has it, and it counts toward your passes for today)"
     } else {
         "cancelled; nothing was changed"
     };
     eprintln!("hwpass: {message}");
-    if f.json {
+    if json {
         let out = serde_json::json!({
             "status": "cancelled",
             "exit_code": CANCELLED,
@@ -96,7 +102,6 @@ fn cancel(f: &mut Flow, stage: Option<Stage>) -> ! {
         });
         println!("{out}");
     }
-    std::process::exit(CANCELLED)
 }
 
 /// Ends the countdown line, so the next message starts on a line of its own.
@@ -107,13 +112,28 @@ fn close_line(f: &mut Flow) {
     }
 }
 
-/// The flow is over: Ctrl-C no longer cancels. True when it came during the install (which
-/// went on to its end).
-pub fn finish() -> bool {
+/// How Ctrl-C touched a flow that is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// It did not come.
+    No,
+    /// It came while the pass was being stored, which went on to its end.
+    DuringInstall,
+    /// It came while the device was in use, and the flow then failed before it could take
+    /// effect: nothing was written.
+    Before,
+}
+
+/// The flow is over: Ctrl-C no longer cancels.
+pub fn finish() -> Interrupted {
     let mut f = flow();
     f.done = true;
     close_line(&mut f);
-    f.interrupted
+    match (f.interrupted, f.stage) {
+        (false, _) => Interrupted::No,
+        (true, Some(Stage::Installing)) => Interrupted::DuringInstall,
+        (true, _) => Interrupted::Before,
+    }
 }
 
 /// The sign-in prompt on stderr.
