@@ -291,14 +291,19 @@ fn a_tpm_desktop_gets_its_pass_sealed_to_its_tpm_through_sign_in() {
     let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&erik), GROUPS);
     let d = Desktop::with_tpm(&trust, &tpm);
 
-    // --subject naming the person who then signs in is fine.
-    let pending = Pending::start(&d, &server.url, &["--subject", "erik@corp.example"]);
+    // --subject naming the person who then signs in is fine; --lifetime is --valid-for.
+    let pending = Pending::start(
+        &d,
+        &server.url,
+        &["--subject", "erik@corp.example", "--lifetime", "3d"],
+    );
     sign_in(&pending.shown(), &erik);
     let (out, _) = pending.finish();
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .starts_with("installed: pass for erik@corp.example is valid until"),
+            .starts_with("installed: pass for erik@corp.example is valid until")
+            && out.stdout.contains("(3d left)"),
         "what `hwpass install` prints: {out:?}"
     );
     assert!(
