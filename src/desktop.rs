@@ -13,6 +13,7 @@ mod device;
 mod enrolment;
 mod error;
 mod fetch;
+mod online;
 mod platform;
 mod state;
 mod verdict;
@@ -26,8 +27,11 @@ pub use device::{
     backend_names, prove_possession, Backend, BackendChoice, Created, Device, DeviceOptions,
     Evidence, BACKENDS,
 };
-pub use error::{exit, DesktopError, DeviceFault, FaultKind, Reason};
+pub use error::{exit, DesktopError, DeviceFault, FaultKind, OnlineError, OnlineReason, Reason};
 pub use fetch::denylist as fetch_denylist;
+pub use online::{
+    request_online, OnlineReport, OnlineRequest, SignInCode, SignInPrompt, SignedIn, Stage,
+};
 pub use platform::{default_state_dir, host_name};
 pub use state::{DEVICE_FILE, STATE_FILE};
 pub use verdict::{

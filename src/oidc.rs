@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "issuer")]
 use openidconnect::core::CoreAuthenticationFlow;
+#[cfg(feature = "desktop")]
+use openidconnect::core::CoreDeviceAuthorizationResponse;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
-    CoreDeviceAuthorizationResponse, CoreErrorResponseType, CoreGenderClaim, CoreGrantType,
-    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
-    CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse,
-    CoreTokenType,
+    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalClaims, AdditionalProviderMetadata, Client, ClientId, ClientSecret,
@@ -82,10 +83,16 @@ pub enum OidcError {
     /// endpoint).
     #[error("{0}")]
     Config(String),
-    /// The device code expired before anyone signed in.
-    #[allow(dead_code)] // the desktop's `request --server` uses it (in progress)
-    #[error("the code expired before sign-in was completed; run the command again")]
+    /// The device code expired before anyone signed in (RFC 8628 `expired_token`, or its
+    /// lifetime ran out while polling).
+    #[cfg(feature = "desktop")]
+    #[error("the sign-in code expired before sign-in was completed")]
     Expired,
+    /// The person (or the provider) turned the device sign-in down (RFC 8628
+    /// `access_denied`: "Abort" on the provider's page).
+    #[cfg(feature = "desktop")]
+    #[error("sign-in was turned down at the provider ({0})")]
+    Denied(String),
 }
 
 /// Every claim beyond the standard ones (the groups claim, whatever it is called).
@@ -227,8 +234,8 @@ pub struct Authorization {
     pub verifier: String,
 }
 
+#[cfg(feature = "desktop")]
 /// A started device authorization (RFC 8628): show `verification_uri` and `user_code`.
-#[allow(dead_code)] // the desktop's `request --server` uses it (in progress)
 #[derive(Debug)]
 pub struct DeviceCode {
     /// Where the person signs in.
@@ -260,7 +267,6 @@ pub struct Provider {
 
 impl Provider {
     /// The provider at `issuer` (its `iss`, exactly), reached through `agent`.
-    #[cfg_attr(not(feature = "issuer"), allow(dead_code))] // desktop: `request --server` (in progress)
     pub fn new(issuer: &str, agent: ureq::Agent) -> Result<Self, OidcError> {
         IssuerUrl::new(issuer.to_string())
             .map_err(|e| OidcError::Config(format!("issuer {issuer:?} is not a URL: {e}")))?;
@@ -522,8 +528,38 @@ impl Provider {
         }
     }
 
-    /// Starts the device authorization grant for the public client `client_id`.
-    #[allow(dead_code)] // the desktop's `request --server` uses it (in progress)
+    #[cfg(feature = "desktop")]
+    /// The endpoints the device grant talks to, as the provider's discovery document names
+    /// them (discovered now if need be): the device authorization endpoint, then the token
+    /// endpoint (which hands over the ID token).
+    pub fn device_endpoints(&self) -> Result<[String; 2], OidcError> {
+        let known = self.known()?;
+        let device = known
+            .meta
+            .additional_metadata()
+            .device_authorization_endpoint
+            .as_ref()
+            .ok_or_else(|| self.no_device_endpoint())?;
+        let token = known.meta.token_endpoint().ok_or_else(|| {
+            OidcError::Config(format!(
+                "the sign-in provider {} names no token endpoint in its discovery document",
+                self.issuer
+            ))
+        })?;
+        Ok([device.url().to_string(), token.url().to_string()])
+    }
+
+    #[cfg(feature = "desktop")]
+    fn no_device_endpoint(&self) -> OidcError {
+        OidcError::Config(format!(
+            "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
+            self.issuer
+        ))
+    }
+
+    #[cfg(feature = "desktop")]
+    /// Starts the device authorization grant (RFC 8628 §3.1) for the public client
+    /// `client_id`.
     pub fn device_start(
         &self,
         client_id: &str,
@@ -535,12 +571,7 @@ impl Provider {
             .additional_metadata()
             .device_authorization_endpoint
             .clone()
-            .ok_or_else(|| {
-                OidcError::Config(format!(
-                    "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
-                    self.issuer
-                ))
-            })?;
+            .ok_or_else(|| self.no_device_endpoint())?;
         let client = client.set_device_authorization_url(url);
         let mut req = client.exchange_device_code();
         for s in scopes.iter().filter(|s| *s != "openid") {
@@ -560,9 +591,11 @@ impl Provider {
         })
     }
 
-    /// Polls until the person has signed in (honouring the provider's interval and
-    /// `slow_down`), sleeping with `sleep`; returns the ID token as sent.
-    #[allow(dead_code)] // the desktop's `request --server` uses it (in progress)
+    #[cfg(feature = "desktop")]
+    /// Polls the token endpoint (RFC 8628 §3.4) until the person has signed in, honouring the
+    /// provider's interval and `slow_down` (the crate's poller), sleeping with `sleep`
+    /// between polls; returns the ID token as sent. The token is not verified here: the
+    /// issuing service it is meant for verifies it.
     pub fn device_wait(
         &self,
         client_id: &str,
@@ -575,15 +608,36 @@ impl Provider {
             .additional_metadata()
             .device_authorization_endpoint
             .clone()
-            .ok_or_else(|| OidcError::Config("no device authorization endpoint".into()))?;
+            .ok_or_else(|| self.no_device_endpoint())?;
+        // The poller retries a provider that does not answer (backing off) until the code's
+        // lifetime is over and then reports the code expired: remember the last failure so
+        // that case is told as what it was.
+        let last_failure = std::cell::RefCell::new(None::<String>);
+        let base = http(&self.agent);
+        let polled = |req: HttpRequest| {
+            let r = base(req);
+            *last_failure.borrow_mut() = r.as_ref().err().map(|e| e.to_string());
+            r
+        };
         let answer: TokenAnswer = client
             .set_device_authorization_url(url)
             .exchange_device_access_token(&code.details)
             .map_err(|e| OidcError::Config(e.to_string()))?
-            .request(&http(&self.agent), sleep, Some(code.expires_in))
+            .request(&polled, sleep, Some(code.expires_in))
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) if r.error().as_ref() == "expired_token" => {
-                    OidcError::Expired
+                    match last_failure.borrow_mut().take() {
+                        Some(failure) => self.unavailable(format!(
+                            "it stopped answering while waiting for sign-in ({failure})"
+                        )),
+                        None => OidcError::Expired,
+                    }
+                }
+                RequestTokenError::ServerResponse(r) if r.error().as_ref() == "access_denied" => {
+                    OidcError::Denied(match r.error_description() {
+                        Some(d) => format!("access_denied: {d}"),
+                        None => "access_denied".into(),
+                    })
                 }
                 other => self.device_error(other),
             })?;
@@ -593,7 +647,7 @@ impl Provider {
         Ok(token.to_string())
     }
 
-    #[allow(dead_code)] // the desktop's `request --server` uses it (in progress)
+    #[cfg(feature = "desktop")]
     fn device_error<RE: std::error::Error + 'static>(
         &self,
         e: RequestTokenError<RE, openidconnect::DeviceCodeErrorResponse>,

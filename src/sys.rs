@@ -175,17 +175,33 @@ mod tests {
 /// must not send this process elsewhere), `timeout` for each request, and the system's web
 /// PKI roots, or only the CA certificates in `ca` (PEM) when given.
 pub fn http_agent(ca: Option<&Path>, timeout: std::time::Duration) -> Result<ureq::Agent, String> {
+    agent(ca.map(|ca| (ca, false)), timeout)
+}
+
+#[cfg(feature = "desktop")]
+/// Like [`http_agent`], but the CA certificates in `ca` are trusted *besides* the web PKI
+/// roots: for the sign-in provider an issuing service names, which is often a public service
+/// (Entra ID, Okta, Google) while the issuing service itself has a private CA.
+pub fn http_agent_also_trusting(
+    ca: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<ureq::Agent, String> {
+    agent(ca.map(|ca| (ca, true)), timeout)
+}
+
+/// `ca`: a CA file, and whether the web PKI roots are trusted beside it.
+fn agent(ca: Option<(&Path, bool)>, timeout: std::time::Duration) -> Result<ureq::Agent, String> {
     let mut builder = ureq::AgentBuilder::new()
         .timeout(timeout)
         .redirects(0)
         .user_agent(concat!("hwpass/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = ca {
-        builder = builder.tls_config(std::sync::Arc::new(tls_roots(ca)?));
+    if let Some((ca, web)) = ca {
+        builder = builder.tls_config(std::sync::Arc::new(tls_roots(ca, web)?));
     }
     Ok(builder.build())
 }
 
-fn tls_roots(ca: &Path) -> Result<rustls::ClientConfig, String> {
+fn tls_roots(ca: &Path, web: bool) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::CertificateDer;
     let bad = |detail: String| format!("CA file {}: {detail}", ca.display());
@@ -198,6 +214,13 @@ fn tls_roots(ca: &Path) -> Result<rustls::ClientConfig, String> {
     if roots.is_empty() {
         return Err(bad("no certificates in it".into()));
     }
+    #[cfg(feature = "desktop")]
+    if web {
+        // The same roots ureq trusts by default.
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    #[cfg(not(feature = "desktop"))]
+    let _ = web;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

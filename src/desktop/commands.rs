@@ -188,6 +188,18 @@ pub fn install(
     text: &str,
     now: i64,
 ) -> Result<Verdict, DesktopError> {
+    install_remembering(dir, opts, text, None, now)
+}
+
+/// [`install`], also remembering `server` (with its CA file) for a bare `hwpass refresh`, in
+/// the same write of the sealed state (`request --server`).
+pub(super) fn install_remembering(
+    dir: &Path,
+    opts: &DeviceOptions,
+    text: &str,
+    server: Option<(&str, Option<&Path>)>,
+    now: i64,
+) -> Result<Verdict, DesktopError> {
     let text = clean(text);
     expect_kind(&text, &[DocKind::Pass, DocKind::Delivery])?;
     let e = Enrolment::open(dir, opts)?;
@@ -226,6 +238,10 @@ pub fn install(
         Err(rollback) => return Err(rollback),
     }
     state.pass = Some(pass);
+    if let Some((url, ca)) = server {
+        state.server = Some(url.to_string());
+        state.ca = ca.map(Path::to_path_buf);
+    }
     e.save_state(&mut state)?;
     Ok(Verdict::valid(&claims, now))
 }

@@ -86,6 +86,38 @@ pub enum Reason {
     StateRolledBack,
     /// Bad input or a file problem.
     Input,
+    /// `request --server`: what the issuing service or the sign-in provider said (the kind).
+    Online(OnlineReason),
+}
+
+/// What kind of trouble an [`OnlineError`] is (`hwpass request --server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnlineReason {
+    /// A plain `http://` address that is not on this machine.
+    InsecureUrl,
+    /// The service could not be reached or did not answer as an issuing service does.
+    Service,
+    /// The service offers no self-service sign-in.
+    NoSelfService,
+    /// The sign-in provider could not be reached.
+    IdpUnavailable,
+    /// The sign-in provider cannot do device sign-in as configured.
+    IdpConfig,
+    /// Sign-in was turned down at the provider.
+    Denied,
+    /// The sign-in code expired.
+    Expired,
+    /// The service refused the ID token.
+    TokenRefused,
+    /// The person is in no group that may get passes.
+    NoGroup,
+    /// The person's passes per day are used up.
+    RateLimited,
+    /// `--subject` names someone else than the person who signed in.
+    WrongSubject,
+    /// The service refused the request (policy, attestation, the request itself).
+    Refused,
 }
 
 /// What went wrong on the desktop. Each variant maps to one exit code and one next step.
@@ -223,6 +255,151 @@ pub enum DesktopError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `request --server` failed at the issuing service or the sign-in provider; nothing was
+    /// installed.
+    #[error(transparent)]
+    Online(#[from] OnlineError),
+}
+
+/// Why `hwpass request --server` got no pass: what the issuing service or the sign-in
+/// provider said. Nothing was written on the desktop in any of these cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OnlineError {
+    /// A plain `http://` address that is not a loopback one: the ID token (a bearer
+    /// credential) would cross the network readable by anyone on the way.
+    #[error("{url} is plain http:// on the network, where the sign-in would travel readable by anyone on the way")]
+    InsecureUrl {
+        /// The address.
+        url: String,
+    },
+    /// The service could not be reached, or did not answer as an issuing service does.
+    #[error("{url}: {detail}")]
+    Service {
+        /// What was asked.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The service has no self-service sign-in (`GET /v1/self` answered 404).
+    #[error("{server} offers no sign-in for desktops: {detail}")]
+    NoSelfService {
+        /// The service.
+        server: String,
+        /// What it said.
+        detail: String,
+    },
+    /// The sign-in provider could not be reached (by this desktop, or by the service).
+    #[error("{detail}")]
+    IdpUnavailable {
+        /// The provider (its issuer URL).
+        idp: String,
+        /// What happened, and who could not reach it.
+        detail: String,
+    },
+    /// The sign-in provider cannot do what the service asked of it (no device sign-in, an
+    /// issuer that is not a URL, a refusal of this client).
+    #[error("the sign-in provider {idp}: {detail}")]
+    IdpConfig {
+        /// The provider.
+        idp: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Sign-in was turned down at the provider (RFC 8628 `access_denied`).
+    #[error("sign-in was turned down at the provider {idp} ({detail})")]
+    Denied {
+        /// The provider.
+        idp: String,
+        /// What it said.
+        detail: String,
+    },
+    /// The sign-in code expired before sign-in was completed (RFC 8628 `expired_token`).
+    #[error("the sign-in code expired ({} after it was shown) before sign-in was completed", format_duration(*lifetime))]
+    Expired {
+        /// How long the code was valid, in seconds.
+        lifetime: i64,
+    },
+    /// The service refused the ID token from signing in (401).
+    #[error("{server} refused the sign-in: {detail}")]
+    TokenRefused {
+        /// The service.
+        server: String,
+        /// Why, as it said.
+        detail: String,
+    },
+    /// The person is in no group that may get passes (403 `no-group`).
+    #[error("{detail}")]
+    NoGroup {
+        /// What the service said: the groups that would do.
+        detail: String,
+    },
+    /// The person's group allows no more passes today (429 `rate-limited`).
+    #[error("{detail}")]
+    RateLimited {
+        /// What the service said: when the next is possible.
+        detail: String,
+    },
+    /// `--subject` names someone else than the person who signed in.
+    #[error("you signed in as '{identity}', but --subject names '{subject}': a pass is only ever for the person who signed in")]
+    WrongSubject {
+        /// What `--subject` said.
+        subject: String,
+        /// Who signed in.
+        identity: String,
+    },
+    /// The service refused the request (its problem type and detail).
+    #[error("{server} refused the request ({problem}): {detail}")]
+    Refused {
+        /// The service.
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// The problem type's slug (`policy`, `not-yours`, `request-refused`, …).
+        problem: String,
+        /// What it said.
+        detail: String,
+    },
+}
+
+impl OnlineReason {
+    /// A stable name for scripts (`hwpass request --server --json` prints it as `failure`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsecureUrl => "insecure-url",
+            Self::Service => "service",
+            Self::NoSelfService => "no-self-service",
+            Self::IdpUnavailable => "idp-unavailable",
+            Self::IdpConfig => "idp-config",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::TokenRefused => "token-refused",
+            Self::NoGroup => "no-group",
+            Self::RateLimited => "rate-limited",
+            Self::WrongSubject => "wrong-subject",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl OnlineError {
+    /// What kind of trouble this is.
+    pub fn reason(&self) -> OnlineReason {
+        match self {
+            Self::InsecureUrl { .. } => OnlineReason::InsecureUrl,
+            Self::Service { .. } => OnlineReason::Service,
+            Self::NoSelfService { .. } => OnlineReason::NoSelfService,
+            Self::IdpUnavailable { .. } => OnlineReason::IdpUnavailable,
+            Self::IdpConfig { .. } => OnlineReason::IdpConfig,
+            Self::Denied { .. } => OnlineReason::Denied,
+            Self::Expired { .. } => OnlineReason::Expired,
+            Self::TokenRefused { .. } => OnlineReason::TokenRefused,
+            Self::NoGroup { .. } => OnlineReason::NoGroup,
+            Self::RateLimited { .. } => OnlineReason::RateLimited,
+            Self::WrongSubject { .. } => OnlineReason::WrongSubject,
+            Self::Refused { .. } => OnlineReason::Refused,
+        }
+    }
 }
 
 impl DesktopError {
@@ -247,9 +424,11 @@ impl DesktopError {
             Self::Device(f) if f.kind.is_now() => exit::OTHER,
             Self::Device(_) => exit::WRONG_DEVICE,
             Self::Rollback { .. } | Self::RollbackTpm { .. } => exit::ROLLBACK,
-            Self::AlreadyEnrolled { .. } | Self::Input(_) | Self::Io { .. } | Self::Fetch(_) => {
-                exit::OTHER
-            }
+            Self::AlreadyEnrolled { .. }
+            | Self::Input(_)
+            | Self::Io { .. }
+            | Self::Fetch(_)
+            | Self::Online(_) => exit::OTHER,
         }
     }
 
@@ -286,6 +465,7 @@ impl DesktopError {
             Self::Rollback { .. } | Self::RollbackTpm { .. } => Reason::Rollback,
             Self::Damaged { .. } => Reason::Damaged,
             Self::Input(_) | Self::Io { .. } => Reason::Input,
+            Self::Online(o) => Reason::Online(o.reason()),
         }
     }
 

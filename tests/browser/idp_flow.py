@@ -6,6 +6,9 @@ Called by tests/cli/idp.rs:
     idp_flow.py device VERIFICATION_URI WORKDIR ARTIFACTS
         opens the device verification page, types the user code (WORKDIR/user_code.txt), signs
         in and confirms the device, until the provider's success page;
+    idp_flow.py device-abort VERIFICATION_URI WORKDIR ARTIFACTS
+        the same up to the confirmation page, where it presses Abort (the person turns the
+        device sign-in down), until the provider's error;
     idp_flow.py code AUTHORIZATION_URL WORKDIR ARTIFACTS
         opens an authorization request, signs in (and approves, when the provider asks), until
         the browser reaches the redirect URI (WORKDIR/redirect_uri.txt).
@@ -28,9 +31,10 @@ mode, url = sys.argv[1], sys.argv[2]
 work, artifacts = pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
 username = (work / "username.txt").read_text().strip()
 password = (work / "password.txt").read_text().strip()
-user_code = (work / "user_code.txt").read_text().strip() if mode == "device" else None
+device = mode in ("device", "device-abort")
+user_code = (work / "user_code.txt").read_text().strip() if device else None
 redirect = (work / "redirect_uri.txt").read_text().strip() if mode == "code" else None
-if mode not in ("device", "code"):
+if mode not in ("device", "device-abort", "code"):
     sys.exit(f"unknown mode {mode}")
 
 opts = webdriver.ChromeOptions()
@@ -87,7 +91,8 @@ def act(here):
         driver.find_element(By.ID, "sign-in").click()
     elif page == "device-confirm":
         result["confirm_code"] = driver.find_element(By.ID, "confirm-code").text
-        driver.find_element(By.ID, "device-confirm").click()
+        button = "device-abort" if mode == "device-abort" else "device-confirm"
+        driver.find_element(By.ID, button).click()
     elif page == "approve":
         driver.find_element(By.ID, "approve").click()
     return False

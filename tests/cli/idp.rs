@@ -81,7 +81,7 @@ fn param(params: &[(String, String)], name: &str) -> Option<String> {
 }
 
 /// POSTs a form; returns the status and the JSON body (error statuses included).
-fn post_form(
+pub fn post_form(
     url: &str,
     basic: Option<(&str, &str)>,
     form: &[(&str, &str)],
@@ -152,8 +152,6 @@ fn verify_id_token_at(
     Ok(claims)
 }
 
-/// The device authorization grant up to the tokens: request a code, have Chromium enter it and
-/// sign in as `user`, poll the token endpoint (bounded). Returns the token response.
 /// One poll of the token endpoint with a device code, as the desktop client.
 fn poll_device(idp: &Idp, device_code: &str) -> (u16, serde_json::Value) {
     post_form(
@@ -167,8 +165,10 @@ fn poll_device(idp: &Idp, device_code: &str) -> (u16, serde_json::Value) {
     )
 }
 
-/// Returns the token response and the device code.
-fn device_flow(idp: &Idp, user: &IdpUser, scope: &str) -> (serde_json::Value, String) {
+/// The device authorization grant up to the tokens: request a code, have Chromium enter it and
+/// sign in as `user`, poll the token endpoint (bounded). Returns the token response and the
+/// device code.
+pub fn device_flow(idp: &Idp, user: &IdpUser, scope: &str) -> (serde_json::Value, String) {
     let d = idp.discovery();
     let (status, auth) = post_form(
         d["device_authorization_endpoint"].as_str().unwrap(),

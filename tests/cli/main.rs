@@ -11,6 +11,7 @@ mod conformance;
 mod desktop_software;
 mod desktop_tpm;
 mod desktop_trust;
+mod device_grant;
 mod durability;
 mod ek_chain;
 mod hsm_conformance;

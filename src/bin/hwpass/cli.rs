@@ -47,17 +47,41 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print a pass request (one line) to send to the issuer.
+    /// Print a pass request (one line) to send to the issuer; or, with --server, get the pass
+    /// online.
+    ///
+    /// The main path is offline: paste the request on the issuing service's page or send it
+    /// to your admin, then `hwpass install` the pass you get back. No connection between this
+    /// computer and the service is needed.
+    ///
+    /// When this computer can reach the service, `--server URL` does it all: hwpass shows a
+    /// web address, a code and a QR code; sign in there with your company account on any
+    /// browser (a phone will do) before the countdown ends, and the pass for the identity you
+    /// signed in as is installed here, and the server remembered for `hwpass refresh`. Ctrl-C
+    /// cancels and changes nothing.
     Request {
-        /// Who the pass is for, e.g. alice@corp.
-        #[arg(long)]
-        subject: String,
+        /// Who the pass is for, e.g. alice@corp. With --server: whoever signs in; if given, a
+        /// sign-in as anyone else is refused.
+        #[arg(long, required_unless_present = "server")]
+        subject: Option<String>,
         /// Lifetime to ask for (e.g. 7d); the issuer's policy decides.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, visible_alias = "lifetime", value_parser = parse_duration)]
         valid_for: Option<i64>,
         /// Name of this device shown to the admin (default: the host name).
         #[arg(long)]
         device_name: Option<String>,
+        /// Get the pass online from this issuing service (https://…) by signing in with your
+        /// company account (OAuth 2.0 device authorization grant), and install it.
+        #[arg(long)]
+        server: Option<String>,
+        /// With --server: trust only these CA certificates (PEM) for the service; the sign-in
+        /// provider is trusted with them and the web PKI roots.
+        #[arg(long, requires = "server")]
+        ca: Option<PathBuf>,
+        /// With --server: print the result as JSON on stdout (the installed pass's verdict,
+        /// who signed in, or why no pass was installed).
+        #[arg(long, requires = "server")]
+        json: bool,
     },
     /// Verify a pass and store it sealed to this device.
     Install {

@@ -1,7 +1,7 @@
 //! Every hint a person reads from `hwpass`: what to do next, by the kind of trouble. The library
 //! reports facts ([`DesktopError`], [`Reason`]); the advice lives here.
 
-use hwpass::desktop::{DesktopError, Reason, Verdict};
+use hwpass::desktop::{DesktopError, OnlineReason, Reason, Verdict};
 use hwpass::DocKind;
 
 /// What the person should do next.
@@ -31,7 +31,27 @@ pub fn hint(reason: Reason) -> &'static str {
         Reason::StateRolledBack => "put back the newest copy of the state directory (the one this TPM wrote last), or enrol again (`hwpass enroll --force`) and request a new pass",
         Reason::WrongDocument(found) => wrong_document(found),
         Reason::Input => "fix the problem above and try again",
+        Reason::Online(o) => online(o),
         _ => "see `hwpass --help`",
+    }
+}
+
+/// What to do when `request --server` got no pass. The offline path always remains.
+fn online(reason: OnlineReason) -> &'static str {
+    match reason {
+        OnlineReason::InsecureUrl => "use the service's https:// address (plain http:// is accepted only for this computer's own loopback address); if the address above is the sign-in provider's, tell the service's administrators",
+        OnlineReason::Service => "check the server address and your network; or use the offline path: `hwpass request --subject you@corp`, paste the line on the service's page or send it to your admin, and `hwpass install` the pass",
+        OnlineReason::NoSelfService => "get your pass the offline way: `hwpass request --subject you@corp`, send the line to your admin, and `hwpass install` the pass you get back",
+        OnlineReason::IdpUnavailable => "try again in a while; or use the offline path: `hwpass request --subject you@corp` and send the line to your admin",
+        OnlineReason::IdpConfig => "tell the service's administrators: the sign-in provider is not set up for device sign-in from hwpass (docs/sign-in.md)",
+        OnlineReason::Denied => "run the command again and approve the sign-in on the provider's page (after checking that the code there is the one shown here)",
+        OnlineReason::Expired => "run the command again and finish signing in before the countdown ends",
+        OnlineReason::TokenRefused => "run the command again; if it is refused again, tell the service's administrators (their log says why): a provider or service clock that is off causes this too",
+        OnlineReason::NoGroup => "ask your IT department to add you to one of the groups named above, then run the command again",
+        OnlineReason::RateLimited => "wait until the time named above, or ask an admin for a pass",
+        OnlineReason::WrongSubject => "leave out --subject (the pass is for whoever signs in), or sign in as that person; nothing was signed",
+        OnlineReason::Refused => "fix what the service says above, or ask its administrators",
+        _ => "see `hwpass request --help`",
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod error;
+mod signin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,8 +150,25 @@ fn run(cli: Cli) -> i32 {
             subject,
             valid_for,
             device_name,
+            server,
+            ca,
+            json,
         } => {
             let dev = device_name.or_else(desktop::host_name);
+            if let Some(server) = server {
+                // Remembered for later `hwpass refresh` runs, from any directory.
+                let ca = ca.map(|p| std::path::absolute(&p).unwrap_or(p));
+                let req = desktop::OnlineRequest {
+                    server: &server,
+                    ca: ca.as_deref(),
+                    subject: subject.as_deref(),
+                    ttl: valid_for,
+                    dev,
+                };
+                return request_online(&dir, &opts, &req, now, json);
+            }
+            // clap: --subject is required unless --server is given.
+            let subject = subject.unwrap_or_default();
             match desktop::request(&dir, &opts, &subject, valid_for, dev, now) {
                 Ok(r) => {
                     println!("{r}");
@@ -165,10 +183,7 @@ fn run(cli: Cli) -> i32 {
             match result {
                 Ok(v) => {
                     if !json {
-                        println!("installed: {}", v.message);
-                        if let Some(w) = &v.warning {
-                            eprintln!("hwpass: warning: {w}");
-                        }
+                        print_installed(&v);
                         return 0;
                     }
                     print_verdict(v, true)
@@ -246,6 +261,82 @@ fn run(cli: Cli) -> i32 {
         Cmd::Inspect { token, json } => inspect(token.as_deref(), json),
         // Answered in main() before any state is touched.
         Cmd::Completion { .. } | Cmd::Manpages { .. } => 0,
+    }
+}
+
+/// What `install` prints for a pass it installed.
+fn print_installed(v: &Verdict) {
+    println!("installed: {}", v.message);
+    if let Some(w) = &v.warning {
+        eprintln!("hwpass: warning: {w}");
+    }
+}
+
+/// `request --server`: sign in, get the pass, install it (printing what `install` prints).
+fn request_online(
+    dir: &std::path::Path,
+    opts: &DeviceOptions,
+    req: &desktop::OnlineRequest<'_>,
+    started: i64,
+    json: bool,
+) -> i32 {
+    if let Err(e) = signin::catch_ctrl_c(json) {
+        eprintln!("hwpass: error: {e}");
+        return exit::OTHER;
+    }
+    // Sign-in takes minutes: the request and the install read the clock when they happen.
+    let clock = || util::now().unwrap_or(started);
+    let result = desktop::request_online(dir, opts, req, &clock, &signin::Terminal::new());
+    let interrupted = signin::finish();
+    match result {
+        Ok(r) => {
+            if let Some(ahead) = r.clock_ahead_seconds {
+                eprintln!(
+                    "hwpass: note: the service says this computer's clock was {} ahead at some point; check that it is right now",
+                    format_duration(ahead)
+                );
+            }
+            if interrupted == signin::Interrupted::DuringInstall {
+                eprintln!(
+                    "hwpass: note: Ctrl-C came while the pass was being stored; it is installed"
+                );
+            }
+            if json {
+                let mut r = r;
+                r.verdict = advised(r.verdict);
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print_installed(&r.verdict);
+                if r.sealed_to_tpm {
+                    eprintln!(
+                        "hwpass: the pass came sealed to this computer's TPM, which opened it"
+                    );
+                }
+                eprintln!(
+                    "hwpass: `hwpass refresh` now fetches revocations and new issuer keys from {}",
+                    r.server
+                );
+            }
+            0
+        }
+        // Ctrl-C came while the device was busy and the flow failed before it took effect: the
+        // failure is told, the exit is Ctrl-C's.
+        Err(e) if interrupted == signin::Interrupted::Before => {
+            report(&e);
+            signin::tell_cancelled(None, json);
+            signin::CANCELLED
+        }
+        Err(e) if json => {
+            // The verdict's fields, and for a failure online its kind (`OnlineReason`).
+            let v = advised(Verdict::from_error(&e));
+            let mut out = serde_json::to_value(&v).unwrap_or_default();
+            if let (DesktopError::Online(o), Some(fields)) = (&e, out.as_object_mut()) {
+                fields.insert("failure".into(), o.reason().as_str().into());
+            }
+            println!("{out}");
+            v.exit_code
+        }
+        Err(e) => report(&e),
     }
 }
 
