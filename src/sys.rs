@@ -201,6 +201,12 @@ fn agent(ca: Option<(&Path, bool)>, timeout: std::time::Duration) -> Result<ureq
     Ok(builder.build())
 }
 
+/// A TLS client config that trusts only the CA certificates in `ca` (PEM).
+#[cfg(feature = "issuer")]
+pub fn tls_client_config(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    tls_roots(ca, false)
+}
+
 fn tls_roots(ca: &Path, web: bool) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::CertificateDer;

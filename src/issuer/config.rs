@@ -246,6 +246,9 @@ struct StoreSection {
     /// How often the checkpoint leader covers new entries (default 1 s).
     #[serde(default)]
     checkpoint_interval: Option<String>,
+    /// The CA certificates (PEM) that signed the server's certificate: TLS, required.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 impl StoreSection {
@@ -291,11 +294,19 @@ impl StoreSection {
                 std::time::Duration::from_secs(secs.unsigned_abs())
             }
         };
+        let tls = match &self.ca_file {
+            Some(ca) => Some(
+                crate::sys::tls_client_config(&base.join(ca))
+                    .map_err(|e| config(format!("[store] ca_file: {e}")))?,
+            ),
+            None => None,
+        };
         PgStore::new(PgOptions {
             url: self.postgres,
             password,
             max_connections,
             checkpoint_interval,
+            tls,
         })
         .map_err(config)
     }

@@ -237,6 +237,109 @@ impl Postgres {
             .unwrap_or_else(|_| panic!("{sql}: {r:?}"))
     }
 
+    /// Turns TLS on with a new CA and a server certificate for 127.0.0.1 and `localhost`, and
+    /// refuses TCP connections without it (`hostnossl … reject`); returns the CA's PEM file
+    /// (outside the data directory).
+    pub fn require_tls(&self) -> PathBuf {
+        require("openssl", "openssl");
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args).current_dir(dir);
+            let r = run(cmd, None);
+            assert_eq!(r.code, 0, "openssl {args:?}: {r:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hwpass test PostgreSQL CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mut cmd = Command::new("chown");
+        cmd.arg("postgres:postgres")
+            .arg(dir.join("server.key"))
+            .arg(dir.join("server.pem"));
+        assert_eq!(run(cmd, None).code, 0);
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let hba = self.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!(
+                "hostnossl all all 127.0.0.1/32 reject\nhostnossl all all ::1/128 reject\n{rules}"
+            ),
+        )
+        .unwrap();
+        self.sql(
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                dir.join("server.pem").display()
+            ),
+        );
+        self.sql(
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET ssl_key_file = '{}'",
+                dir.join("server.key").display()
+            ),
+        );
+        self.sql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.sql("postgres", "SELECT pg_reload_conf()");
+        dir.join("ca.pem")
+    }
+
     /// The URL of the `hwpass` database for `role` over TCP (no password in it).
     pub fn url(&self, role: &str) -> String {
         format!("postgresql://{role}@127.0.0.1:{}/hwpass", self.port)

@@ -867,3 +867,95 @@ fn pg_a_person_signed_in_through_one_replica_is_signed_in_through_the_others() {
         0
     );
 }
+
+#[test]
+fn pg_over_tls_checks_the_servers_certificate_against_the_configured_ca() {
+    let mut issuer = PgIssuer::new(Kind::SoftHsm);
+    let ca = issuer.pg.require_tls();
+    let url = issuer.pg.url("hwpass");
+
+    // The server refuses connections without TLS, so a config without a CA cannot reach it.
+    let plain = issuer.run(&["db", "migrate"], None);
+    assert_ne!(plain.code, 0, "{plain:?}");
+    assert!(
+        plain.stderr.contains("no encryption"),
+        "PostgreSQL's refusal is shown: {plain:?}"
+    );
+    // sslmode=require without a CA to check the server against is refused before connecting.
+    issuer.write_config(&format!("{url}?sslmode=require"), "");
+    let no_ca = issuer.run(&["db", "migrate"], None);
+    assert_eq!(no_ca.code, 1, "{no_ca:?}");
+    assert!(no_ca.stderr.contains("[store] ca_file"), "{no_ca:?}");
+    // A CA that did not sign the server's certificate: refused by the TLS handshake.
+    let other = issuer.dir.path().join("other-ca.pem");
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ])
+    .args([
+        "-nodes",
+        "-keyout",
+        "/dev/null",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=someone else",
+    ])
+    .arg("-out")
+    .arg(&other);
+    assert_eq!(run(cmd, None).code, 0);
+    issuer.write_config(
+        &url,
+        &format!("ca_file = {:?}", other.display().to_string()),
+    );
+    let wrong = issuer.run(&["db", "migrate"], None);
+    assert_ne!(wrong.code, 0, "{wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "the certificate is named: {wrong:?}"
+    );
+    assert_eq!(
+        issuer
+            .pg
+            .count("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'hwpass_%'"),
+        0,
+        "nothing reached the database"
+    );
+
+    // The right CA: migrate, and a replica that signs over TLS.
+    issuer.write_config(&url, &format!("ca_file = {:?}", ca.display().to_string()));
+    let trust = issuer.setup();
+    let replica = issuer.replica("");
+    let request = Desktop::enrolled(&trust).request("alice@corp", &[]);
+    let (status, _, body) = replica.post(
+        "/v1/passes",
+        Some(&replica.bearer()),
+        &sign_body(&request, None),
+    );
+    assert_eq!(status, 201, "{body}");
+    let tls = issuer.pg.count(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'hwpass-issuer' AND s.ssl",
+    );
+    let plain = issuer.pg.count(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'hwpass-issuer' AND NOT s.ssl",
+    );
+    assert!(
+        tls >= 1 && plain == 0,
+        "{tls} TLS and {plain} plain connections"
+    );
+    assert_eq!(
+        issuer
+            .pg
+            .count("SELECT count(*) FROM hwpass_audit_entries WHERE jti IS NOT NULL"),
+        1
+    );
+}

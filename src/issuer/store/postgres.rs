@@ -31,6 +31,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use self::import::Imported;
 pub use self::schema::Migrated;
@@ -145,6 +146,9 @@ pub struct PgOptions {
     pub max_connections: usize,
     /// How often the checkpoint leader looks for new entries.
     pub checkpoint_interval: Duration,
+    /// TLS, trusting only `[store] ca_file`'s CA certificates; none: plain TCP or a Unix
+    /// socket.
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -154,6 +158,7 @@ impl std::fmt::Debug for PgOptions {
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("max_connections", &self.max_connections)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -170,6 +175,7 @@ struct Inner {
     shown: String,
     max_connections: usize,
     checkpoint_interval: Duration,
+    tls: Option<MakeRustlsConnect>,
     /// The runtime and pool, made on first use (commands that never touch the store start no
     /// threads).
     connected: OnceLock<Result<Connected, String>>,
@@ -215,9 +221,22 @@ impl PgStore {
         if config.get_password().is_some() {
             return Err("[store] postgres: the URL carries a password; put it in the file [store] password_file names (mode 0600), so it stays out of the config and of process listings".into());
         }
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err("[store] postgres: sslmode=require, but this build speaks plain TCP or Unix sockets to PostgreSQL; see docs/replicas.md (\"Reaching PostgreSQL\")".into());
-        }
+        let tls = match options.tls {
+            // With a CA, TLS is required (and the server's certificate checked against it
+            // and the URL's host name), whatever the URL's sslmode says.
+            Some(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(MakeRustlsConnect::new(tls))
+            }
+            None if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+                return Err("[store] postgres asks for sslmode=require: name the CA that signed the server's certificate in [store] ca_file (docs/replicas.md, \"Reaching PostgreSQL\")".into());
+            }
+            None => {
+                // Without a CA, no TLS: "prefer" would not fall back here but fail.
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         if let Some(p) = &options.password {
             config.password(p.expose_secret().as_bytes());
         }
@@ -239,6 +258,7 @@ impl PgStore {
                 shown,
                 max_connections: options.max_connections.max(1),
                 checkpoint_interval: options.checkpoint_interval,
+                tls,
                 connected: OnceLock::new(),
             }),
         })
@@ -257,15 +277,16 @@ impl PgStore {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start its runtime: {e}"))?;
-            let manager = Manager::from_config(
-                self.inner.config.clone(),
-                NoTls,
-                ManagerConfig {
-                    // A closed connection is noticed without a round trip; a broken one fails
-                    // its statement, and the pool drops it.
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                // A closed connection is noticed without a round trip; a broken one fails its
+                // statement, and the pool drops it.
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let config = self.inner.config.clone();
+            let manager = match &self.inner.tls {
+                Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
+                None => Manager::from_config(config, NoTls, manager_config),
+            };
             let pool = Pool::builder(manager)
                 .max_size(self.inner.max_connections)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -313,17 +334,25 @@ impl PgStore {
         &self,
         doing: &'static str,
     ) -> Result<tokio_postgres::Client, DbError> {
-        let (client, connection) = self
-            .inner
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(self.error(doing))?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped or the connection breaks; the client then
-            // reports it closed.
-            let _ = connection.await;
-        });
+        let config = &self.inner.config;
+        let client = match &self.inner.tls {
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(self.error(doing))?;
+                // Ends when the client is dropped or the connection breaks; the client then
+                // reports it closed.
+                tokio::spawn(connection);
+                client
+            }
+            None => {
+                let (client, connection) =
+                    config.connect(NoTls).await.map_err(self.error(doing))?;
+                tokio::spawn(connection);
+                client
+            }
+        };
         Ok(client)
     }
 
