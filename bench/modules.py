@@ -192,8 +192,9 @@ software_max_lifetime = "2d"
             raw, ours = [], []
             for run in range(RUNS):
                 raw.append(float(sh([f"{REL}/examples/hsm_raw_sign", uri, str(n_raw), mech], env=env).stdout))
-                if os.path.exists(f"{work}/audit.jsonl"):
-                    os.remove(f"{work}/audit.jsonl")
+                for f in (f"{work}/audit.jsonl", f"{work}/audit.jsonl.checkpoint"):
+                    if os.path.exists(f):
+                        os.remove(f)
                 t = time.perf_counter()
                 sh([ISSUER, "sign", "--batch", "--workers", "2"], env=env, stdin=reqs)
                 ours.append(n_req / (time.perf_counter() - t))

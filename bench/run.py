@@ -68,8 +68,11 @@ software_max_lifetime = "2d"
 
     def batch_rate(n_lines, workers):
         lines = "".join(reqs.splitlines(True)[:n_lines])
-        if os.path.exists(f"{work}/audit.jsonl"):
-            os.remove(f"{work}/audit.jsonl")
+        # A fresh log each run: the log and its checkpoint (a log shorter than its checkpoint
+        # says is a cut log, and refused).
+        for f in (f"{work}/audit.jsonl", f"{work}/audit.jsonl.checkpoint"):
+            if os.path.exists(f):
+                os.remove(f)
         t = timed([ISSUER, "sign", "--batch", "--workers", str(workers)], env=env, stdin=lines)
         return n_lines / t
 
