@@ -9,7 +9,8 @@ Prints one Markdown table with min / median / max of the ratio.
 import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+# ci/bench exports where cargo put the binaries (CARGO_TARGET_DIR moves them).
+REL = os.path.join(os.environ.get("HWPASS_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 ISSUER = os.path.join(REL, "hwpass-issuer")
 PIN, SO_PIN = "bench-pin-1234", "bench-so-pin-1234"
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5

@@ -6,7 +6,8 @@ then the batch-size and worker-count scaling. Needs the release build and the ex
 import json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+# ci/bench exports where cargo put the binaries (CARGO_TARGET_DIR moves them).
+REL = os.path.join(os.environ.get("HWPASS_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 ISSUER, HWPASS = os.path.join(REL, "hwpass-issuer"), os.path.join(REL, "hwpass")
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "bench-pin-1234"

@@ -13,6 +13,7 @@ mod batch;
 mod config;
 mod credential;
 mod error;
+mod init;
 mod keys;
 mod policy;
 mod serve;
@@ -24,6 +25,7 @@ pub use batch::{issue_batch, BatchItem, BatchOptions};
 pub use config::{IssuerConfig, Limits, ProxyConfig, ServeConfig, Storage, PROXY_SECRET_HEADER};
 pub use credential::EkPublic;
 pub use error::{exit, Access, IssuerError};
+pub use init::{init, Account, InitError, InitKey, InitOptions, InitReport, SOFTHSM_MODULE};
 pub use keys::pkcs11::{Ckr, PIN_ENV};
 pub use keys::pool::KeyPool;
 pub use keys::{

@@ -85,6 +85,9 @@ pub struct OidcConfig {
     pub client_id: String,
     /// Its client secret (from `client_secret_file`, never shown).
     pub client_secret: secrecy::SecretString,
+    /// Where the client secret was read from (`config check` names the file, never the
+    /// secret).
+    pub client_secret_file: PathBuf,
     /// Where the provider sends the browser back: this service's `/oidc/callback`.
     pub redirect_url: String,
     /// Which claims name the person and list their groups.
@@ -216,6 +219,7 @@ impl OidcSection {
             issuer: self.issuer,
             client_id: self.client_id,
             client_secret: secret.into(),
+            client_secret_file: secret_file,
             redirect_url: self.redirect_url,
             claims: crate::oidc::ClaimMap { identity, groups },
             scopes,
@@ -816,6 +820,169 @@ struct KeySection {
     /// token's own limit, or one session per signing thread.
     #[serde(default)]
     max_sessions: Option<usize>,
+    /// Environment variables for the key store's library (`SOFTHSM2_CONF = "/var/lib/…"`),
+    /// set before it is loaded, so every command and the service find the same token.
+    #[serde(default)]
+    module_env: std::collections::BTreeMap<String, String>,
+}
+
+/// A TOML error as a person can act on it: file, line and column, the key there with its
+/// table, and for a key hwpass does not know, the known key it most resembles.
+fn located(path: &Path, text: &str, e: &toml::de::Error) -> IssuerError {
+    let message = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return IssuerError::Config {
+            path: path.to_path_buf(),
+            detail: message.to_string(),
+        };
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text
+        .get(line_start..start)
+        .map_or(1, |t| t.chars().count() + 1);
+    let this_line = text[line_start..].lines().next().unwrap_or_default();
+    // The table: this line's `[header]` (an error about the whole table, such as a missing
+    // key), else the last one above it (dotted keys and inline tables aside).
+    let header = std::iter::once(this_line)
+        .chain(before[..line_start].lines().rev())
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    let table = header.map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    // `[serve]`, or `[[policy.group]]` for an entry of an array of tables, as written.
+    let header = header.map(|l| l.split('#').next().unwrap_or_default().trim().to_string());
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let full_key = key.as_ref().map(|k| match &table {
+        Some(t) => format!("{t}.{k}"),
+        None => k.clone(),
+    });
+    let detail = match unknown_field(message) {
+        Some((unknown, expected)) => {
+            let place = header
+                .as_ref()
+                .map_or_else(|| "at the top level".to_string(), |h| format!("in {h}"));
+            match closest(&unknown, &expected) {
+                Some(near) => format!("unknown key `{unknown}` {place} (did you mean `{near}`?)"),
+                None => format!(
+                    "unknown key `{unknown}` {place}; known keys: {}",
+                    expected.join(", ")
+                ),
+            }
+        }
+        None => match (&full_key, message.strip_prefix("missing field ")) {
+            (_, Some(name)) => match &table {
+                Some(t) => format!("[{t}] lacks the key {name}"),
+                None => format!("the key {name} is missing (at the top level)"),
+            },
+            (Some(k), None) => format!("{k}: {message}"),
+            (None, None) => message.to_string(),
+        },
+    };
+    IssuerError::ConfigAt {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key: full_key,
+        detail,
+    }
+}
+
+/// A config error about a value the file spells out (`"2x" is not a duration`): where that
+/// value is, when it occurs once as a value in the file.
+fn value_located(path: PathBuf, text: &str, detail: String) -> IssuerError {
+    let quoted = detail
+        .split_once('"')
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(v, _)| format!("\"{v}\""))
+        .filter(|v| v.len() > 2);
+    let hits: Vec<(usize, &str, usize)> = match &quoted {
+        Some(v) => text
+            .lines()
+            .enumerate()
+            .filter_map(|(n, l)| {
+                let (key, value) = l.split_once('=')?;
+                let at = value.find(v.as_str())?;
+                Some((
+                    n,
+                    key.trim(),
+                    key.chars().count() + 2 + value[..at].chars().count(),
+                ))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    match hits.as_slice() {
+        [(n, key, column)] => {
+            let table = text
+                .lines()
+                .take(n + 1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            let key = match table {
+                Some(t) => format!("{t}.{key}"),
+                None => key.to_string(),
+            };
+            IssuerError::ConfigAt {
+                path,
+                line: n + 1,
+                column: *column,
+                detail: format!("{key}: {detail}"),
+                key: Some(key),
+            }
+        }
+        _ => IssuerError::Config { path, detail },
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a` or `b`", or
+/// "there are no fields"): the unknown name and the known ones.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((unknown.to_string(), expected))
+}
+
+/// The known name nearest to `name` (edit distance at most a third of its length, at least 2),
+/// if any.
+fn closest(name: &str, known: &[String]) -> Option<String> {
+    let limit = (name.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name.to_ascii_lowercase(), k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+/// Levenshtein distance between two short strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// The issuer configuration, parsed and checked.
@@ -843,6 +1010,10 @@ pub struct IssuerConfig {
     pub attestation: AttestationPolicy,
     /// Things the person should know about the config (deprecated names), one sentence each.
     pub notices: Vec<String>,
+    /// The file this was read from (`serve` reads it again on SIGHUP).
+    pub source: PathBuf,
+    /// `[key] module_env`, as given.
+    pub module_env: Vec<(String, String)>,
     /// `[oidc]`: sign-in through the company's OpenID provider.
     pub oidc: Option<OidcConfig>,
 }
@@ -850,14 +1021,25 @@ pub struct IssuerConfig {
 impl IssuerConfig {
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self, IssuerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| IssuerError::Config {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Self::parse(path, &text).map_err(|e| match e {
+            IssuerError::Config { path, detail } => value_located(path, &text, detail),
+            other => other,
+        })
+    }
+
+    /// [`Self::load`] of `text`, read from `path`.
+    fn parse(path: &Path, text: &str) -> Result<Self, IssuerError> {
         let err = |detail: String| IssuerError::Config {
             path: path.to_owned(),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         // What the config says decides who may sign: nobody else may be able to change it.
         check_not_writable(path)?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        let file: ConfigFile = toml::from_str(text).map_err(|e| located(path, text, &e))?;
         let mut notices = Vec::new();
         let key_section = match (file.key, file.hsm) {
             (Some(k), None) => k,
@@ -878,9 +1060,19 @@ impl IssuerConfig {
         if key_section.max_sessions == Some(0) {
             return Err(err("[key] max_sessions must be at least 1".into()));
         }
+        if let Some(name) = key_section
+            .module_env
+            .keys()
+            .find(|n| n.is_empty() || n.contains(['=', '\0']) || n.starts_with("HWPASS_"))
+        {
+            return Err(err(format!(
+                "[key] module_env: {name:?} is not a variable a key store library reads"
+            )));
+        }
         let key = keys::manager_with(
             &key_section.uri,
-            &keys::KeyOptions::with_max_sessions(key_section.max_sessions),
+            &keys::KeyOptions::with_max_sessions(key_section.max_sessions)
+                .with_module_env(key_section.module_env.clone().into_iter().collect()),
         )
         .map_err(|e| err(e.to_string()))?;
         let policy = file.policy.resolve().map_err(err)?;
@@ -1031,6 +1223,8 @@ impl IssuerConfig {
             policy,
             attestation,
             notices,
+            source: path.to_path_buf(),
+            module_env: key_section.module_env.into_iter().collect(),
             oidc,
         })
     }
@@ -1077,6 +1271,121 @@ impl IssuerConfig {
             Storage::Postgres { store, .. } => Some(store),
             Storage::Files { .. } => None,
         }
+    }
+
+    /// The values in force after defaults and path resolution, for `config check`: what each
+    /// setting is, never a secret (admin tokens and the proxy secret only counted or named).
+    pub fn effective(&self) -> serde_json::Value {
+        use crate::core::time::format_duration;
+        let shown = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let policy = &self.policy;
+        let att = &self.attestation;
+        let serve = &self.serve;
+        serde_json::json!({
+            "config": shown(&self.source),
+            "issuer": self.iss,
+            "audience": self.aud,
+            // Files: where the log and the register are; PostgreSQL: the database (never a
+            // password) and the files `db import` would read.
+            "store": match &self.storage {
+                Storage::Files { .. } => "files".to_string(),
+                Storage::Postgres { store, .. } => format!("postgres {}", store.at()),
+            },
+            "audit_log": match &self.storage {
+                Storage::Files { audit_log, .. } => Some(shown(audit_log)),
+                Storage::Postgres { files, .. } => files.as_ref().map(|(l, _)| shown(l)),
+            },
+            "revocations": match &self.storage {
+                Storage::Files { revocations, .. } => Some(shown(revocations)),
+                Storage::Postgres { files, .. } => files.as_ref().map(|(_, r)| shown(r)),
+            },
+            "audit": { "origin": self.audit_origin },
+            "key": {
+                "uri": self.key.display_uri(),
+                "also_trusted": self.also_trusted,
+                "module_env": self.module_env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            },
+            "policy": {
+                "default_lifetime": format_duration(policy.default_lifetime),
+                "max_lifetime": format_duration(policy.max_lifetime),
+                "allow_software": policy.allow_software,
+                "software_max_lifetime": format_duration(policy.software_max_lifetime),
+                "max_request_age": format_duration(policy.max_request_age),
+                "group": policy.groups.iter().map(|g| serde_json::json!({
+                    "name": g.name,
+                    "allowed": g.allowed,
+                    "max_lifetime": format_duration(g.max_lifetime),
+                    "software": g.software,
+                    "attestation": g.attestation,
+                    "passes_per_day": g.passes_per_day,
+                })).collect::<Vec<_>>(),
+            },
+            "attestation": {
+                "require": att.require,
+                "ek_roots": att.roots.iter().map(|c| display_name(&c.tbs_certificate.subject)).collect::<Vec<_>>(),
+                "ek_intermediates": att.intermediates.iter().map(|c| display_name(&c.tbs_certificate.subject)).collect::<Vec<_>>(),
+                "ek_allowlist_entries": att.allowlist.len(),
+                "allow_missing_ek_eku": att.allow_missing_ek_eku,
+                "manufacturers": att.manufacturers,
+            },
+            "oidc": self.oidc.as_ref().map(|o| serde_json::json!({
+                "issuer": o.issuer,
+                "client_id": o.client_id,
+                "client_secret_file": shown(&o.client_secret_file),
+                "redirect_url": o.redirect_url,
+                "identity_claim": o.claims.identity,
+                "groups_claim": o.claims.groups,
+                "scopes": o.scopes,
+                "desktop_client_id": o.desktop_client_id,
+                "admin_groups": o.admin_groups,
+                "ca_file": o.ca_file.as_deref().map(shown),
+                "timeout": format_duration(i64::try_from(o.timeout.as_secs()).unwrap_or(i64::MAX)),
+            })),
+            "serve": {
+                "listen": serve.listen.to_string(),
+                "tls": serve.tls.as_ref().map(|(c, k)| serde_json::json!({"cert": shown(c), "key": shown(k)})),
+                "behind_tls_proxy": serve.behind_tls_proxy,
+                "hsm_sessions": serve.hsm_sessions,
+                "session_lifetime": format_duration(serve.session_lifetime),
+                "max_sessions_per_user": serve.max_sessions_per_user,
+                "admins": serve.admins.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+                "proxy": serve.proxy.as_ref().map(|p| serde_json::json!({
+                    "header": p.header,
+                    "trusted": p.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "secret_header": p.secret.as_ref().map(|s| s.0.clone()),
+                })),
+                "limits": {
+                    "header_read_timeout": format_duration(i64::try_from(serve.limits.header_read_timeout.as_secs()).unwrap_or(i64::MAX)),
+                    "body_timeout": format_duration(i64::try_from(serve.limits.body_timeout.as_secs()).unwrap_or(i64::MAX)),
+                    "idle_timeout": format_duration(i64::try_from(serve.limits.idle_timeout.as_secs()).unwrap_or(i64::MAX)),
+                    "max_connections": serve.limits.max_connections,
+                    "max_connections_per_ip": serve.limits.max_connections_per_ip,
+                    "max_requests_per_ip": serve.limits.max_requests_per_ip,
+                },
+            },
+        })
+    }
+
+    /// What is wrong with this config that loading it does not refuse: attestation required
+    /// with nothing to trust, TLS files missing. One sentence each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let att = &self.attestation;
+        if att.require && att.roots.is_empty() && att.allowlist.is_empty() {
+            out.push("[attestation] require = true, but neither ek_roots nor ek_allowlist names anything to trust: every TPM request would be refused".to_string());
+        }
+        if let Some((cert, key)) = &self.serve.tls {
+            for (what, file) in [("tls_cert", cert), ("tls_key", key)] {
+                match std::fs::read_to_string(file) {
+                    Err(e) => out.push(format!("[serve] {what} {}: {e}", file.display())),
+                    Ok(text) if !text.contains("-----BEGIN ") => {
+                        out.push(format!("[serve] {what} {} is not PEM", file.display()))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        out
     }
 
     /// The trust bundle for desktops: the issuer's public key(s) and what passes must say.

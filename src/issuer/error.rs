@@ -11,13 +11,14 @@ use crate::core::signer::SignError;
 
 /// Issuer exit codes (documented in the README).
 pub mod exit {
-    /// Something else failed (config, files).
+    /// Something else failed: config, files, the PIN (missing, exposed, or refused by the
+    /// token).
     pub const OTHER: i32 = 1;
     /// The request is malformed, forged or not a request.
     pub const BAD_REQUEST: i32 = 4;
     /// The policy refused the request.
     pub const POLICY: i32 = 9;
-    /// The HSM failed or refused.
+    /// The HSM failed or refused (anything but the PIN).
     pub const HSM: i32 = 10;
     /// The audit log could not be written or does not verify.
     pub const AUDIT: i32 = 11;
@@ -32,6 +33,21 @@ pub enum IssuerError {
     Config {
         /// The file.
         path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The config file is not TOML, or names a key hwpass does not know, or gives a value of
+    /// the wrong type: where, and which key.
+    #[error("config {}:{line}:{column}: {detail}", path.display())]
+    ConfigAt {
+        /// The file.
+        path: PathBuf,
+        /// Line, from 1.
+        line: usize,
+        /// Column (characters), from 1.
+        column: usize,
+        /// The key there, with its table (`serve.listen`), when the error is about a key.
+        key: Option<String>,
         /// What is wrong.
         detail: String,
     },
@@ -109,6 +125,7 @@ impl IssuerError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config { .. }
+            | Self::ConfigAt { .. }
             | Self::Key(
                 KeyError::Pin(_)
                 | KeyError::PinFileExposed { .. }
@@ -120,6 +137,8 @@ impl IssuerError {
             | Self::TooLarge { .. }
             | Self::Sessions(_)
             | Self::Revocation(_) => exit::OTHER,
+            // A PIN the token refused is the person's to fix, like a missing one (README).
+            Self::Key(k) if k.pin_refused() => exit::OTHER,
             Self::Request(_) | Self::NotFound(_) => exit::BAD_REQUEST,
             Self::Policy(_) | Self::Attest(AttestError::Missing) => exit::POLICY,
             Self::Attest(_) => exit::BAD_REQUEST,

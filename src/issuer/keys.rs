@@ -39,12 +39,25 @@ pub type ParseFn = fn(&str, &KeyOptions) -> Result<Arc<dyn KeyManager>, KeyError
 pub struct KeyOptions {
     /// Keep at most this many sessions (connections) to the key store open at once.
     pub max_sessions: Option<usize>,
+    /// Environment variables the key store's library reads for its own configuration
+    /// (`SOFTHSM2_CONF`, `KRYOPTIC_CONF`, `P11_KIT_SERVER_ADDRESS`, …), set in this process
+    /// before the library is loaded, so the CLI and the service find the same token.
+    pub module_env: Vec<(String, String)>,
 }
 
 impl KeyOptions {
     /// Options with a session limit.
     pub fn with_max_sessions(max_sessions: Option<usize>) -> Self {
-        Self { max_sessions }
+        Self {
+            max_sessions,
+            module_env: Vec::new(),
+        }
+    }
+
+    /// These options, with environment variables for the key store's library.
+    pub fn with_module_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.module_env = env;
+        self
     }
 }
 
@@ -108,6 +121,11 @@ pub enum KeyError {
 }
 
 impl KeyError {
+    /// The key store refused the PIN itself (wrong, locked, expired, malformed).
+    pub fn pin_refused(&self) -> bool {
+        self.pkcs11().is_some_and(Pkcs11Error::pin_refused)
+    }
+
     /// The PKCS#11 error inside, wherever it sits.
     pub fn pkcs11(&self) -> Option<&Pkcs11Error> {
         match self {
@@ -188,6 +206,10 @@ pub trait KeyManager: std::fmt::Debug + Send + Sync {
 pub trait IssuerKey: Signer + Send + Sync {
     /// How the store protects it, read back from the store.
     fn describe(&self) -> Result<KeyFacts, KeyError>;
+    /// Asks the store the cheapest question that needs this key's session, logged in (a
+    /// readiness probe): `Ok` when it answers; a lost session or login is recovered on the way,
+    /// as for a signature.
+    fn ping(&self) -> Result<(), KeyError>;
 }
 
 #[cfg(test)]

@@ -16,17 +16,21 @@
 //!   leaves the server only after its record is fsynced.
 //! - Logs (tracing) name requests, admins and pass ids, never tokens, PINs or request bodies.
 //!
-//! Files, each importing only those before it: `form` (the strict form-body parser),
-//! `problem` (errors as the client sees them), `committer` (the audit group commit),
-//! `service` (shared state and the sign flow), `auth` (admins, proxy, sessions, CSRF), `api`
-//! (the JSON API), `page` (the web page), `limits` (connection and request caps, timeouts),
-//! `startup` (listening, TLS, routes, process hardening, shutdown).
+//! Files, each importing only those before it: `metrics` (the Prometheus registry, filled
+//! where things happen), `form` (the strict form-body parser), `problem` (errors as the client
+//! sees them), `committer` (the audit group commit), `service` (shared state and the sign
+//! flow), `auth` (admins, proxy, sessions, CSRF), `api` (the JSON API), `page` (the web
+//! page), `limits` (connection and request caps, timeouts), `ops` (`/healthz`, `/readyz`,
+//! `/metrics`, SIGHUP reload), `startup` (listening, TLS, routes, process hardening,
+//! shutdown).
 
 mod api;
 mod auth;
 mod committer;
 mod form;
 mod limits;
+mod metrics;
+mod ops;
 mod page;
 mod problem;
 mod service;

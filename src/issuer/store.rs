@@ -567,6 +567,10 @@ pub trait AuditStore: std::fmt::Debug + Send + Sync {
     /// yet verified: see [`verify_log`]).
     fn load(&self) -> Result<LogContents, AuditError>;
 
+    /// Whether an append could be stored now, found out without storing one (the service's
+    /// `/readyz`, `config check`): the store is reachable and this process may write to it.
+    fn writable(&self) -> Result<(), AuditError>;
+
     /// Checks the whole log with [`verify_log`] (and whatever the store keeps beside it).
     fn verify(&self, trust: &AuditTrust, saved: &[String]) -> Result<Verified, AuditError> {
         verify_log(&self.load()?, trust, saved, false)

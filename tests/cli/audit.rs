@@ -724,9 +724,8 @@ fn a_batch_with_a_request_from_the_year_10000_signs_every_other_line() {
     };
     let future = hwpass::sign_request(&claims, &MemoryKey::generate()).unwrap();
     let input = [good.as_str(), good.as_str(), &future, good.as_str()].join("\n");
-    let out = issuer
-        .sign(&input, NOW, &["--batch", "--workers", "1"])
-        .ok();
+    let out = issuer.sign(&input, NOW, &["--batch", "--workers", "1"]);
+    assert_eq!(out.code, 9, "a refused line: exit 9 {out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{out:?}");
     assert!(lines[2].is_empty());

@@ -27,6 +27,24 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Held by every test that changes what is machine-wide (dpkg, the `hwpass` account,
+/// `/etc/hwpass`, `/var/lib/hwpass`: tests/cli/packages.rs) or depends on it (`init` as root
+/// looks for the `hwpass` account): one such test at a time, also across test processes (other
+/// checkouts' runs on the same machine). An advisory lock on a file in the temp dir, released
+/// when the returned file is dropped, also when the test panics.
+pub fn machine_lock() -> std::fs::File {
+    let path = std::env::temp_dir().join("hwpass-tests-machine.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .or_else(|_| std::fs::File::open(&path))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
 /// Output of one binary run.
 #[derive(Debug)]
 pub struct Run {
@@ -70,14 +88,22 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Run {
     }
 }
 
-/// A command with a clean environment: nothing from the developer's shell leaks in.
-pub fn bin(name: &str, now: i64) -> Command {
-    let path = match name {
+/// Where a binary is: where cargo built it for this test run, or in `HWPASS_TEST_BIN_DIR` when
+/// that is set (to run the tests against other builds: an installed package, an older commit).
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("HWPASS_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    PathBuf::from(match name {
         "hwpass" => env!("CARGO_BIN_EXE_hwpass"),
         "hwpass-issuer" => env!("CARGO_BIN_EXE_hwpass-issuer"),
         other => panic!("unknown binary {other}"),
-    };
-    let mut cmd = Command::new(path);
+    })
+}
+
+/// A command with a clean environment: nothing from the developer's shell leaks in.
+pub fn bin(name: &str, now: i64) -> Command {
+    let mut cmd = Command::new(bin_path(name));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HWPASS_FAKE_NOW", now.to_string());

@@ -289,7 +289,7 @@ fn suite(kind: Kind) {
     let mut cmd = issuer.cmd_with_pin(Some("wrong-pin-123"), now);
     cmd.args(["sign", "--batch", "--workers", "3"]);
     let wrong = run(cmd, Some(&input));
-    assert_eq!(wrong.code, 10, "{name}: {wrong:?}");
+    assert_eq!(wrong.code, 1, "{name}: a refused PIN is exit 1: {wrong:?}");
     assert!(
         wrong.stderr.contains("refused the PIN"),
         "{name}: {wrong:?}"
@@ -386,6 +386,7 @@ fn in_process(kind: Kind, uri: &str) {
         &uri,
         &TokenOptions {
             max_sessions: Some(2),
+            ..TokenOptions::default()
         },
     )
     .unwrap();

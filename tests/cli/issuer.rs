@@ -253,7 +253,8 @@ fn wrong_pin_is_a_clear_error_and_writes_no_audit_record() {
     let req = desk.request("alice@corp", &[]);
     issuer.pin = "wrong-pin".into();
     let out = issuer.sign(&req, NOW, &[]);
-    assert_eq!(out.code, 10, "{out:?}");
+    // README: a PIN problem is exit 1 (the person fixes the PIN), not an HSM failure (10).
+    assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("refused the PIN"), "{out:?}");
     assert!(out.stderr.contains("lock-out"), "{out:?}");
     assert!(
@@ -355,9 +356,8 @@ fn batch_signing_keeps_order_reports_refusals_and_audits_every_pass() {
     lines.insert(2, "garbage".into());
     lines.insert(9, with_payload(&ra, |p| p["sub"] = "root@corp".into()));
     let input = lines.join("\n") + "\n";
-    let out = issuer
-        .sign(&input, NOW, &["--batch", "--workers", "2", "--chunk", "7"])
-        .ok();
+    let out = issuer.sign(&input, NOW, &["--batch", "--workers", "2", "--chunk", "7"]);
+    assert_eq!(out.code, 9, "refused lines: exit 9 {out:?}");
     let outputs: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(outputs.len(), 22, "one line out per request: {out:?}");
     assert!(outputs[2].is_empty() && outputs[9].is_empty(), "{out:?}");

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod attest;
 mod audit;
 mod c_abi;
@@ -19,6 +20,8 @@ mod interop;
 mod issuer;
 mod matrix;
 mod modules;
+mod ops;
+mod packages;
 mod pg;
 mod replicas;
 mod revocation;

@@ -627,6 +627,12 @@ fn pg_replicas_start_with_a_role_without_ddl_rights_and_on_a_read_only_standby()
     );
     issuer.write_config(&issuer.pg.url("hwpass_app"), "");
     let no_ddl = issuer.replica("");
+    let (status, _, body) = no_ddl.get("/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\n"),
+        "INSERT and UPDATE suffice"
+    );
     let (status, _, body) = no_ddl.post(
         "/v1/passes",
         Some(&no_ddl.bearer()),
@@ -688,6 +694,18 @@ fn pg_replicas_start_with_a_role_without_ddl_rights_and_on_a_read_only_standby()
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&jti), "{body}");
+    // Not ready to issue, and says why.
+    let (status, kind, body) = reader.get("/readyz");
+    assert_eq!(
+        (status, kind.as_str()),
+        (503, "application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"],
+        "audit",
+        "{body}"
+    );
     // Writes are refused cleanly: 503 problem documents, never a pass.
     let (status, kind, body) = reader.post(
         "/v1/passes",

@@ -519,3 +519,70 @@ fn a_provider_that_rotated_its_keys_is_asked_again_once() {
         idp.log()
     );
 }
+
+#[test]
+fn sighup_builds_the_provider_from_the_new_config_and_keeps_used_sign_ins_and_sessions() {
+    use crate::ops::{sighup, wait_for};
+    let issuer = Issuer::new();
+    issuer.setup();
+    let olga = IdpUser::new("olga", &["hwpass-users"]);
+    let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
+    let mut c = Client::new(&server);
+    let auth = c.start();
+    let callback = at_the_provider(&server, &olga, &auth);
+    let pending = c.cookies.clone();
+    assert_eq!(c.get(&callback).status, 200);
+    let signed_in = |c: &mut Client| {
+        let home = c.get("/");
+        !home.body.contains("oidc-sign-in") && home.body.contains(&olga.email)
+    };
+    assert!(signed_in(&mut c));
+
+    // A reload that changes a group's rule: Olga stays signed in, and the answer she used
+    // stays used (a reload must not make a sign-in answer good again).
+    let applied = "hwpass_config_reloads_total{result=\"applied\"}";
+    let before = std::fs::read_to_string(&issuer.config).unwrap();
+    assert!(before.contains("passes_per_day = 2"));
+    std::fs::write(
+        &issuer.config,
+        before.replace("passes_per_day = 2", "passes_per_day = 1"),
+    )
+    .unwrap();
+    let base = {
+        let (_, _, text) = server.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(applied)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    sighup(&server);
+    wait_for(&server, applied, base + 1.0);
+    assert!(signed_in(&mut c), "sessions outlive a reload");
+    let mut replay = Client::new(&server);
+    replay.cookies = pending;
+    let again = replay.get(&callback);
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("already used"), "{}", again.body);
+    // The provider after the reload (built from the new config) still starts sign-ins there.
+    let mut fresh = Client::new(&server);
+    assert!(fresh.start().starts_with(idp.issuer()));
+
+    // Another provider in the config: people signed in through the old one are signed out,
+    // and sign-ins go to the new one (down here: the page names it).
+    let elsewhere = "http://127.0.0.1:9/other-provider";
+    let now = std::fs::read_to_string(&issuer.config).unwrap();
+    std::fs::write(
+        &issuer.config,
+        now.replace(
+            &format!("issuer = \"{}\"", idp.issuer()),
+            &format!("issuer = \"{elsewhere}\""),
+        ),
+    )
+    .unwrap();
+    sighup(&server);
+    wait_for(&server, applied, base + 2.0);
+    assert!(!signed_in(&mut c), "signed out: their provider is gone");
+    let a = Client::new(&server).get("/oidc/login");
+    assert!(a.body.contains(elsewhere), "{}: {}", a.status, a.body);
+    let (code, log) = server.stop();
+    assert_eq!(code, 0, "{log}");
+}

@@ -166,9 +166,15 @@ impl Server {
     }
 
     /// SIGTERM, wait, and return the exit code and everything logged.
-    pub fn stop(mut self) -> (i32, String) {
+    pub fn stop(self) -> (i32, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.wait()
+    }
+
+    /// Waits until the process ends (a signal sent to it, or to the service under it, by the
+    /// test), and returns the exit code and everything logged.
+    pub fn wait(mut self) -> (i32, String) {
         let status = self.child.wait().unwrap();
         let log = self.stderr.take().unwrap().join().unwrap();
         use std::os::unix::process::ExitStatusExt;

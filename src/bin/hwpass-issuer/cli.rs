@@ -9,7 +9,7 @@ use hwpass::parse_duration;
 #[derive(Parser)]
 #[command(
     name = "hwpass-issuer",
-    version,
+    version = env!("HWPASS_VERSION"),
     about = "Sign hwpass access passes with a key inside a PKCS#11 HSM"
 )]
 pub struct Cli {
@@ -27,6 +27,38 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Set up an issuer: a commented config (--config) and, with SoftHSM (the default), a
+    /// token, the key and the trust bundle. On a terminal it asks (Enter takes the default in
+    /// brackets); with --yes, or without a terminal, flags and defaults decide. Never
+    /// overwrites anything.
+    Init {
+        /// `iss` of every pass (default: this machine's host name).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// `aud` of every pass: what your desktop application expects.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Where the audit log, the revocation register and the SoftHSM token live.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// The key of an HSM set up already (an RFC 7512 pkcs11: URI) instead of a new
+        /// SoftHSM token; then make the key with `keygen`.
+        #[arg(long, value_name = "URI")]
+        key_uri: Option<String>,
+        /// The SoftHSM2 PKCS#11 module.
+        #[arg(long, value_name = "PATH", conflicts_with = "key_uri")]
+        softhsm_module: Option<PathBuf>,
+        /// The account the service runs as: it gets the state and the PIN file, and reads the
+        /// config through its group (default: `hwpass`, when it exists and init runs as root).
+        #[arg(long)]
+        user: Option<String>,
+        /// Ask nothing.
+        #[arg(long, short)]
+        yes: bool,
+        /// Print the config init would write, and write nothing.
+        #[arg(long, hide = true)]
+        print_config: bool,
+    },
     /// Create the issuer key pair inside the HSM (never overwrites an existing key).
     Keygen {
         /// Create the key under this label instead of the config's object= (the next key of a
@@ -105,6 +137,24 @@ pub enum Cmd {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish (e.g.
+    /// `source <(hwpass-issuer completion bash)`; the packages install them).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff) of this command and each subcommand into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+    /// Check the config file (TOML, keys, values, paths), that the key opens (needs the PIN)
+    /// and that the audit log can be written; print the values in force.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Inspect the audit log.
     Audit {
         #[command(subcommand)]
@@ -141,6 +191,17 @@ pub enum DbCmd {
         /// Check the log's checkpoint with the keys of this trust bundle instead of the HSM's.
         #[arg(long, value_name = "FILE")]
         trust: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Check the config and print the values in force (defaults filled in, paths resolved
+    /// against the config's folder); exit 0 when everything holds.
+    Check {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,

@@ -13,7 +13,7 @@ pub type Failure = (i32, String, Option<&'static str>);
 /// The failure a person sees for an issuer error.
 pub fn fail(e: IssuerError) -> Failure {
     let hint = match &e {
-        IssuerError::Config { .. } => Some("fix the config file (see hsm-config/softhsm.toml for a working example)"),
+        IssuerError::Config { .. } | IssuerError::ConfigAt { .. } => Some("fix the config file (`hwpass-issuer config check` checks it again; a commented example: /etc/hwpass/issuer.toml.example from the package, or hsm-config/ in the source)"),
         IssuerError::Request(TokenError::NotYetValid { .. }) => Some("the request is dated ahead of this issuer's clock: the person's computer clock is ahead; they should set it to the correct time and make a new request"),
         IssuerError::Request(TokenError::WrongDocument { found, .. }) => Some(match found {
             DocKind::Pass | DocKind::Delivery => "that is a pass this issuer signed: the person installs it with `hwpass install`; sign their request (`hwpass request`) instead",
@@ -95,7 +95,7 @@ fn key_hint(e: &KeyError) -> Option<&'static str> {
         return Some("set HWPASS_PIN or pin-source=file:/path in the key URI; the PIN is never taken from the command line");
     }
     if let KeyError::Uri(_) | KeyError::UnsupportedScheme { .. } = e {
-        return Some("fix the key uri in the config's [key] section (see hsm-config/softhsm.toml)");
+        return Some("fix the key uri in the config's [key] section (RFC 7512: pkcs11:token=…;object=…?module-path=…)");
     }
     let p = e.pkcs11()?;
     Some(match p {

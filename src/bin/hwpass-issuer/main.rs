@@ -16,7 +16,7 @@ use hwpass::issuer::{self, exit, AuditEntry, IssuerConfig, IssuerError, KeyPool,
 use hwpass::os::{self as util, FAKE_NOW_ENV};
 use hwpass::{check_text, format_duration, format_time, Jwk, Signer, TextProblem};
 
-use cli::{AuditCmd, Cli, Cmd, DbCmd};
+use cli::{AuditCmd, Cli, Cmd, ConfigCmd, DbCmd};
 use error::{fail, Failure};
 
 struct TerminalPrompt;
@@ -36,6 +36,23 @@ impl PinPrompt for TerminalPrompt {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Completion { shell } => return completion(*shell),
+        Cmd::Manpages { dir } => return manpages(dir),
+        Cmd::Init { .. } => {
+            return match init(&cli) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((code, msg, hint)) => {
+                    eprintln!("hwpass-issuer: error: {msg}");
+                    if let Some(h) = hint {
+                        eprintln!("hint: {h}");
+                    }
+                    ExitCode::from(code as u8)
+                }
+            }
+        }
+        _ => {}
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg, hint)) => {
@@ -44,6 +61,199 @@ fn main() -> ExitCode {
                 eprintln!("hint: {h}");
             }
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// Asks `question` on the terminal; Enter takes `default`.
+fn ask(question: &str, default: &str) -> Result<String, Failure> {
+    eprint!("{question} [{default}]: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| (exit::OTHER, format!("cannot read the answer: {e}"), None))?;
+    let answer = answer.trim();
+    Ok(if answer.is_empty() {
+        default.to_string()
+    } else {
+        answer.to_string()
+    })
+}
+
+/// This machine's host name, for the default issuer name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hwpass-issuer".into())
+}
+
+/// `init`: defaults, flags, answers; then the library does the work; then the next three
+/// commands.
+fn init(cli: &Cli) -> Result<(), Failure> {
+    let Cmd::Init {
+        issuer,
+        audience,
+        state_dir,
+        key_uri,
+        softhsm_module,
+        user,
+        yes,
+        print_config,
+    } = &cli.cmd
+    else {
+        return Ok(());
+    };
+    let interactive = !yes && !print_config && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut issuer = issuer.clone().unwrap_or_else(host_name);
+    let mut audience = audience.clone().unwrap_or_else(|| "hwpass-desktop".into());
+    let mut state_dir = state_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/hwpass"));
+    let mut key_uri = key_uri.clone();
+    if interactive {
+        eprintln!(
+            "hwpass-issuer init: a config in {} (Enter takes the default in brackets)",
+            cli.config.display()
+        );
+        issuer = ask("issuer name (iss of every pass)", &issuer)?;
+        audience = ask(
+            "audience (aud: what your desktop application expects)",
+            &audience,
+        )?;
+        state_dir = ask(
+            "state directory (audit log, revocations, SoftHSM token)",
+            &state_dir.display().to_string(),
+        )?
+        .into();
+        if key_uri.is_none() && softhsm_module.is_none() {
+            let key = ask(
+                "issuer key: `softhsm` for a new SoftHSM token, or the pkcs11: URI of your HSM's key",
+                "softhsm",
+            )?;
+            if key != "softhsm" {
+                key_uri = Some(key);
+            }
+        }
+    }
+    let owner = match user {
+        Some(name) => Some(issuer::Account::lookup(name).ok_or((
+            exit::OTHER,
+            format!("there is no account {name:?} on this machine"),
+            Some(
+                "create it (the package does: adduser --system hwpass) or name another with --user",
+            ),
+        ))?),
+        None if rustix::process::geteuid().is_root() => issuer::Account::lookup("hwpass"),
+        None => None,
+    };
+    let opts = issuer::InitOptions {
+        config: cli.config.clone(),
+        state_dir,
+        issuer,
+        audience,
+        key: match key_uri {
+            Some(uri) => issuer::InitKey::Uri(uri),
+            None => issuer::InitKey::SoftHsm {
+                module: softhsm_module
+                    .clone()
+                    .unwrap_or_else(|| issuer::SOFTHSM_MODULE.into()),
+            },
+        },
+        owner,
+    };
+    if *print_config {
+        print!("{}", opts.config_text());
+        return Ok(());
+    }
+    let report = issuer::init(&opts).map_err(|e| match e {
+        issuer::InitError::Issuer(e) => fail(e),
+        e @ issuer::InitError::Exists(_) => (exit::OTHER, e.to_string(), None),
+        other => (
+            exit::OTHER,
+            other.to_string(),
+            Some("nothing that was there was overwritten; remove what init made (in the config's folder and the state directory) before running it again"),
+        ),
+    })?;
+    println!("wrote the config {}", report.config.display());
+    if let Some(dir) = &report.token_dir {
+        println!("made the SoftHSM token \"hwpass\" in {}", dir.display());
+    }
+    if let Some(pin) = &report.pin_file {
+        println!(
+            "wrote its user PIN to {} (mode 0600; the config names it)",
+            pin.display()
+        );
+    }
+    if let (Some(kid), Some(bundle)) = (&report.kid, &report.trust_bundle) {
+        println!(
+            "made the issuer key (kid {kid}) and wrote the trust bundle {}",
+            bundle.display()
+        );
+    }
+    let config_arg = if cli.config == std::path::Path::new("/etc/hwpass/issuer.toml") {
+        String::new()
+    } else {
+        format!(" --config {}", cli.config.display())
+    };
+    let as_owner = match &opts.owner {
+        Some(a) => format!("sudo -u {} ", a.name),
+        None => String::new(),
+    };
+    let sudo = if opts.owner.is_some() { "sudo " } else { "" };
+    println!(
+        "
+next:"
+    );
+    match &report.trust_bundle {
+        Some(bundle) => println!(
+            "  hwpass enroll --trust issuer.jwks              # on each desktop, with {} copied there",
+            bundle.display()
+        ),
+        None => println!(
+            "  {as_owner}hwpass-issuer{config_arg} keygen            # make the key in your HSM, then `jwks > issuer.jwks` for desktops"
+        ),
+    }
+    println!(
+        "  {as_owner}hwpass-issuer{config_arg} sign < request.txt   # sign the request a desktop made (hwpass request)"
+    );
+    println!(
+        "  {sudo}hwpass-issuer{config_arg} admin-token --name admin   # for the web service: add its lines to the config, then systemctl enable --now hwpass-issuer"
+    );
+    Ok(())
+}
+
+/// `completion SHELL`: the script on stdout. Needs no config.
+fn completion(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "hwpass-issuer", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete 4.6 spells a hyphenated binary's state `hwpass__issuer__subcmd__sign`
+        // in its loop but `hwpass__subcmd__issuer__subcmd__sign` in its case arms, so nothing
+        // after a subcommand completed (clap-rs/clap#6421); spell the arms as the loop does.
+        script = String::from_utf8_lossy(&script)
+            .replace("hwpass__subcmd__issuer", "hwpass__issuer")
+            .into_bytes();
+    }
+    if std::io::Write::write_all(&mut std::io::stdout(), &script).is_err() {
+        return ExitCode::from(exit::OTHER as u8);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `manpages DIR` (hidden; ci/package): `hwpass-issuer.1` and one page per subcommand.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    let made = std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir));
+    match made {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hwpass-issuer: error: {}: {e}", dir.display());
+            ExitCode::from(exit::OTHER as u8)
         }
     }
 }
@@ -313,11 +523,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     buf
                 }
             };
-            let requests: Vec<String> = text
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect();
+            // One line out per line in: blank lines are kept (an empty line out), and every
+            // refusal names its true line number.
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            let numbered: Vec<usize> = (0..lines.len()).filter(|&i| !lines[i].is_empty()).collect();
+            let requests: Vec<String> = numbered.iter().map(|&i| lines[i].to_string()).collect();
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -342,7 +552,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let log = cfg.audit_store();
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            let (mut line, mut issued, mut refused) = (0usize, 0usize, 0usize);
+            let (mut next, mut done, mut issued, mut refused) = (0usize, 0usize, 0usize, 0usize);
+            // A progress bar only for a person watching: on a terminal, never into a pipe or log.
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    Some(requests.len() as u64),
+                    indicatif::ProgressDrawTarget::stderr(),
+                );
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} requests signed ({per_sec}, {eta} left)",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.tick();
+                bar
+            });
+            let write_err =
+                |e: std::io::Error| IssuerError::Internal(format!("cannot write the output: {e}"));
             let opts = issuer::BatchOptions {
                 lifetime: valid_for,
                 chunk,
@@ -350,7 +576,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, &notary, |items| {
                 for item in items {
-                    line += 1;
+                    // Blank input lines before this request: an empty line each.
+                    let line = numbered[done];
+                    done += 1;
+                    while next < line {
+                        writeln!(out).map_err(write_err)?;
+                        next += 1;
+                    }
+                    next += 1;
                     match item {
                         issuer::BatchItem::Issued(pass) => {
                             issued += 1;
@@ -358,16 +591,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         }
                         issuer::BatchItem::Failed(e) => {
                             refused += 1;
-                            let rec = serde_json::json!({"line": line, "exit_code": e.exit_code(), "error": e.to_string()});
-                            writeln!(report_out, "{rec}").and_then(|_| writeln!(out))
+                            let rec = serde_json::json!({"line": line + 1, "exit_code": e.exit_code(), "error": e.to_string()});
+                            if let Some(bar) = &progress {
+                                bar.suspend(|| writeln!(report_out, "{rec}"))
+                            } else {
+                                writeln!(report_out, "{rec}")
+                            }
+                            .and_then(|_| writeln!(out))
                         }
                     }
-                    .map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))?;
+                    .map_err(write_err)?;
                 }
-                out.flush().map_err(|e| IssuerError::Internal(format!("cannot write the output: {e}")))
+                if let Some(bar) = &progress {
+                    bar.set_position(done as u64);
+                }
+                out.flush().map_err(write_err)
             })
             .map_err(fail)?;
+            // Blank lines after the last request.
+            for _ in next..lines.len() {
+                writeln!(out)
+                    .map_err(|e| (exit::OTHER, format!("cannot write the output: {e}"), None))?;
+            }
+            out.flush()
+                .map_err(|e| (exit::OTHER, format!("cannot write the output: {e}"), None))?;
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+            }
             eprintln!("batch: {issued} passes issued, {refused} refused, {workers} workers");
+            if refused > 0 {
+                return Err((
+                    exit::POLICY,
+                    format!("{refused} of {} requests were refused; their lines are empty and the report names each one", requests.len()),
+                    Some("the other requests were signed and audited: hand out their passes; fix or refuse the refused ones"),
+                ));
+            }
         }
         Cmd::Sign {
             valid_for,
@@ -507,8 +765,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(fail)?;
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { json },
+        } => config_check(&cfg, json)?,
         Cmd::Audit { cmd } => audit(&cfg, cmd)?,
         Cmd::Db { cmd } => db(&cfg, cmd)?,
+        // Answered in main() without a config.
+        Cmd::Completion { .. } | Cmd::Manpages { .. } | Cmd::Init { .. } => {}
     }
     Ok(())
 }
@@ -613,6 +876,181 @@ fn db(cfg: &IssuerConfig, cmd: DbCmd) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `hwpass-issuer config check`: everything loading checks (done before this is called),
+/// then what only using the config shows: the key opens, the audit log takes an append, the
+/// attestation and TLS settings can work. Prints the values in force.
+fn config_check(cfg: &IssuerConfig, json: bool) -> Result<(), Failure> {
+    let mut problems: Vec<Failure> = cfg
+        .problems()
+        .into_iter()
+        .map(|p| (exit::OTHER, p, None))
+        .collect();
+    if let Err(e) = cfg.audit_store().writable() {
+        problems.push(fail(e.into()));
+    }
+    let kid = match cfg
+        .key
+        .unlock(&TerminalPrompt)
+        .and_then(|()| cfg.key.open())
+    {
+        Ok(key) => Some(Jwk::new(*key.verifying_key()).thumbprint()),
+        Err(e) => {
+            problems.push(key_fail(e));
+            None
+        }
+    };
+    if kid.is_some() {
+        // The keys desktops are told to trust ([key] also_trusted) must be there too.
+        if let Err(e) = issuer::trust_bundle(cfg) {
+            problems.push(fail(e));
+        }
+    }
+    let mut effective = cfg.effective();
+    effective["key"]["kid"] = kid.clone().into();
+    if json {
+        let listed: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|(code, msg, hint)| serde_json::json!({"exit_code": code, "error": msg, "hint": hint}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"ok": problems.is_empty(), "problems": listed, "effective": effective})
+        );
+    } else {
+        let e = &effective;
+        let s = |v: &serde_json::Value| match v {
+            serde_json::Value::String(t) => t.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("config        {}", s(&e["config"]));
+        println!("issuer        {}", s(&e["issuer"]));
+        println!("audience      {}", s(&e["audience"]));
+        println!(
+            "key           {} (kid {})",
+            s(&e["key"]["uri"]),
+            kid.as_deref().unwrap_or("-: does not open")
+        );
+        println!("also trusted  {}", s(&e["key"]["also_trusted"]));
+        if e["store"] == "files" {
+            println!(
+                "audit log     {} (origin {})",
+                s(&e["audit_log"]),
+                s(&e["audit"]["origin"])
+            );
+            println!("revocations   {}", s(&e["revocations"]));
+        } else {
+            println!(
+                "store         {} (audit log origin {})",
+                s(&e["store"]),
+                s(&e["audit"]["origin"])
+            );
+        }
+        let p = &e["policy"];
+        println!(
+            "policy        default {}, max {}, software {} (max {}), requests up to {} old",
+            s(&p["default_lifetime"]),
+            s(&p["max_lifetime"]),
+            if p["allow_software"] == true {
+                "allowed"
+            } else {
+                "refused"
+            },
+            s(&p["software_max_lifetime"]),
+            s(&p["max_request_age"])
+        );
+        let groups = p["group"].as_array().cloned().unwrap_or_default();
+        if groups.is_empty() && !e["oidc"].is_null() {
+            println!("groups        - (nobody gets a pass by signing in)");
+        }
+        for g in &groups {
+            println!(
+                "group         {}: {}, max {}, software {}, attestation {}, {} per day",
+                s(&g["name"]),
+                if g["allowed"] == true {
+                    "allowed"
+                } else {
+                    "shut out"
+                },
+                s(&g["max_lifetime"]),
+                if g["software"] == true {
+                    "allowed"
+                } else {
+                    "refused"
+                },
+                if g["attestation"] == true {
+                    "required"
+                } else {
+                    "optional"
+                },
+                match &g["passes_per_day"] {
+                    serde_json::Value::Null => "unlimited".to_string(),
+                    n => s(n),
+                }
+            );
+        }
+        let a = &e["attestation"];
+        println!(
+            "attestation   {}; roots {}; intermediates {}; {} allow-listed EKs",
+            if a["require"] == true {
+                "required"
+            } else {
+                "optional"
+            },
+            s(&a["ek_roots"]),
+            s(&a["ek_intermediates"]),
+            s(&a["ek_allowlist_entries"])
+        );
+        let v = &e["serve"];
+        println!(
+            "serve         {} {}, admins {}, proxy {}",
+            if v["tls"].is_null() { "http" } else { "https" },
+            s(&v["listen"]),
+            s(&v["admins"]),
+            s(&v["proxy"])
+        );
+        let o = &e["oidc"];
+        if o.is_null() {
+            println!("oidc          - (no company sign-in)");
+        } else {
+            println!(
+                "oidc          {} as client {} (secret in {}), back to {}",
+                s(&o["issuer"]),
+                s(&o["client_id"]),
+                s(&o["client_secret_file"]),
+                s(&o["redirect_url"])
+            );
+            println!(
+                "              identity claim {}, groups claim {}, scopes {}, desktop client {}, admin groups {}, CA {}, timeout {}",
+                s(&o["identity_claim"]),
+                s(&o["groups_claim"]),
+                s(&o["scopes"]),
+                s(&o["desktop_client_id"]),
+                s(&o["admin_groups"]),
+                if o["ca_file"].is_null() {
+                    "the system's".to_string()
+                } else {
+                    s(&o["ca_file"])
+                },
+                s(&o["timeout"])
+            );
+        }
+        if problems.is_empty() {
+            println!("ok: the config holds, the key opens and the audit log can be written");
+        }
+    }
+    let Some(first) = problems.first().cloned() else {
+        return Ok(());
+    };
+    for (_, msg, hint) in &problems[1..] {
+        eprintln!("hwpass-issuer: error: {msg}");
+        if let Some(h) = hint {
+            eprintln!("hint: {h}");
+        }
+    }
+    Err(first)
 }
 
 /// `hwpass-issuer audit …`.

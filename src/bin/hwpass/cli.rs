@@ -16,7 +16,7 @@ fn backend_parser() -> PossibleValuesParser {
 #[derive(Parser)]
 #[command(
     name = "hwpass",
-    version,
+    version = env!("HWPASS_VERSION"),
     about = "Request, install and check hardware-bound offline access passes"
 )]
 pub struct Cli {
@@ -121,6 +121,18 @@ pub enum Cmd {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish (e.g.
+    /// `source <(hwpass completion bash)`; the packages install them).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff) of this command and each subcommand into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
     },
     /// Decode and explain any hwpass token without trusting it.
     Inspect {

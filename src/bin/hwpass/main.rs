@@ -24,6 +24,29 @@ fn main() -> ExitCode {
         std::env::set_var("TSS2_LOG", "all+none");
     }
     let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "hwpass", &mut script);
+            if std::io::Write::write_all(&mut std::io::stdout(), &script).is_err() {
+                return ExitCode::from(exit::OTHER as u8);
+            }
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Manpages { dir } => {
+            let made = std::fs::create_dir_all(dir).and_then(|()| {
+                clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir)
+            });
+            if let Err(e) = made {
+                eprintln!("hwpass: error: {}: {e}", dir.display());
+                return ExitCode::from(exit::OTHER as u8);
+            }
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let code = run(cli);
     ExitCode::from(code as u8)
 }
@@ -77,7 +100,7 @@ fn run(cli: Cli) -> i32 {
         machine_id_file: std::env::var_os(desktop::MACHINE_ID_ENV).map(PathBuf::from),
     };
     let now = match &cli.cmd {
-        Cmd::Inspect { .. } => Ok(0),
+        Cmd::Inspect { .. } | Cmd::Completion { .. } | Cmd::Manpages { .. } => Ok(0),
         _ => now(),
     };
     let now = match now {
@@ -236,6 +259,8 @@ fn run(cli: Cli) -> i32 {
             Err(e) => report(&e),
         },
         Cmd::Inspect { token, json } => inspect(token.as_deref(), json),
+        // Answered in main() before any state is touched.
+        Cmd::Completion { .. } | Cmd::Manpages { .. } => 0,
     }
 }
 

@@ -65,6 +65,12 @@ pub enum Pkcs11Error {
         /// The URI (no query).
         uri: String,
     },
+    /// `init` found a token with the label it would give a new one.
+    #[error("a token labelled {label:?} exists already; init never overwrites a token")]
+    TokenExists {
+        /// The label.
+        label: String,
+    },
     /// `keygen` found a key where it would create one.
     #[error("the token already holds a key at {uri}; keygen never overwrites a key")]
     KeyExists {
@@ -147,6 +153,21 @@ impl Pkcs11Error {
                 detail: other.to_string(),
             },
         }
+    }
+
+    /// The token refused the PIN itself: wrong, locked, expired, or not a PIN it accepts. The
+    /// person fixes the PIN (a config or secrets matter), not the HSM.
+    pub fn pin_refused(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::PinIncorrect
+                    | RvError::PinInvalid
+                    | RvError::PinLenRange
+                    | RvError::PinLocked
+                    | RvError::PinExpired
+            )
+        )
     }
 
     /// The `CKR_*` code, when a PKCS#11 function returned one.
@@ -334,6 +355,8 @@ pub struct TokenOptions {
     /// Keep at most this many sessions open (the YubiHSM 2 allows 16 per device, shared by
     /// every application using it; a network HSM partition often has a licensed maximum).
     pub max_sessions: Option<usize>,
+    /// Environment variables set before the module is loaded (`[key] module_env`).
+    pub module_env: Vec<(String, String)>,
 }
 
 /// What hwpass learned about the token while using it.
@@ -463,6 +486,14 @@ impl Hsm {
             return Err(Pkcs11Error::ModuleMissing {
                 path: uri.module_path.clone(),
             });
+        }
+        // The module reads its own configuration from the environment when it initialises
+        // (SoftHSM: SOFTHSM2_CONF). Set once, as the token is first opened: before the
+        // commands start threads, and never again in this process (the token stays open).
+        for (name, value) in &options.module_env {
+            if std::env::var_os(name).is_none_or(|v| v != value.as_str()) {
+                std::env::set_var(name, value);
+            }
         }
         let ctx = Pkcs11::new(&uri.module_path).map_err(|e| Pkcs11Error::ModuleLoad {
             path: uri.module_path.clone(),
@@ -1284,6 +1315,17 @@ impl Signer for Pkcs11Key {
 }
 
 impl IssuerKey for Pkcs11Key {
+    fn ping(&self) -> Result<(), KeyError> {
+        // C_GetAttributeValue of the private key's CKA_SIGN: one round trip, no crypto, and
+        // only a logged-in session finds a CKA_PRIVATE object.
+        self.with_key("answer a readiness check", |session, handle| {
+            session
+                .get_attributes(handle, &[AttributeType::Sign])
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
     fn describe(&self) -> Result<KeyFacts, KeyError> {
         let p = self.protection()?;
         let private_value_readable = self.try_extract_private_value()?.is_some();
@@ -1410,6 +1452,7 @@ impl Pkcs11Manager {
             uri: Pkcs11Uri::parse(uri)?,
             options: TokenOptions {
                 max_sessions: options.max_sessions,
+                module_env: options.module_env.clone(),
             },
             shared: Arc::default(),
         }))
@@ -1480,6 +1523,70 @@ impl KeyManager for Pkcs11Manager {
     }
 }
 
+/// Initialises a token as `label` in the first slot whose token is not initialised yet (SoftHSM
+/// always keeps one such slot free), with the security officer PIN `so_pin`, and sets its user
+/// PIN: what `softhsm2-util --init-token --free` does, without putting PINs on a command line.
+/// Refuses when a token labelled `label` exists already. The module is finalised afterwards,
+/// so it can be opened again in this process.
+pub fn init_free_token(
+    module: &std::path::Path,
+    label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+) -> Result<(), Pkcs11Error> {
+    if !module.exists() {
+        return Err(Pkcs11Error::ModuleMissing {
+            path: module.to_path_buf(),
+        });
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| Pkcs11Error::ModuleLoad {
+        path: module.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    initialize(&ctx)?;
+    let done = (|| {
+        let slots = ctx
+            .get_slots_with_token()
+            .map_err(|e| Pkcs11Error::from_ck(e, "list the HSM slots"))?;
+        let mut free = None;
+        for slot in slots {
+            let info = ctx
+                .get_token_info(slot)
+                .map_err(|e| Pkcs11Error::from_ck(e, "read token information"))?;
+            if info.token_initialized() && info.label().trim() == label {
+                return Err(Pkcs11Error::TokenExists {
+                    label: label.to_string(),
+                });
+            }
+            if !info.token_initialized() && free.is_none() {
+                free = Some(slot);
+            }
+        }
+        let slot = free.ok_or_else(|| Pkcs11Error::NoToken {
+            uri: "a slot with a token not yet initialised".into(),
+            module: module.to_path_buf(),
+        })?;
+        ctx.init_token(slot, so_pin, label)
+            .map_err(|e| Pkcs11Error::from_ck(e, "initialise the token"))?;
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| Pkcs11Error::from_ck(e, "open a session"))?;
+        session
+            .login(UserType::So, Some(so_pin))
+            .map_err(|e| Pkcs11Error::from_ck(e, "log in as security officer"))?;
+        session
+            .init_pin(user_pin)
+            .map_err(|e| Pkcs11Error::from_ck(e, "set the user PIN"))?;
+        session
+            .logout()
+            .map_err(|e| Pkcs11Error::from_ck(e, "log out"))
+    })();
+    let finalized = ctx
+        .finalize()
+        .map_err(|e| Pkcs11Error::from_ck(e, "finalize the PKCS#11 module"));
+    done.and(finalized)
+}
+
 /// The PIN: the URI's `pin-source`, else [`PIN_ENV`], else the prompt. Never argv.
 ///
 /// A PIN read from an environment variable is removed from this process's environment at
@@ -1489,9 +1596,17 @@ impl KeyManager for Pkcs11Manager {
 /// to its owner only.
 pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretString, KeyError> {
     let from_env = |var: &str| {
-        let pin = std::env::var(var)
+        let mut pin = std::env::var(var)
             .map_err(|_| KeyError::Pin(format!("the PIN variable {var} is not set")))?;
         std::env::remove_var(var);
+        // `HWPASS_PIN=$(cat pin)` loses the newline, `$'1234\n'` or an env file may keep it:
+        // one trailing newline is not part of the PIN (sent, it counts towards the lock-out).
+        if pin.ends_with('\n') {
+            pin.pop();
+            if pin.ends_with('\r') {
+                pin.pop();
+            }
+        }
         Ok::<_, KeyError>(pin)
     };
     let pin = match &uri.pin_source {
@@ -1512,6 +1627,7 @@ pub fn resolve_pin(uri: &Pkcs11Uri, prompt: &dyn PinPrompt) -> Result<SecretStri
                 });
             }
             let text = std::fs::read_to_string(path).map_err(cannot)?;
+            // The first line, without its newline (`echo 1234 > pin` writes one).
             text.lines().next().unwrap_or_default().to_string()
         }
         None if std::env::var_os(PIN_ENV).is_some() => from_env(PIN_ENV)?,

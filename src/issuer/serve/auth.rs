@@ -224,8 +224,12 @@ impl Service {
                 .web
                 .session(&session_key(&sid), now)
                 .map_err(IssuerError::Sessions)?;
-            // A session the service cannot read back (written by another version) is none.
-            if let Some(s) = stored.and_then(|s| serde_json::from_str::<Session>(&s.data).ok()) {
+            // A session the service cannot read back (written by another version) is none; so
+            // is one the config in force no longer allows.
+            if let Some(s) = stored
+                .and_then(|s| serde_json::from_str::<Session>(&s.data).ok())
+                .and_then(|s| self.in_force(s))
+            {
                 return Ok(WebSession {
                     csrf: self.mac("session", &sid),
                     user: Some(s.user),
@@ -251,6 +255,31 @@ impl Service {
             set_cookie: (!bound).then(|| self.cookie(LOGIN_COOKIE, &nonce, None)),
             bound,
         })
+    }
+
+    /// A stored session as the config in force sees it (a SIGHUP may have changed it, or
+    /// another replica's config opened it): a token admin must still be listed, a person's
+    /// provider must still be `[oidc]`'s, and their admin rights follow `admin_groups` now.
+    fn in_force(&self, mut s: Session) -> Option<Session> {
+        match &s.person {
+            None => {
+                // Token admins; a proxy's users have no sessions.
+                if !self
+                    .cfg
+                    .serve
+                    .admins
+                    .iter()
+                    .any(|(name, _)| *name == s.user)
+                {
+                    return None;
+                }
+            }
+            Some(p) => {
+                let oidc = self.cfg.oidc.as_ref().filter(|o| o.issuer == p.idp)?;
+                s.admin = oidc.admin_groups.iter().any(|g| p.groups.contains(g));
+            }
+        }
+        Some(s)
     }
 
     /// Whether a posted form's token is this browser's.

@@ -4,11 +4,14 @@
 //! (PostgreSQL), the appends only add entries, and a second thread takes part in choosing the
 //! one replica that signs the checkpoints ([`Checkpointer`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
+use super::metrics;
 use super::problem::ApiError;
 use crate::core::signer::Signer;
 use crate::issuer::config::IssuerConfig;
@@ -31,6 +34,8 @@ type Reply = oneshot::Sender<Result<(), Arc<AuditError>>>;
 /// before the next append, so a repaired log is taken up without a restart.
 pub(super) struct Committer {
     tx: std::sync::mpsc::Sender<(AuditRecord, Reply)>,
+    /// The log verified (at start, or at the last append): what `/readyz` reports.
+    healthy: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -60,10 +65,20 @@ impl Committer {
             None => false,
         };
         let (tx, rx) = std::sync::mpsc::channel::<(AuditRecord, Reply)>();
+        let shown = Arc::new(AtomicBool::new(false));
+        let healthy_flag = shown.clone();
+        // Verified before start returns, so `/readyz` is right from the first request. `shown`
+        // is false only for a log known not to verify; a store out of reach is for `/readyz`'s
+        // write check to report.
+        let verified = log.verify(&trust, &[]);
+        shown.store(
+            verified.as_ref().is_ok() || verified.as_ref().is_err_and(|e| e.is_transient()),
+            Ordering::SeqCst,
+        );
         std::thread::spawn(move || {
             let signer: &(dyn Signer + Sync) = &*key;
             let notary = Notary::new(&trust, signer);
-            let mut healthy = match log.verify(&trust, &[]) {
+            let mut healthy = match verified {
                 Ok(_) => true,
                 // Nothing known to be wrong with the log: check it at the next append.
                 Err(e) if e.is_transient() => {
@@ -90,16 +105,21 @@ impl Committer {
                     true => Ok(()),
                     false => log.verify(&trust, &[]).map(|_| ()),
                 };
+                let start = Instant::now();
                 let result = checked
                     .and_then(|()| match shared {
                         true => log.append_entries(&mut entries, &notary),
                         false => log.append(&mut entries, &notary).map(|_| ()),
                     })
                     .map_err(Arc::new);
+                metrics::get().audit_commit.observe(metrics::since(start));
                 // A database that went away says nothing about the log: no need to read it
-                // all again once it is back.
-                healthy =
-                    result.as_ref().is_ok() || result.as_ref().is_err_and(|e| e.is_transient());
+                // all again once it is back (and a log not verified yet stays to be verified).
+                let transient = result.as_ref().is_err_and(|e| e.is_transient());
+                healthy = result.is_ok() || (healthy && transient);
+                if !transient {
+                    healthy_flag.store(result.is_ok(), Ordering::SeqCst);
+                }
                 if let Err(e) = &result {
                     error!(error = %e, records = entries.len(), "audit log failed: no pass of this group was issued");
                 }
@@ -110,7 +130,12 @@ impl Committer {
             }
             debug!("audit writer stopped");
         });
-        Ok(Self { tx })
+        Ok(Self { tx, healthy: shown })
+    }
+
+    /// Whether the log verified at start or at the last append (signing stops while not).
+    pub(super) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
     }
 
     pub(super) async fn commit(&self, record: AuditRecord) -> Result<(), ApiError> {

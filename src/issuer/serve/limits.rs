@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use super::metrics;
 use super::problem::ApiError;
 use super::service::{Shared, MAX_BODY};
 
@@ -70,6 +71,7 @@ impl LimitAcceptor {
             return Err("max_connections_per_ip");
         }
         *n += 1;
+        metrics::get().open_connections.inc();
         Ok(Place {
             open: self.open.clone(),
             ip,
@@ -88,6 +90,7 @@ struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
+        metrics::get().open_connections.dec();
         let mut per_ip = self.open.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n = n.saturating_sub(1);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::committer::Committer;
+use super::metrics;
 use super::problem::ApiError;
 use crate::core::claims::PassClaims;
 use crate::core::jwk::Jwks;
@@ -29,7 +30,7 @@ pub(super) struct Service {
     pub(super) cfg: IssuerConfig,
     pub(super) pool: Arc<KeyPool<Box<dyn IssuerKey>>>,
     pub(super) bundle: Jwks,
-    pub(super) audit: Committer,
+    pub(super) audit: Arc<Committer>,
     pub(super) audit_store: Arc<dyn AuditStore>,
     pub(super) register: Arc<dyn RevocationStore>,
     /// Signed-in sessions and used sign-in states: in this process, or in the database that
@@ -42,14 +43,40 @@ pub(super) struct Service {
     /// The listener speaks TLS.
     pub(super) tls: bool,
     /// Requests in progress, per peer address.
-    pub(super) in_flight: Mutex<HashMap<IpAddr, usize>>,
+    pub(super) in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// The last signed deny list: its sequence number, when it was signed, the list.
     pub(super) denylist: Mutex<Option<(u64, i64, String)>>,
     /// The OpenID provider people sign in with (`[oidc]`).
     pub(super) provider: Option<Provider>,
     /// Held while a person's passes are counted and their next one signed, so two at once
-    /// cannot both pass the `passes_per_day` count.
-    pub(super) self_service: tokio::sync::Mutex<()>,
+    /// cannot both pass the `passes_per_day` count; shared across a SIGHUP, like the counts
+    /// (they are read from the audit log).
+    pub(super) self_service: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why a config without admins, proxy or provider is refused (at start and on reload).
+pub(super) const NOBODY_CAN_SIGN_IN: &str = "nobody can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`), [serve.proxy] or [oidc]";
+
+/// Whether anybody could sign in under `cfg`: a token admin, a proxy's user or a person
+/// through the OpenID provider.
+pub(super) fn anyone_can_sign_in(cfg: &IssuerConfig) -> bool {
+    !cfg.serve.admins.is_empty() || cfg.serve.proxy.is_some() || cfg.oidc.is_some()
+}
+
+/// The OpenID provider `[oidc]` names, through an HTTP agent of its own (`ca_file`,
+/// `timeout`). It is discovered at the first sign-in, not here: the service starts (and admins
+/// sign in with their tokens) while it is down. A SIGHUP builds it again from the new config.
+pub(super) fn provider(cfg: &IssuerConfig) -> Result<Option<crate::oidc::Provider>, IssuerError> {
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| IssuerError::Internal(format!("{what}: {e}"));
+    let Some(o) = &cfg.oidc else {
+        return Ok(None);
+    };
+    let agent = crate::sys::http_agent(o.ca_file.as_deref(), o.timeout)
+        .map_err(|e| internal("[oidc] ca_file", &e))?;
+    crate::oidc::Provider::new(&o.issuer, agent)
+        .map(Some)
+        .map_err(|e| internal("[oidc] issuer", &e))
 }
 
 /// A signed deny list is reused for this long while nothing changed (an anonymous GET must
@@ -217,10 +244,27 @@ pub(super) async fn approve(
     .await
 }
 
+/// [`issue_unmetered`], counted in the metrics (issued by kind, refused by reason).
+pub(super) async fn issue(
+    svc: &Shared,
+    request: String,
+    lifetime: Option<i64>,
+    asker: &Asker,
+) -> Result<Issued, ApiError> {
+    let result = issue_unmetered(svc, request, lifetime, asker).await;
+    metrics::count_issue(
+        result
+            .as_ref()
+            .map(|i| i.claims.hwb.kind.as_str())
+            .map_err(|e| e.parts().1),
+    );
+    result
+}
+
 /// Verifies, approves and signs on the blocking pool, then waits for the audit record's
 /// group commit. The pass is returned only once its record is durable. A person's passes in
 /// the last day are counted first, under a lock, against their group's `passes_per_day`.
-pub(super) async fn issue(
+async fn issue_unmetered(
     svc: &Shared,
     request: String,
     lifetime: Option<i64>,

@@ -16,13 +16,16 @@ use tracing::{info, warn};
 use super::api;
 use super::committer::Committer;
 use super::limits::{per_request, LimitAcceptor};
+use super::metrics::Timed;
+use super::ops::{self, load_tls, Live};
 use super::page;
 use super::problem::ApiError;
-use super::service::{Service, Shared, MAX_BODY};
+use super::service::{anyone_can_sign_in, provider, Service, Shared, MAX_BODY, NOBODY_CAN_SIGN_IN};
 use super::signin;
 use crate::issuer::config::IssuerConfig;
 use crate::issuer::error::IssuerError;
 use crate::issuer::keys::pool::KeyPool;
+use crate::issuer::keys::IssuerKey;
 use crate::issuer::sign;
 
 /// What [`harden_process`] made sure of.
@@ -81,16 +84,21 @@ pub fn run(
     listen: Option<SocketAddr>,
     ready: impl FnOnce(&str),
 ) -> Result<(), IssuerError> {
-    if cfg.serve.admins.is_empty() && cfg.serve.proxy.is_none() && cfg.oidc.is_none() {
+    if !anyone_can_sign_in(&cfg) {
         return Err(IssuerError::Config {
             path: "[serve]".into(),
-            detail: "nobody can sign in: add [[serve.admins]] (see `hwpass-issuer admin-token`), [serve.proxy] or [oidc]".into(),
+            detail: NOBODY_CAN_SIGN_IN.into(),
         });
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| IssuerError::Internal(format!("{what}: {e}"));
+    // Each signature timed into the metrics.
     let keys = (0..cfg.serve.hsm_sessions)
-        .map(|_| cfg.key.open())
+        .map(|_| {
+            cfg.key
+                .open()
+                .map(|k| Box::new(Timed(k)) as Box<dyn IssuerKey>)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let bundle = sign::trust_bundle(&cfg)?;
     let addr = listen.unwrap_or(cfg.serve.listen);
@@ -105,26 +113,14 @@ pub fn run(
     }
     let audit_store = cfg.audit_store();
     let register = cfg.revocation_store();
-    let audit = Committer::start(audit_store.clone(), &cfg)?;
+    let audit = Arc::new(Committer::start(audit_store.clone(), &cfg)?);
     let web = cfg
         .session_store()
         .map_err(|e| internal("web sessions", &e))?;
     let csrf_key = web
         .web_key()
         .map_err(|e| internal("the web page's key", &e))?;
-    // The provider is discovered at the first sign-in, not here: the service starts (and
-    // admins sign in with their tokens) while it is down.
-    let provider = match &cfg.oidc {
-        Some(o) => {
-            let agent = crate::sys::http_agent(o.ca_file.as_deref(), o.timeout)
-                .map_err(|e| internal("[oidc] ca_file", &e))?;
-            Some(
-                crate::oidc::Provider::new(&o.issuer, agent)
-                    .map_err(|e| internal("[oidc] issuer", &e))?,
-            )
-        }
-        None => None,
-    };
+    let provider = provider(&cfg)?;
     let svc = Arc::new(Service {
         cfg,
         pool: Arc::new(KeyPool::new(keys)),
@@ -135,10 +131,10 @@ pub fn run(
         web,
         csrf_key,
         tls: tls.is_some(),
-        in_flight: Mutex::new(HashMap::new()),
+        in_flight: Arc::new(Mutex::new(HashMap::new())),
         denylist: Mutex::new(None),
         provider,
-        self_service: tokio::sync::Mutex::new(()),
+        self_service: Arc::new(tokio::sync::Mutex::new(())),
     });
     let limits = svc.cfg.serve.limits.clone();
     let max_connections = connection_cap(limits.max_connections);
@@ -154,7 +150,6 @@ pub fn run(
         limits.max_connections_per_ip,
         limits.idle_timeout,
     );
-    let app = router(svc.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,25 +162,25 @@ pub fn run(
             info!("shutting down: no new connections, finishing requests in flight");
             stopper.graceful_shutdown(Some(Duration::from_secs(10)));
         });
-        let make = app.into_make_service_with_connect_info::<SocketAddr>();
+        // The certificate and key are read (and must parse) before anything says "listening".
+        let tls_config = match &tls {
+            Some((cert, key)) => Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                load_tls(cert, key).await?,
+            )),
+            None => None,
+        };
+        // Each request goes to the router of the config in force; SIGHUP reloads it.
+        let live = Live::new(svc.clone(), router, tls_config.clone());
+        live.reload_on_sighup()
+            .map_err(|e| internal("SIGHUP handler", &e))?;
+        let make = live
+            .app()
+            .into_make_service_with_connect_info::<SocketAddr>();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{local}");
         info!(%url, kid = %svc.bundle.keys[0].0, sessions = svc.pool.size(), "hwpass issuing service listening");
-        let served = match tls {
-            Some((cert, key)) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                    .await
-                    .map_err(|e| {
-                        internal(
-                            &format!("TLS certificate {} / key {}", cert.display(), key.display()),
-                            &e,
-                        )
-                    })?;
-                // HTTP/1.1 only (its header-read timeout is what cuts slow clients).
-                let mut inner = (*config.get_inner()).clone();
-                inner.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(inner));
+        let served = match tls_config {
+            Some(config) => {
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
                     .handshake_timeout(limits.header_read_timeout)
                     .acceptor(acceptor);
@@ -268,7 +263,7 @@ fn router(svc: Shared) -> Router {
         .route("/v1/self/passes", post(api::self_sign))
         .route("/oidc/login", get(signin::login))
         .route("/oidc/callback", get(signin::callback))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(ops::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

@@ -650,6 +650,47 @@ impl AuditStore for FileAuditLog {
         self.load_shared().map(|(log, _, _)| log)
     }
 
+    fn writable(&self) -> Result<(), AuditError> {
+        let io = |path: &Path, source: std::io::Error| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The log is appended to, the checkpoint replaced by a rename in its directory: the
+        // log must open for appending, and the directory (or, before the first append
+        // creates it, the nearest existing parent) must take a new file.
+        if self.path.exists() {
+            OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| io(&self.path, e))?;
+        }
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let existing = dir
+            .ancestors()
+            .find(|d| d.as_os_str().is_empty() || d.exists())
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !existing.is_dir() {
+            return Err(io(
+                existing,
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce).map_err(|e| io(existing, std::io::Error::other(e)))?;
+        let probe = existing.join(format!(".hwpass-probe-{}", hex::encode(nonce)));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| io(existing, e))?;
+        std::fs::remove_file(&probe).map_err(|e| io(&probe, e))
+    }
+
     fn verify(&self, trust: &AuditTrust, saved: &[String]) -> Result<Verified, AuditError> {
         let (log, ends, state) = self.load_shared()?;
         let verified = verify_log(&log, trust, saved, false)?;

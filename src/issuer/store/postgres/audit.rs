@@ -442,6 +442,46 @@ impl AuditStore for PgStore {
         Ok(self.check_schema()?)
     }
 
+    /// The schema is this build's, the database is not a standby in recovery, and this role
+    /// may add entries: what an append needs, found out without one.
+    fn writable(&self) -> Result<(), AuditError> {
+        self.check_schema()?;
+        let doing = "checking that the audit log can be written";
+        let refused = |code: &str, message: &str| DbError::Refused {
+            at: self.at().to_string(),
+            doing,
+            code: code.into(),
+            message: message.into(),
+        };
+        self.block_on(async {
+            let client = self.client(doing).await?;
+            let row = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), \
+                     has_table_privilege('hwpass_audit_entries', 'INSERT') \
+                     AND has_table_privilege('hwpass_audit_head', 'UPDATE')",
+                    &[],
+                )
+                .await
+                .map_err(self.error(doing))?;
+            let (standby, may): (bool, bool) = (row.get(0), row.get(1));
+            if standby {
+                return Err(refused(
+                    "25006",
+                    "a standby in recovery: it cannot take audit entries",
+                ));
+            }
+            if !may {
+                return Err(refused(
+                    "42501",
+                    "this role may not add audit entries (INSERT on hwpass_audit_entries, UPDATE on hwpass_audit_head)",
+                ));
+            }
+            Ok(())
+        })??;
+        Ok(())
+    }
+
     /// Appends, then signs a checkpoint covering the log (waiting for a leader's round in
     /// progress), as a one-off signer: for the CLI.
     fn append(
