@@ -1289,7 +1289,15 @@ impl IssuerConfig {
             // password) and the files `db import` would read.
             "store": match &self.storage {
                 Storage::Files { .. } => "files".to_string(),
-                Storage::Postgres { store, .. } => format!("postgres {}", store.at()),
+                Storage::Postgres { store, .. } => format!(
+                    "postgres {}{}",
+                    store.at(),
+                    if store.uses_tls() {
+                        " (TLS, the server checked against [store] ca_file)"
+                    } else {
+                        " (no TLS)"
+                    }
+                ),
             },
             "audit_log": match &self.storage {
                 Storage::Files { audit_log, .. } => Some(shown(audit_log)),

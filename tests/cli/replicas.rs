@@ -952,6 +952,15 @@ fn pg_over_tls_checks_the_servers_certificate_against_the_configured_ca() {
         tls >= 1 && plain == 0,
         "{tls} TLS and {plain} plain connections"
     );
+    let check = issuer.run(&["config", "check", "--json"], None);
+    let check: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    assert!(
+        check["effective"]["store"]
+            .as_str()
+            .unwrap()
+            .ends_with("(TLS, the server checked against [store] ca_file)"),
+        "{check}"
+    );
     assert_eq!(
         issuer
             .pg

@@ -264,6 +264,11 @@ impl PgStore {
         })
     }
 
+    /// Whether connections use TLS, checked against `[store] ca_file`.
+    pub fn uses_tls(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
     /// The database, for messages: `user@host:port/dbname`.
     pub fn at(&self) -> &str {
         &self.inner.shown
