@@ -392,3 +392,57 @@ fn a_missing_tls_certificate_fails_before_listening_is_logged() {
     assert!(!out.stderr.contains("listening"), "{out:?}");
     assert!(out.stderr.contains("missing-cert.pem"), "{out:?}");
 }
+
+#[test]
+fn a_replaced_admin_token_ends_the_web_sessions_opened_with_it() {
+    let issuer = Issuer::new();
+    issuer.setup();
+    let server = Server::start(&issuer, "");
+    let stolen = web_login(&server, &server.token);
+    assert!(signed_in(&server, &stolen));
+    // Alice's leaked token replaced by a new one under the same name.
+    let fresh = issuer.run(&["admin-token", "--name", "alice"], None).ok();
+    let fresh_token = fresh.line();
+    let fresh_block: String = fresh
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = std::fs::read_to_string(&issuer.config).unwrap();
+    let at = config.find("[[serve.admins]]").expect("an admin block");
+    let end = config[at..]
+        .find("token_sha256")
+        .map(|i| at + i + config[at + i..].find('\n').unwrap_or(config.len() - at - i))
+        .unwrap();
+    assert!(
+        config[at..end].contains("\"alice\""),
+        "{}",
+        &config[at..end]
+    );
+    std::fs::write(
+        &issuer.config,
+        format!("{}{fresh_block}{}", &config[..at], &config[end..]),
+    )
+    .unwrap();
+    sighup(&server);
+    wait_for(
+        &server,
+        "hwpass_config_reloads_total{result=\"applied\"}",
+        1.0,
+    );
+    assert!(
+        !signed_in(&server, &stolen),
+        "the session opened with the replaced token ended"
+    );
+    let (status, _, _) = answer(
+        server
+            .agent()
+            .get(&format!("{}/v1/issuances", server.url))
+            .set("Authorization", &server.bearer())
+            .call(),
+    );
+    assert_eq!(status, 401, "the replaced token is refused");
+    let renewed = web_login(&server, &fresh_token);
+    assert!(signed_in(&server, &renewed), "the new token signs alice in");
+}

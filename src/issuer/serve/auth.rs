@@ -263,14 +263,16 @@ impl Service {
     fn in_force(&self, mut s: Session) -> Option<Session> {
         match &s.person {
             None => {
-                // Token admins; a proxy's users have no sessions.
-                if !self
-                    .cfg
-                    .serve
-                    .admins
-                    .iter()
-                    .any(|(name, _)| *name == s.user)
-                {
+                // Token admins, by name and the token they signed in with (a proxy's users have
+                // no sessions).
+                let listed = s.token_sha256.as_deref().is_some_and(|t| {
+                    self.cfg
+                        .serve
+                        .admins
+                        .iter()
+                        .any(|(name, hash)| *name == s.user && hex::encode(hash) == t)
+                });
+                if !listed {
                     return None;
                 }
             }
@@ -294,6 +296,7 @@ impl Service {
         user: String,
         admin: bool,
         person: Option<Person>,
+        token_sha256: Option<String>,
         now: i64,
     ) -> Result<[HeaderValue; 2], ApiError> {
         let sid = random_id()?;
@@ -302,6 +305,7 @@ impl Service {
             user: user.clone(),
             admin,
             person,
+            token_sha256,
         })
         .map_err(|e| IssuerError::Internal(format!("a web session: {e}")))?;
         self.web

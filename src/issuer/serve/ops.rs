@@ -295,14 +295,15 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     let bundle = sign::trust_bundle(&cfg)?;
     // The OpenID provider as the new config names it (discovered again at the next sign-in).
     let provider = provider(&cfg)?;
-    // An admin whose token the new config no longer lists is signed out everywhere (also
-    // checked whenever a session is read, as is a person's provider and admin group).
+    // An admin whose token the new config no longer lists (removed, or replaced under the
+    // same name) is signed out everywhere (also checked whenever a session is read, as is a
+    // person's provider and admin group).
     let removed: Vec<String> = was
         .serve
         .admins
         .iter()
+        .filter(|(name, hash)| !cfg.serve.admins.iter().any(|(n, h)| n == name && h == hash))
         .map(|(name, _)| name.clone())
-        .filter(|name| !cfg.serve.admins.iter().any(|(n, _)| n == name))
         .collect();
     if !removed.is_empty() {
         if let Err(e) = old.web.end_sessions_of(&removed) {

@@ -380,7 +380,10 @@ pub(super) async fn login(
         Some(user) => {
             tracing::info!(user = %user, "web sign-in");
             // A new session id at sign-in: nothing a browser held before becomes a session.
-            let cookies = svc.sign_in(user, true, None, now()?)?;
+            let token_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                token.trim().as_bytes(),
+            ));
+            let cookies = svc.sign_in(user, true, None, Some(token_sha256), now()?)?;
             let mut resp = see_other("/");
             for c in cookies {
                 resp.headers_mut().append(header::SET_COOKIE, c);

@@ -95,6 +95,10 @@ pub(super) struct Session {
     pub(super) admin: bool,
     /// What the provider said, for people who signed in through it.
     pub(super) person: Option<Person>,
+    /// A token admin's session: the SHA-256 (hex) of the token they signed in with, so that
+    /// replacing a leaked token under the same name ends the sessions opened with it.
+    #[serde(default)]
+    pub(super) token_sha256: Option<String>,
 }
 
 pub(super) fn now() -> Result<i64, ApiError> {

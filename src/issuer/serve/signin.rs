@@ -211,7 +211,13 @@ pub(super) async fn callback(
     }
     info!(who = %person.identity, idp = %person.idp, admin = admin_group.is_some(), "company sign-in");
     let identity = person.identity.clone();
-    let cookies = svc.sign_in(identity.clone(), admin_group.is_some(), Some(person), now)?;
+    let cookies = svc.sign_in(
+        identity.clone(),
+        admin_group.is_some(),
+        Some(person),
+        None,
+        now,
+    )?;
     // A page, not a redirect: the session cookie is SameSite=Strict, and a browser still in
     // the provider's cross-site redirect chain would not send it to "/".
     let body = format!(
