@@ -301,12 +301,29 @@ impl StoreSection {
             ),
             None => None,
         };
+        // Everything that makes the connections, hashed (the password and the CA file's
+        // contents included, never shown).
+        let mut h = sha2::Sha256::new();
+        h.update(self.postgres.as_bytes());
+        h.update([0]);
+        if let Some(p) = &password {
+            use secrecy::ExposeSecret as _;
+            h.update(p.expose_secret().as_bytes());
+        }
+        h.update([0]);
+        if let Some(ca) = &self.ca_file {
+            h.update(std::fs::read(base.join(ca)).unwrap_or_default());
+        }
+        h.update([0]);
+        h.update(format!("{max_connections} {checkpoint_interval:?}").as_bytes());
+        let fingerprint = hex::encode(h.finalize());
         PgStore::new(PgOptions {
             url: self.postgres,
             password,
             max_connections,
             checkpoint_interval,
             tls,
+            fingerprint,
         })
         .map_err(config)
     }

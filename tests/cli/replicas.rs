@@ -881,6 +881,23 @@ fn pg_over_tls_checks_the_servers_certificate_against_the_configured_ca() {
         plain.stderr.contains("no encryption"),
         "PostgreSQL's refusal is shown: {plain:?}"
     );
+    // A host on the network without a CA: refused unless the URL itself accepts plaintext.
+    issuer.write_config("postgresql://hwpass@db.invalid:5432/hwpass", "");
+    let remote = issuer.run(&["db", "migrate"], None);
+    assert_eq!(remote.code, 1, "{remote:?}");
+    assert!(
+        remote.stderr.contains("no [store] ca_file") && remote.stderr.contains("sslmode=disable"),
+        "{remote:?}"
+    );
+    issuer.write_config(
+        "postgresql://hwpass@db.invalid:5432/hwpass?sslmode=disable",
+        "",
+    );
+    let accepted = issuer.run(&["db", "migrate"], None);
+    assert!(
+        accepted.code != 0 && !accepted.stderr.contains("ca_file"),
+        "plaintext accepted when asked for; the host is then not found: {accepted:?}"
+    );
     // sslmode=require without a CA to check the server against is refused before connecting.
     issuer.write_config(&format!("{url}?sslmode=require"), "");
     let no_ca = issuer.run(&["db", "migrate"], None);

@@ -221,7 +221,7 @@ fn storage_of(cfg: &IssuerConfig) -> String {
             audit_log,
             revocations,
         } => format!("files {} {}", audit_log.display(), revocations.display()),
-        Storage::Postgres { store, .. } => format!("postgres {}", store.at()),
+        Storage::Postgres { store, .. } => format!("postgres {}", store.fingerprint()),
     }
 }
 
@@ -275,7 +275,6 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
     if !restart.is_empty() {
         warn!(settings = %restart.join("; "), "changed settings that take effect only after a restart; the old values stay in force until then");
         cfg.module_env = was.module_env.clone();
-        cfg.storage = was.storage.clone();
         cfg.audit_origin = was.audit_origin.clone();
         cfg.serve.listen = was.serve.listen;
         cfg.serve.hsm_sessions = was.serve.hsm_sessions;
@@ -284,8 +283,11 @@ fn reloaded(old: &Service, mut cfg: IssuerConfig) -> Result<Service, IssuerError
             cfg.serve.tls = was.serve.tls.clone();
         }
     }
-    // The same key (its sessions stay open), and the keys desktops are told to trust.
+    // The same key (its sessions stay open), and the keys desktops are told to trust; the same
+    // store, always (its connections, its TLS and the audit writer's are one pool: a changed
+    // `[store]` waits for the restart the warning above asks for).
     cfg.key = was.key.clone();
+    cfg.storage = was.storage.clone();
     if !anyone_can_sign_in(&cfg) {
         return Err(IssuerError::Config {
             path: cfg.source.clone(),

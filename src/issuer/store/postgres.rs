@@ -149,6 +149,9 @@ pub struct PgOptions {
     /// TLS, trusting only `[store] ca_file`'s CA certificates; none: plain TCP or a Unix
     /// socket.
     pub tls: Option<rustls::ClientConfig>,
+    /// Identifies these settings (the URL, the password, the CA certificates, the limits), to
+    /// tell whether a reloaded config changed them.
+    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -176,6 +179,7 @@ struct Inner {
     max_connections: usize,
     checkpoint_interval: Duration,
     tls: Option<MakeRustlsConnect>,
+    fingerprint: String,
     /// The runtime and pool, made on first use (commands that never touch the store start no
     /// threads).
     connected: OnceLock<Result<Connected, String>>,
@@ -205,6 +209,16 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Longest wait for a pooled connection, for a new connection, and for a connection check.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,7 +246,15 @@ impl PgStore {
                 return Err("[store] postgres asks for sslmode=require: name the CA that signed the server's certificate in [store] ca_file (docs/replicas.md, \"Reaching PostgreSQL\")".into());
             }
             None => {
-                // Without a CA, no TLS: "prefer" would not fall back here but fail.
+                // Without a CA, no TLS: for a Unix socket or this machine; over the network
+                // only when the URL says so itself (sslmode=disable), never silently.
+                let remote = config.get_hosts().iter().any(|h| match h {
+                    tokio_postgres::config::Host::Tcp(name) => !is_loopback(name),
+                    tokio_postgres::config::Host::Unix(_) => false,
+                });
+                if remote && config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable {
+                    return Err("[store] postgres names a host on the network but no [store] ca_file: name the CA that signed the server's certificate there (TLS), or add sslmode=disable to the URL to accept an unencrypted connection (docs/replicas.md, \"Reaching PostgreSQL\")".into());
+                }
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 None
             }
@@ -259,9 +281,15 @@ impl PgStore {
                 max_connections: options.max_connections.max(1),
                 checkpoint_interval: options.checkpoint_interval,
                 tls,
+                fingerprint: options.fingerprint,
                 connected: OnceLock::new(),
             }),
         })
+    }
+
+    /// Identifies the settings this store was made with ([`PgOptions::fingerprint`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
     }
 
     /// Whether connections use TLS, checked against `[store] ca_file`.
