@@ -33,7 +33,7 @@ pub use keys::{
     Registration, UriError, REGISTRY,
 };
 pub use policy::{Policy, PolicyError};
-pub use serve::{harden_process, run as serve, Hardened};
+pub use serve::{harden_process, hold_sighup, run as serve, Hardened};
 pub use sign::{
     approve, audit_trust, issue, publish_denylist, revoke_device, revoke_pass, sign_one,
     trust_bundle, Approved, MAX_DELIVERY_LEN,

@@ -38,4 +38,4 @@ mod signin;
 mod startup;
 
 pub use self::form::{encode_form, parse_form, Fields, FormError};
-pub use self::startup::{harden_process, run, Hardened};
+pub use self::startup::{harden_process, hold_sighup, run, Hardened};

@@ -446,3 +446,58 @@ fn a_replaced_admin_token_ends_the_web_sessions_opened_with_it() {
     let renewed = web_login(&server, &fresh_token);
     assert!(signed_in(&server, &renewed), "the new token signs alice in");
 }
+
+#[test]
+fn a_sighup_while_the_service_starts_does_not_end_it() {
+    use std::io::{BufRead as _, Write as _};
+    let issuer = Issuer::new();
+    issuer.setup();
+    let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
+    let snippet: String = made
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The PIN from a FIFO: `serve` waits there, mid start-up, until the test writes it.
+    let fifo = issuer.dir.path().join("pin-fifo");
+    let mut mk = Command::new("mkfifo");
+    mk.args(["-m", "600"]).arg(&fifo);
+    assert_eq!(run(mk, None).code, 0);
+    let config = std::fs::read_to_string(&issuer.config).unwrap().replacen(
+        "libsofthsm2.so\"",
+        &format!("libsofthsm2.so&pin-source=file:{}\"", fifo.display()),
+        1,
+    ) + &format!("\n[serve]\nhsm_sessions = 2\n{snippet}\n");
+    std::fs::write(&issuer.config, config).unwrap();
+    let mut cmd = issuer.cmd(NOW);
+    cmd.env_remove("HWPASS_PIN")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Opening the FIFO for writing returns once `serve` opened it to read the PIN.
+    let mut pin = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut hup = Command::new("kill");
+    hup.args(["-HUP", &child.id().to_string()]);
+    assert_eq!(run(hup, None).code, 0);
+    // Written after the signal: a process that the SIGHUP ended never reads it.
+    let _ = writeln!(pin, "{PIN}");
+    drop(pin);
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        first.starts_with("listening on ") && alive,
+        "serve survives a SIGHUP during start-up: {first:?}, {status:?}\n{err}"
+    );
+}

@@ -370,10 +370,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // A long-running service holds the PIN (and reads the proxy secret with the config): no
     // core dump may carry them, and no other process of this user may read its memory.
     let hardened = match cli.cmd {
-        Cmd::Serve { .. } => Some(issuer::harden_process().map_err(|e| {
+        Cmd::Serve { .. } => Some(issuer::hold_sighup().and_then(|()| issuer::harden_process().map_err(|e| e.to_string())).map_err(|e| {
             (
                 exit::OTHER,
-                format!("cannot disable core dumps (PR_SET_DUMPABLE, RLIMIT_CORE): {e}"),
+                format!("cannot prepare the process (SIGHUP held, core dumps off: PR_SET_DUMPABLE, RLIMIT_CORE): {e}"),
                 None,
             )
         })?),

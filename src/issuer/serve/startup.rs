@@ -76,6 +76,23 @@ fn connection_cap(configured: usize) -> usize {
     }
 }
 
+/// Until the service's own SIGHUP handler is in place — after the HSM, the audit log and the
+/// database have answered, which can take seconds — a SIGHUP (`systemctl reload` right after
+/// `start`) must not end the process: that is its default action, and systemd counts it as a
+/// clean exit and does not restart the unit. Registering tokio's handler once installs it for
+/// the life of the process; a SIGHUP before the service listens for it is dropped (the config
+/// is read at start anyway).
+pub fn hold_sighup() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("a runtime for the SIGHUP handler: {e}"))?;
+    let _enter = rt.enter();
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map(drop)
+        .map_err(|e| format!("the SIGHUP handler: {e}"))
+}
+
 /// Runs the service until SIGINT or SIGTERM, then stops accepting and lets requests in flight
 /// finish (up to 10 s). `ready` receives the address actually listened on.
 /// The key must be unlocked ([`crate::issuer::KeyManager::unlock`]) first.
