@@ -195,6 +195,23 @@ fn http(agent: &ureq::Agent) -> impl Fn(HttpRequest) -> Result<HttpResponse, Htt
     }
 }
 
+#[cfg(feature = "desktop")]
+/// A provider's device authorization answer with its times bounded: the code lives at most an
+/// hour, and polls are 1 to 60 s apart, so that no answer makes the desktop wait for days or
+/// overflow a clock (the poller adds the interval, and 5 s on each `slow_down`).
+fn bounded(
+    details: CoreDeviceAuthorizationResponse,
+) -> Result<CoreDeviceAuthorizationResponse, serde_json::Error> {
+    let mut v = serde_json::to_value(&details)?;
+    if let Some(e) = v.get("expires_in").and_then(serde_json::Value::as_u64) {
+        v["expires_in"] = e.min(3600).into();
+    }
+    if let Some(i) = v.get("interval").and_then(serde_json::Value::as_u64) {
+        v["interval"] = i.clamp(1, 60).into();
+    }
+    serde_json::from_value(v)
+}
+
 #[cfg(feature = "issuer")]
 /// What a verified ID token says about the person.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -580,6 +597,8 @@ impl Provider {
         let details: CoreDeviceAuthorizationResponse = req
             .request(&http(&self.agent))
             .map_err(|e| self.token_error(e))?;
+        let details = bounded(details)
+            .map_err(|e| self.unavailable(format!("its device authorization answer: {e}")))?;
         Ok(DeviceCode {
             verification_uri: details.verification_uri().to_string(),
             verification_uri_complete: details
@@ -691,6 +710,29 @@ fn claims_error(e: &ClaimsVerificationError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "desktop")]
+    #[test]
+    fn a_providers_device_code_times_are_bounded() {
+        let answer = |expires: u64, interval: u64| -> CoreDeviceAuthorizationResponse {
+            serde_json::from_value(serde_json::json!({
+                "device_code": "d", "user_code": "U", "verification_uri": "https://idp.example/device",
+                "expires_in": expires, "interval": interval,
+            }))
+            .unwrap()
+        };
+        let b = bounded(answer(9_223_372_036_854_775_807, u64::MAX / 2)).unwrap();
+        assert_eq!(b.expires_in(), Duration::from_secs(3600));
+        assert_eq!(b.interval(), Duration::from_secs(60));
+        let b = bounded(answer(600, 0)).unwrap();
+        assert_eq!(b.expires_in(), Duration::from_secs(600));
+        assert_eq!(b.interval(), Duration::from_secs(1));
+        let b = bounded(answer(300, 5)).unwrap();
+        assert_eq!(
+            (b.expires_in(), b.interval()),
+            (Duration::from_secs(300), Duration::from_secs(5))
+        );
+    }
 
     #[test]
     fn claims_beyond_the_standard_ones_are_kept_by_name() {

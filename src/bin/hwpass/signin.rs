@@ -194,14 +194,16 @@ impl SignInPrompt for Terminal {
     }
 
     fn show(&self, code: &SignInCode) {
-        self.expires.set(Some(Instant::now() + code.expires_in));
+        self.expires
+            .set(Instant::now().checked_add(code.expires_in));
         let qr_target = code
             .verification_uri_complete
             .as_deref()
             .unwrap_or(&code.verification_uri);
         let mut out = format!(
             "hwpass: sign in with your company account to get a pass for this computer:\n  open  {}\n  code  {}\n",
-            code.verification_uri, code.user_code
+            printable(&code.verification_uri),
+            printable(&code.user_code)
         );
         if let Some(qr) = qr(qr_target) {
             let what = if code.verification_uri_complete.is_some() {
@@ -219,7 +221,9 @@ impl SignInPrompt for Terminal {
     }
 
     fn sleep(&self, d: Duration) {
-        let until = Instant::now() + d;
+        let Some(until) = Instant::now().checked_add(d) else {
+            return;
+        };
         loop {
             self.countdown();
             let now = Instant::now();
@@ -236,13 +240,21 @@ impl SignInPrompt for Terminal {
         let group = who
             .group
             .as_deref()
-            .map(|g| format!(" (group {g})"))
+            .map(|g| format!(" (group {})", printable(g)))
             .unwrap_or_default();
         eprintln!(
             "hwpass: signed in as {}{group}; asking the service for a pass",
-            who.identity
+            printable(&who.identity)
         );
     }
+}
+
+/// Text from the provider or the service, for the terminal: control characters (escape
+/// sequences that could redraw the screen or reach the clipboard) shown as `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Time left on the code, rounded up: `4m 05s`, `42s` (a code just shown for 5 minutes says

@@ -92,10 +92,11 @@ async fn readyz(State(svc): State<Shared>) -> Response {
 /// The metrics in the OpenMetrics text format; the deny list's sequence number is read now.
 async fn metrics_text(State(svc): State<Shared>) -> Response {
     let register = svc.register.clone();
-    if let Ok(Ok(reg)) = tokio::task::spawn_blocking(move || register.load()).await {
+    // One number, not the register (an anonymous scrape must stay cheap).
+    if let Ok(Ok(seq)) = tokio::task::spawn_blocking(move || register.seq()).await {
         metrics::get()
             .denylist_sequence
-            .set(i64::try_from(reg.seq).unwrap_or(i64::MAX));
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
     }
     typed(
         metrics::get().render(),
