@@ -281,6 +281,14 @@ impl Module {
     }
 
     /// The key URI of `object` in this module's token.
+    /// The process id of a helper (`p11-kit server`, …).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.id())
+    }
+
     pub fn uri(&self, object: &str) -> String {
         format!(
             "pkcs11:token={};object={object}?module-path={}",

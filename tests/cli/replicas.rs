@@ -985,3 +985,37 @@ fn pg_over_tls_checks_the_servers_certificate_against_the_configured_ca() {
         1
     );
 }
+
+#[test]
+fn pg_readyz_with_a_hung_hsm_answers_at_once_while_an_earlier_check_still_waits() {
+    let mut issuer = PgIssuer::new(Kind::P11Kit);
+    issuer.setup();
+    let replica = issuer.replica("");
+    assert_eq!(replica.get("/readyz").0, 200);
+    // The network HSM hangs: its server process stopped, calls to it wait.
+    let pid = issuer.module.pid_of("p11-kit server").unwrap().to_string();
+    // The server and the process it forked for each client connection.
+    let signal = |sig: &str| {
+        let mut children = std::process::Command::new("pkill");
+        children.args([sig, "-P", &pid]);
+        run(children, None);
+        let mut cmd = std::process::Command::new("kill");
+        cmd.args([sig, &pid]);
+        assert_eq!(run(cmd, None).code, 0);
+    };
+    signal("-STOP");
+    let (status, _, first) = replica.get("/readyz");
+    let (again, _, second) = replica.get("/readyz");
+    signal("-CONT");
+    assert_eq!(status, 503, "{first}");
+    assert!(first.contains("did not answer within 3 s"), "{first}");
+    assert_eq!(again, 503, "{second}");
+    assert!(
+        second.contains("an earlier readiness check is still waiting for the HSM"),
+        "no second thread waits for the hung HSM: {second}"
+    );
+    assert!(
+        poll(Duration::from_secs(10), || replica.get("/readyz").0 == 200),
+        "ready again once the HSM answers"
+    );
+}

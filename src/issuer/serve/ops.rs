@@ -37,8 +37,24 @@ pub(super) fn routes() -> Router<Shared> {
 /// 200 when a pass could be issued now; otherwise 503 with a problem naming what is not
 /// ready (the full error goes to the log, not to an anonymous client).
 async fn readyz(State(svc): State<Shared>) -> Response {
+    // One check at a time: a check still waiting for a hung HSM (its caller timed out) holds
+    // this, and later callers are answered at once instead of tying up more threads.
+    static CHECKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if CHECKING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return not_ready(
+            "hsm",
+            "an earlier readiness check is still waiting for the HSM".into(),
+        );
+    }
     let worker = svc.clone();
     let check = tokio::task::spawn_blocking(move || -> Result<(), (&'static str, String)> {
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                CHECKING.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _done = Done;
         if !worker.audit.healthy() {
             return Err((
                 "audit",
@@ -73,20 +89,23 @@ async fn readyz(State(svc): State<Shared>) -> Response {
     };
     match outcome {
         Ok(()) => "ready\n".into_response(),
-        Err((reason, detail)) => {
-            let body = serde_json::json!({
-                "type": "urn:hwpass:problem:not-ready",
-                "title": "Not ready",
-                "status": 503,
-                "reason": reason,
-                "detail": detail,
-            });
-            typed(
-                (StatusCode::SERVICE_UNAVAILABLE, body.to_string()),
-                "application/problem+json",
-            )
-        }
+        Err((reason, detail)) => not_ready(reason, detail),
     }
+}
+
+/// A 503 problem naming what is not ready.
+fn not_ready(reason: &'static str, detail: String) -> Response {
+    let body = serde_json::json!({
+        "type": "urn:hwpass:problem:not-ready",
+        "title": "Not ready",
+        "status": 503,
+        "reason": reason,
+        "detail": detail,
+    });
+    typed(
+        (StatusCode::SERVICE_UNAVAILABLE, body.to_string()),
+        "application/problem+json",
+    )
 }
 
 /// The metrics in the OpenMetrics text format; the deny list's sequence number is read now.
