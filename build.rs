@@ -27,14 +27,18 @@ fn main() {
             // a worktree, HEAD is in its git dir and refs are in the common dir).
             let dir = git(&["rev-parse", "--git-dir"]).map(PathBuf::from)?;
             let common = git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from)?;
-            println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+            // Only files that exist: cargo treats a missing one as always changed, and would
+            // run this script (and rebuild the crate) on every build.
+            let watch = |p: PathBuf| {
+                if p.exists() {
+                    println!("cargo:rerun-if-changed={}", p.display());
+                }
+            };
+            watch(dir.join("HEAD"));
             if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                println!("cargo:rerun-if-changed={}", common.join(head_ref).display());
+                watch(common.join(head_ref));
             }
-            println!(
-                "cargo:rerun-if-changed={}",
-                common.join("packed-refs").display()
-            );
+            watch(common.join("packed-refs"));
             git(&["rev-parse", "--short=12", "HEAD"])
         });
     let full = match commit {
