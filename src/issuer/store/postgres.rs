@@ -180,6 +180,10 @@ struct Inner {
     checkpoint_interval: Duration,
     tls: Option<MakeRustlsConnect>,
     fingerprint: String,
+    /// Web-session calls in flight at most: a quarter of the connections (at least one), so
+    /// that any number of requests with made-up session cookies cannot take every connection
+    /// from the audit writer and the checkpoint leader.
+    web_gate: tokio::sync::Semaphore,
     /// The runtime and pool, made on first use (commands that never touch the store start no
     /// threads).
     connected: OnceLock<Result<Connected, String>>,
@@ -282,9 +286,15 @@ impl PgStore {
                 checkpoint_interval: options.checkpoint_interval,
                 tls,
                 fingerprint: options.fingerprint,
+                web_gate: tokio::sync::Semaphore::new((options.max_connections / 4).max(1)),
                 connected: OnceLock::new(),
             }),
         })
+    }
+
+    /// Waits for a turn among the web-session calls ([`Inner::web_gate`]).
+    pub(crate) async fn web_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.inner.web_gate.acquire().await.ok()
     }
 
     /// Identifies the settings this store was made with ([`PgOptions::fingerprint`]).

@@ -4,7 +4,9 @@
 //! (503).
 //!
 //! Called from the service's async handlers: each call leaves the async worker for the
-//! duration (`block_in_place`) and runs on the store's own runtime.
+//! duration (`block_in_place`) and runs on the store's own runtime, and at most a quarter of
+//! the store's connections serve session calls at once (a flood of made-up session cookies
+//! cannot starve the audit writer).
 
 use super::{DbError, PgStore};
 use crate::issuer::store::{SessionStore, StoredSession};
@@ -14,7 +16,12 @@ impl PgStore {
         &self,
         f: impl std::future::Future<Output = Result<R, DbError>>,
     ) -> Result<R, DbError> {
-        tokio::task::block_in_place(|| self.block_on(f))?
+        tokio::task::block_in_place(|| {
+            self.block_on(async {
+                let _turn = self.web_turn().await;
+                f.await
+            })
+        })?
     }
 }
 
