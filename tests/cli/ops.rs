@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::service::{answer, cookie_in, csrf_in, sign_body, Server};
+use crate::service::{admin_block, answer, cookie_in, csrf_in, sign_body, Server};
 
 /// `GET /metrics` as text.
 fn scrape(server: &Server) -> String {
@@ -261,12 +261,7 @@ fn sighup_reloads_config_admins_and_policy_keeps_sessions_and_refuses_a_bad_conf
     // A second admin, and a longer software maximum, in the config on disk.
     let bob = issuer.run(&["admin-token", "--name", "bob"], None).ok();
     let bob_token = bob.line();
-    let bob_lines: String = bob
-        .stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let bob_lines = admin_block(&bob);
     let original = std::fs::read_to_string(&issuer.config).unwrap();
     let bearer_bob = format!("Bearer {bob_token}");
     let (status, _, _) = server.post("/v1/passes", Some(&bearer_bob), &sign_body(&request, None));
@@ -373,12 +368,7 @@ fn a_missing_tls_certificate_fails_before_listening_is_logged() {
     let issuer = Issuer::new();
     issuer.setup();
     let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
-    let snippet: String = made
-        .stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let snippet = admin_block(&made);
     let mut config = std::fs::read_to_string(&issuer.config).unwrap();
     config.push_str(&format!(
         "\n[serve]\ntls_cert = \"missing-cert.pem\"\ntls_key = \"missing-key.pem\"\n{snippet}\n"
@@ -403,12 +393,7 @@ fn a_replaced_admin_token_ends_the_web_sessions_opened_with_it() {
     // Alice's leaked token replaced by a new one under the same name.
     let fresh = issuer.run(&["admin-token", "--name", "alice"], None).ok();
     let fresh_token = fresh.line();
-    let fresh_block: String = fresh
-        .stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let fresh_block = admin_block(&fresh);
     let config = std::fs::read_to_string(&issuer.config).unwrap();
     let at = config.find("[[serve.admins]]").expect("an admin block");
     let end = config[at..]
@@ -453,12 +438,7 @@ fn a_sighup_while_the_service_starts_does_not_end_it() {
     let issuer = Issuer::new();
     issuer.setup();
     let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
-    let snippet: String = made
-        .stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let snippet = admin_block(&made);
     // The PIN from a FIFO: `serve` waits there, mid start-up, until the test writes it.
     let fifo = issuer.dir.path().join("pin-fifo");
     let mut mk = Command::new("mkfifo");

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::common::*;
 use crate::modules::{Kind, Module, MODULE_PIN};
-use crate::service::Server;
+use crate::service::{admin_block, Server};
 
 /// The newest PostgreSQL server programs installed (`/usr/lib/postgresql/<major>/bin`).
 fn pg_bin() -> PathBuf {
@@ -460,12 +460,7 @@ impl PgIssuer {
         }
         let made = self.run(&["admin-token", "--name", "alice"], None).ok();
         let token = made.line();
-        let snippet: String = made
-            .stderr
-            .lines()
-            .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let snippet = admin_block(&made);
         let mut config = std::fs::read_to_string(&self.config).unwrap();
         config.push_str(&format!(
             "\n[serve]\nhsm_sessions = 2\n{extra}\n{snippet}\n"

@@ -29,12 +29,7 @@ impl Server {
             !made.stderr.contains(&token),
             "the token is printed once, on stdout"
         );
-        let snippet: String = made
-            .stderr
-            .lines()
-            .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let snippet = admin_block(&made);
         let mut config = std::fs::read_to_string(&issuer.config).unwrap();
         config.push_str(&format!(
             "\n[serve]\nhsm_sessions = 2\n{extra}\n{snippet}\n"
@@ -88,12 +83,7 @@ impl Server {
         );
         let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
         let token = made.line();
-        let snippet: String = made
-            .stderr
-            .lines()
-            .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let snippet = admin_block(&made);
         let mut config = std::fs::read_to_string(&issuer.config).unwrap();
         config.push_str(&format!("\n[serve]\nhsm_sessions = 2\n{snippet}\n{oidc}"));
         std::fs::write(&issuer.config, config).unwrap();
@@ -586,6 +576,15 @@ fn a_proxy_trusted_by_a_loopback_address_alone_is_a_config_error() {
             "{trusted}: {out:?}"
         );
     }
+}
+
+/// The `[[serve.admins]]` block that `admin-token` printed on stderr, to add to a config.
+pub fn admin_block(made: &Run) -> String {
+    made.stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Scrapes the CSRF token out of a page.

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::service::{answer, csrf_in, proxy_secret, sign_body, Server};
+use crate::service::{admin_block, answer, csrf_in, proxy_secret, sign_body, Server};
 
 fn addr(server: &Server) -> SocketAddr {
     server
@@ -107,12 +107,7 @@ fn a_bounded_slowloris_is_cut_while_honest_clients_are_served() {
     // Short timeouts, and an open-file limit of 256: fewer than the attack's sockets.
     let made = issuer.run(&["admin-token", "--name", "alice"], None).ok();
     let token = made.line();
-    let snippet: String = made
-        .stderr
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.admins]]"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let snippet = admin_block(&made);
     let mut config = std::fs::read_to_string(&issuer.config).unwrap();
     config.push_str(&format!(
         "\n[serve]\nhsm_sessions = 2\nheader_read_timeout = \"1s\"\nbody_timeout = \"1s\"\nidle_timeout = \"2s\"\n{snippet}\n"
