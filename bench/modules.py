@@ -8,10 +8,7 @@ Prints one Markdown table with min / median / max of the ratio.
 """
 import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# ci/bench exports where cargo put the binaries (CARGO_TARGET_DIR moves them).
-REL = os.path.join(os.environ.get("HWPASS_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
-ISSUER = os.path.join(REL, "hwpass-issuer")
+from common import ISSUER, REL, ROOT, free_port_pair, sh
 PIN, SO_PIN = "bench-pin-1234", "bench-so-pin-1234"
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
@@ -22,13 +19,6 @@ KRYOPTIC = os.path.join(os.environ.get("HWPASS_CACHE", os.path.expanduser("~/.ca
                         f"kryoptic-{KRYOPTIC_VERSION}", "libkryoptic_pkcs11.so")
 
 
-def sh(cmd, env=None, stdin=None, check=True):
-    r = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()[-400:]}")
-    return r
-
-
 def wait_for(ready, limit=20):
     start = time.time()
     while time.time() - start < limit:
@@ -36,22 +26,6 @@ def wait_for(ready, limit=20):
             return True
         time.sleep(0.02)
     return False
-
-
-def free_port_pair():
-    while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            pass
-        finally:
-            s.close()
-            t.close()
 
 
 class Module:

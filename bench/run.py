@@ -5,42 +5,25 @@ then the batch-size and worker-count scaling. Needs the release build and the ex
 """
 import json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# ci/bench exports where cargo put the binaries (CARGO_TARGET_DIR moves them).
-REL = os.path.join(os.environ.get("HWPASS_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
-ISSUER, HWPASS = os.path.join(REL, "hwpass-issuer"), os.path.join(REL, "hwpass")
+from common import HWPASS, ISSUER, REL, ROOT, CommandFailed, free_port_pair as free_port
+from common import sh as run_checked
+
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "bench-pin-1234"
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 
 
 def sh(cmd, env=None, stdin=None, check=True):
-    r = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed: {r.stderr}")
-    return r
+    try:
+        return run_checked(cmd, env=env, stdin=stdin, check=check)
+    except CommandFailed as e:
+        raise SystemExit(f"bench: {' '.join(e.cmd)} failed: {e.stderr}")
 
 
 def timed(cmd, env=None, stdin=None):
     t = time.perf_counter()
     sh(cmd, env=env, stdin=stdin)
     return time.perf_counter() - t
-
-
-def free_port():
-    while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            pass
-        finally:
-            s.close()
-            t.close()
 
 
 def main():
