@@ -526,10 +526,12 @@ impl Provider {
         })
     }
 
-    fn token_error<RE: std::error::Error + 'static>(
-        &self,
-        e: RequestTokenError<RE, StandardErrorResponse<CoreErrorResponseType>>,
-    ) -> OidcError {
+    /// A token endpoint's failure (code exchange or device grant, whose error codes differ).
+    fn token_error<RE, T>(&self, e: RequestTokenError<RE, StandardErrorResponse<T>>) -> OidcError
+    where
+        RE: std::error::Error + 'static,
+        T: openidconnect::ErrorResponseType + AsRef<str> + std::fmt::Display,
+    {
         match e {
             RequestTokenError::ServerResponse(r) => {
                 OidcError::Refused(match r.error_description() {
@@ -658,32 +660,12 @@ impl Provider {
                         None => "access_denied".into(),
                     })
                 }
-                other => self.device_error(other),
+                other => self.token_error(other),
             })?;
         let token = answer
             .id_token()
             .ok_or_else(|| OidcError::Token("the provider sent no ID token".into()))?;
         Ok(token.to_string())
-    }
-
-    #[cfg(feature = "desktop")]
-    fn device_error<RE: std::error::Error + 'static>(
-        &self,
-        e: RequestTokenError<RE, openidconnect::DeviceCodeErrorResponse>,
-    ) -> OidcError {
-        match e {
-            RequestTokenError::ServerResponse(r) => {
-                OidcError::Refused(match r.error_description() {
-                    Some(d) => format!("{}: {d}", r.error().as_ref()),
-                    None => r.error().as_ref().to_string(),
-                })
-            }
-            RequestTokenError::Request(e) => self.unavailable(e),
-            RequestTokenError::Parse(_, _) => {
-                self.unavailable("its token endpoint sent an answer that is not a token response")
-            }
-            RequestTokenError::Other(o) => self.unavailable(o),
-        }
     }
 }
 
