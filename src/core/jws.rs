@@ -220,7 +220,18 @@ fn check_alg_typ(d: &Decoded, typ: &'static str) -> Result<(), TokenError> {
 }
 
 fn claims<C: serde::de::DeserializeOwned>(d: &Decoded) -> Result<C, TokenError> {
-    d.payload()?;
+    check_strict(&d.payload_bytes).map_err(|detail| TokenError::Json {
+        part: "payload",
+        detail,
+    })?;
+    // One strict JSON value: an object exactly when it opens with `{` (serde's derive would
+    // also read a struct from an array).
+    if d.payload_bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(TokenError::Json {
+            part: "payload",
+            detail: "not a JSON object".into(),
+        });
+    }
     // From the bytes, not the Value: serde's derive refuses duplicate keys only there.
     serde_json::from_slice(&d.payload_bytes).map_err(|e| TokenError::Json {
         part: "claims",

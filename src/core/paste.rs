@@ -9,6 +9,13 @@
 
 /// The token a person pasted, with transport damage undone.
 pub fn clean(text: &str) -> String {
+    // The usual case, a token pasted whole: nothing to undo.
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return text.to_string();
+    }
     // Mail quoting first, line by line: "> > eyJ…" → "eyJ…".
     let unquoted: Vec<&str> = text
         .lines()

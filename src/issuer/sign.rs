@@ -178,17 +178,14 @@ pub fn approve_for(
     // What mail and chat do to a pasted request is undone first; the verification stays
     // strict. Another kind of document is named for what it is.
     let request = clean(request);
-    match identify(&request) {
-        DocKind::Request | DocKind::Unknown => {}
-        found => {
-            return Err(TokenError::WrongDocument {
-                found,
-                expected: DocKind::Request,
-            }
-            .into())
-        }
-    }
-    let req = verify_request(&request, now)?;
+    // A request that verifies is a request; only a refused one is looked at for what it is.
+    let req = verify_request(&request, now).map_err(|e| match identify(&request) {
+        DocKind::Request | DocKind::Unknown => e,
+        found => TokenError::WrongDocument {
+            found,
+            expected: DocKind::Request,
+        },
+    })?;
     let validity = match person {
         Some(p) => {
             if req.claims.sub != p.identity {
