@@ -529,9 +529,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let numbered: Vec<usize> = (0..lines.len()).filter(|&i| !lines[i].is_empty()).collect();
             let requests: Vec<String> = numbered.iter().map(|&i| lines[i].to_string()).collect();
             cfg.key.unlock(&TerminalPrompt).map_err(key_fail)?;
-            let workers = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .max(1);
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers = workers.unwrap_or(cores).max(1);
             // One session per worker, logged in once (a login covers every session).
             let keys = (0..workers)
                 .map(|_| cfg.key.open())
@@ -573,6 +572,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 lifetime: valid_for,
                 chunk,
                 now,
+                verifiers: cores,
             };
             issuer::issue_batch(&cfg, &requests, &opts, &keys, &*log, &notary, |items| {
                 for item in items {
