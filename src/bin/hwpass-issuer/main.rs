@@ -1,6 +1,12 @@
 //! `hwpass-issuer`: the admin's tool. Thin: parse arguments ([`cli`]), call the library,
 //! print; every hint a person reads is in [`error`].
 
+/// jemalloc for the whole process on Linux: its exported `malloc` also serves the PKCS#11
+/// module and OpenSSL, which allocate on every signature (Cargo.toml says why).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod cli;
 mod error;
 
