@@ -89,6 +89,7 @@ pub enum Cmd {
         #[arg(long)]
         batch: bool,
         /// Batch: signing threads, each with its own HSM session (default: the CPU count).
+        /// Requests are verified on one thread per CPU whatever this says.
         #[arg(long, requires = "batch")]
         workers: Option<usize>,
         /// Batch: requests per audit-log fsync.
