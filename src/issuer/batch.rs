@@ -201,7 +201,7 @@ mod tests {
     use crate::core::jws::sign_request;
     use crate::core::signer::{MemoryKey, SignError};
     use crate::issuer::store::file::FileAuditLog;
-    use crate::issuer::store::AuditTrust;
+    use crate::issuer::store::{AuditError, AuditTrust};
 
     const NOW: i64 = 1_800_000_000;
 
@@ -294,5 +294,91 @@ mod tests {
         );
         let v = log.verify(&trust, &[]).unwrap();
         assert_eq!((v.records, v.checkpoint.unwrap().size), (4, 4));
+    }
+
+    /// Runs a batch of `requests` on two signing keys and three verifying threads, in chunks
+    /// of `chunk`; `after_emit` runs after each chunk is emitted. Returns the result, the
+    /// emitted chunks and the records of the audit log as it verifies afterwards.
+    fn run_batch(
+        dir: &std::path::Path,
+        requests: &[String],
+        chunk: usize,
+        mut after_emit: impl FnMut() + Send,
+    ) -> (
+        Result<(), IssuerError>,
+        Vec<Vec<BatchItem>>,
+        Result<u64, AuditError>,
+    ) {
+        let cfg = config(dir);
+        let keys = KeyPool::new(vec![MemoryKey::generate(), MemoryKey::generate()]);
+        let audit_key = MemoryKey::generate();
+        let trust = AuditTrust::new("test/audit", [*audit_key.verifying_key()]).unwrap();
+        let log = FileAuditLog::new(dir.join("audit.jsonl"));
+        let opts = BatchOptions {
+            lifetime: None,
+            chunk,
+            now: NOW,
+            verifiers: 3,
+        };
+        let mut emitted = Vec::new();
+        let notary = Notary::new(&trust, &audit_key);
+        let r = issue_batch(&cfg, requests, &opts, &keys, &log, &notary, |items| {
+            emitted.push(items);
+            after_emit();
+            Ok(())
+        });
+        let records = log.verify(&trust, &[]).map(|v| v.records);
+        (r, emitted, records)
+    }
+
+    #[test]
+    fn results_come_out_in_input_order_across_chunks_threads_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let requests: Vec<String> = (0..11)
+            .map(|i| match i % 4 {
+                1 => "not a request".to_string(),
+                3 => request(" "),
+                _ => request(&format!("u{i}@corp")),
+            })
+            .collect();
+        let (r, emitted, records) = run_batch(dir.path(), &requests, 3, || {});
+        r.unwrap();
+        assert_eq!(records.unwrap(), 6);
+        assert_eq!(
+            emitted.iter().map(Vec::len).collect::<Vec<_>>(),
+            [3, 3, 3, 2]
+        );
+        for (i, item) in emitted.iter().flatten().enumerate() {
+            match item {
+                BatchItem::Issued(pass) => {
+                    assert_eq!(i % 2, 0, "line {i} was signed");
+                    let payload = b64url_decode(pass.split('.').nth(1).unwrap()).unwrap();
+                    let sub = format!("\"sub\":\"u{i}@corp\"");
+                    assert!(
+                        String::from_utf8(payload).unwrap().contains(&sub),
+                        "line {i}"
+                    );
+                }
+                BatchItem::Failed(e) => assert_eq!(i % 2, 1, "line {i}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_log_edited_under_a_running_batch_stops_it_and_no_later_chunk_is_emitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let requests: Vec<String> = (0..8).map(|i| request(&format!("u{i}@corp"))).collect();
+        // After the first chunk is durable and handed out, someone edits its last record.
+        let (r, emitted, records) = run_batch(dir.path(), &requests, 2, || {
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text.replacen("u1@corp", "u9@corp", 1)).unwrap();
+        });
+        assert!(records.is_err());
+        assert!(matches!(r, Err(IssuerError::Audit(_))), "{r:?}");
+        // Chunks already signed behind it are never handed out.
+        assert_eq!(emitted.len(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 }
