@@ -296,19 +296,22 @@ mod tests {
         assert_eq!((v.records, v.checkpoint.unwrap().size), (4, 4));
     }
 
+    /// What a test batch did.
+    struct Ran {
+        result: Result<(), IssuerError>,
+        emitted: Vec<Vec<BatchItem>>,
+        /// The records of the audit log, as it verifies afterwards.
+        records: Result<u64, AuditError>,
+    }
+
     /// Runs a batch of `requests` on two signing keys and three verifying threads, in chunks
-    /// of `chunk`; `after_emit` runs after each chunk is emitted. Returns the result, the
-    /// emitted chunks and the records of the audit log as it verifies afterwards.
+    /// of `chunk`; `after_emit` runs after each chunk is emitted.
     fn run_batch(
         dir: &std::path::Path,
         requests: &[String],
         chunk: usize,
         mut after_emit: impl FnMut() + Send,
-    ) -> (
-        Result<(), IssuerError>,
-        Vec<Vec<BatchItem>>,
-        Result<u64, AuditError>,
-    ) {
+    ) -> Ran {
         let cfg = config(dir);
         let keys = KeyPool::new(vec![MemoryKey::generate(), MemoryKey::generate()]);
         let audit_key = MemoryKey::generate();
@@ -322,13 +325,16 @@ mod tests {
         };
         let mut emitted = Vec::new();
         let notary = Notary::new(&trust, &audit_key);
-        let r = issue_batch(&cfg, requests, &opts, &keys, &log, &notary, |items| {
+        let result = issue_batch(&cfg, requests, &opts, &keys, &log, &notary, |items| {
             emitted.push(items);
             after_emit();
             Ok(())
         });
-        let records = log.verify(&trust, &[]).map(|v| v.records);
-        (r, emitted, records)
+        Ran {
+            result,
+            emitted,
+            records: log.verify(&trust, &[]).map(|v| v.records),
+        }
     }
 
     #[test]
@@ -341,8 +347,12 @@ mod tests {
                 _ => request(&format!("u{i}@corp")),
             })
             .collect();
-        let (r, emitted, records) = run_batch(dir.path(), &requests, 3, || {});
-        r.unwrap();
+        let Ran {
+            result,
+            emitted,
+            records,
+        } = run_batch(dir.path(), &requests, 3, || {});
+        result.unwrap();
         assert_eq!(records.unwrap(), 6);
         assert_eq!(
             emitted.iter().map(Vec::len).collect::<Vec<_>>(),
@@ -370,12 +380,16 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let requests: Vec<String> = (0..8).map(|i| request(&format!("u{i}@corp"))).collect();
         // After the first chunk is durable and handed out, someone edits its last record.
-        let (r, emitted, records) = run_batch(dir.path(), &requests, 2, || {
+        let Ran {
+            result,
+            emitted,
+            records,
+        } = run_batch(dir.path(), &requests, 2, || {
             let text = std::fs::read_to_string(&path).unwrap();
             std::fs::write(&path, text.replacen("u1@corp", "u9@corp", 1)).unwrap();
         });
         assert!(records.is_err());
-        assert!(matches!(r, Err(IssuerError::Audit(_))), "{r:?}");
+        assert!(matches!(result, Err(IssuerError::Audit(_))), "{result:?}");
         // Chunks already signed behind it are never handed out.
         assert_eq!(emitted.len(), 1);
         let text = std::fs::read_to_string(&path).unwrap();
