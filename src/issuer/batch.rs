@@ -39,10 +39,10 @@ pub enum BatchItem {
 }
 
 /// Signs a batch: requests are verified and approved on `opts.verifiers` threads and signed on
-/// one thread per key of the pool (each key its own PKCS#11 session); the audit records of each chunk of `chunk`
-/// requests are appended with one fsync and one checkpoint signed by `notary`. `emit`
-/// receives each chunk's results, in input order, only after that chunk's records are
-/// durable — the caller prints them then. When the audit log cannot be appended or does not
+/// one thread per key of the pool (each key its own PKCS#11 session); the audit records of
+/// each chunk of `chunk` requests are appended with one fsync and one checkpoint signed by
+/// `notary`. `emit` receives each chunk's results, in input order, only after that chunk's
+/// records are durable — the caller prints them then. When the audit log cannot be appended or does not
 /// verify, the batch stops there (fail closed): that chunk's passes are never emitted.
 pub fn issue_batch<K: Signer + Send + Sync>(
     cfg: &IssuerConfig,
@@ -173,8 +173,8 @@ fn stopped() -> IssuerError {
     IssuerError::Internal("a signing worker stopped unexpectedly".into())
 }
 
-/// Runs one request's step; a panic there (a bug) fails that request only, and the worker
-/// goes on with the others.
+/// Runs one request's step (its verification, or its signing); a panic there (a bug) fails
+/// that request only, and the thread goes on with the others.
 fn guarded<T>(step: impl FnOnce() -> Result<T, IssuerError>) -> Result<T, IssuerError> {
     catch_unwind(AssertUnwindSafe(step)).unwrap_or_else(|panic| Err(panicked(&*panic)))
 }
