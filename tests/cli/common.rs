@@ -409,24 +409,32 @@ pub fn free_port() -> u16 {
 fn free_port_pair() -> u16 {
     // Ports handed out from one counter per test process (starting at a random even port), so
     // parallel tests never pick the same pair; each pair is checked free before use. (Asking
-    // the OS for port 0 and releasing it let two swtpm instances race for one port.)
+    // the OS for port 0 and releasing it let two swtpm instances race for one port.) The
+    // counter stays below the kernel's ephemeral range: there, an outgoing connection of any
+    // test (or a port-0 listener) could take a chosen port before its server binds it.
     use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 2_000, 65_000);
+    let pairs = (ephemeral - LOW) / 2;
     if NEXT.load(Ordering::SeqCst) == 0 {
         let mut r = [0u8; 2];
         getrandom::getrandom(&mut r).expect("random");
-        let start = 20_000 + (u32::from(u16::from_be_bytes(r)) % 20_000) * 2;
+        let start = 1 + u32::from(u16::from_be_bytes(r)) % pairs;
         let _ = NEXT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
     }
-    loop {
-        let port = NEXT.fetch_add(2, Ordering::SeqCst);
-        assert!(port < 65_000, "ran out of test ports");
-        let port = port as u16;
+    for _ in 0..pairs {
+        let port = (LOW + (NEXT.fetch_add(1, Ordering::SeqCst) % pairs) * 2) as u16;
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(port) && free(port + 1) {
             return port;
         }
     }
+    panic!("no free pair of test ports below {ephemeral}");
 }
 
 impl Swtpm {
