@@ -54,7 +54,8 @@ pub fn issue_batch<K: Signer + Send + Sync>(
     mut emit: impl FnMut(Vec<BatchItem>) -> Result<(), IssuerError> + Send,
 ) -> Result<(), IssuerError> {
     // Three stages, chunk by chunk: chunk k + 2 is verified and approved while chunk k + 1 is
-    // signed and chunk k is appended, fsynced and printed. Chunks pass through in order, and
+    // signed and chunk k is appended, fsynced and printed (with at most one more chunk waiting
+    // between two stages). Chunks pass through in order, and
     // each chunk's passes are emitted only after its records are durable. Each stage's threads
     // do one kind of work (P-256 verification, or the module's signing) with its code and
     // tables hot in the core's caches: one thread verifying then signing each request in turn
@@ -82,13 +83,18 @@ pub fn issue_batch<K: Signer + Send + Sync>(
         });
         for part in requests.chunks(opts.chunk.max(1)) {
             if to_sign.send(approve_chunk(cfg, part, opts)).is_err() {
-                break; // The writer stopped with an error, returned below.
+                break; // A later stage stopped; why is returned below.
             }
         }
         drop(to_sign);
-        let stopped = |_| IssuerError::Internal("a batch stage stopped unexpectedly".into());
-        signer.join().map_err(stopped)?;
-        writer.join().map_err(stopped)?
+        // Both stages are joined; the writer's error (the audit log's) says why a batch stopped.
+        match (writer.join(), signer.join()) {
+            (Ok(Err(e)), _) => Err(e),
+            (Ok(Ok(())), Ok(())) => Ok(()),
+            _ => Err(IssuerError::Internal(
+                "a batch stage stopped unexpectedly".into(),
+            )),
+        }
     })
 }
 
@@ -170,7 +176,7 @@ fn sign_chunk<K: Signer + Send + Sync>(
 
 /// The failure of a request whose thread stopped unexpectedly.
 fn stopped() -> IssuerError {
-    IssuerError::Internal("a signing worker stopped unexpectedly".into())
+    IssuerError::Internal("a batch worker stopped unexpectedly".into())
 }
 
 /// Runs one request's step (its verification, or its signing); a panic there (a bug) fails
@@ -187,7 +193,7 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> IssuerError {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown cause".into());
     IssuerError::Internal(format!(
-        "signing this request failed unexpectedly (a bug in hwpass: {what}); the other requests are not affected"
+        "handling this request failed unexpectedly (a bug in hwpass: {what}); the other requests are not affected"
     ))
 }
 

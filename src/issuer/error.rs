@@ -75,7 +75,7 @@ pub enum IssuerError {
     /// What was asked for does not exist (a pass id not in the audit log).
     #[error("{0}")]
     NotFound(String),
-    /// Something inside the issuer failed (a signing worker stopped).
+    /// Something inside the issuer failed (a batch worker stopped).
     #[error("{0}")]
     Internal(String),
     /// The signed pass (or its delivery) is longer than a desktop accepts; nothing was audited.
