@@ -917,7 +917,10 @@ impl Idp {
     }
 
     pub fn start_with(users: &[IdpUser], options: IdpOptions) -> Self {
-        require("node", "nodejs");
+        assert!(
+            Self::node().exists(),
+            "tests/oidc/node is missing: run ci/setup-oidc (ci/setup runs it)"
+        );
         let oidc = repo().join("tests/oidc");
         let wanted: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(oidc.join("package.json")).unwrap())
@@ -1001,9 +1004,15 @@ impl Idp {
         idp
     }
 
+    /// The Node.js that ci/setup-oidc chose for the provider (the system's, or a pinned one
+    /// when the system's is older than oidc-provider needs).
+    fn node() -> PathBuf {
+        repo().join("tests/oidc/node")
+    }
+
     fn launch(&mut self, port: u16) {
         use std::io::BufRead as _;
-        let mut child = Command::new("node")
+        let mut child = Command::new(Self::node())
             .arg(repo().join("tests/oidc/provider.mjs"))
             .arg(port.to_string())
             .arg(&self.config)
