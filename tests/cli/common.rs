@@ -828,6 +828,19 @@ impl Hostile {
         Hostile::BadSignature,
         Hostile::UnknownKey,
     ];
+    /// What hwpass's refusal of such an ID token says it is (the service's sign-in callback
+    /// and `/v1/self/passes` alike).
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Hostile::WrongAudience => "made for another application",
+            Hostile::Expired => "expired",
+            Hostile::WrongIssuer => "issued by another provider",
+            Hostile::WrongNonce => "nonce does not match",
+            Hostile::BadSignature => "signature does not verify",
+            Hostile::UnknownKey => "key the provider does not publish",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Hostile::WrongAudience => "wrong_audience",

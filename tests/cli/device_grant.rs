@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::idp::device_flow;
+use crate::idp::{device_flow, Refresher};
 use crate::service::*;
 
 /// `hwpass-users` get up to 7 days; `engineering` TPM-bound passes only.
@@ -564,35 +564,13 @@ fn forged_and_misdirected_id_tokens_get_no_pass_at_the_self_service_api() {
     // The desktop client's tokens, as `hwpass request --server` gets them; each hostile one
     // comes from a refresh (the same issuing code at the provider).
     let (tokens, _) = device_flow(&idp, &frank, "openid email profile groups offline_access");
-    let mut refresh = tokens["refresh_token"].as_str().unwrap().to_string();
-    let mut next_id_token = || {
-        let (status, body) = crate::idp::post_form(
-            &format!("{}/token", idp.issuer()),
-            None,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", &refresh),
-                ("client_id", Idp::DESKTOP_CLIENT_ID),
-            ],
-        );
-        assert_eq!(status, 200, "{body}");
-        if let Some(r) = body["refresh_token"].as_str() {
-            refresh = r.to_string();
-        }
-        body["id_token"].as_str().unwrap().to_string()
-    };
+    let mut refresher = Refresher::new(&idp, &tokens);
     let sign = |auth: Option<&str>| server.post("/v1/self/passes", auth, &body);
 
-    for (mode, why) in [
-        (Hostile::WrongAudience, "made for another application"),
-        (Hostile::Expired, "expired"),
-        (Hostile::WrongIssuer, "issued by another provider"),
-        (Hostile::WrongNonce, "nonce does not match"),
-        (Hostile::BadSignature, "signature does not verify"),
-        (Hostile::UnknownKey, "key the provider does not publish"),
-    ] {
+    for mode in Hostile::ALL {
+        let why = mode.refusal();
         idp.set_hostile(Some(mode));
-        let token = next_id_token();
+        let token = refresher.next_id_token();
         let (status, _, answer) = sign(Some(&format!("Bearer {token}")));
         assert_eq!(status, 401, "{mode:?}: {answer}");
         assert!(answer.contains(why), "{mode:?}: {answer}");
@@ -610,7 +588,7 @@ fn forged_and_misdirected_id_tokens_get_no_pass_at_the_self_service_api() {
     assert!(issuer.audit_lines().is_empty(), "nothing signed");
 
     // A genuine token of the desktop client gets Frank his own pass (the check is live).
-    let token = next_id_token();
+    let token = refresher.next_id_token();
     let (status, _, answer) = sign(Some(&format!("Bearer {token}")));
     assert_eq!(status, 201, "{answer}");
     let records = issuer.audit_lines();

@@ -168,6 +168,44 @@ fn poll_device(idp: &Idp, device_code: &str) -> (u16, serde_json::Value) {
 /// The device authorization grant up to the tokens: request a code, have Chromium enter it and
 /// sign in as `user`, poll the token endpoint (bounded). Returns the token response and the
 /// device code.
+/// New ID tokens for the desktop client without signing in again: each from the refresh token
+/// of the last answer (the provider's same issuing code as at sign-in).
+pub struct Refresher {
+    token_endpoint: String,
+    refresh: String,
+}
+
+impl Refresher {
+    /// From the token answer of a sign-in with `offline_access`.
+    pub fn new(idp: &Idp, tokens: &serde_json::Value) -> Self {
+        Self {
+            token_endpoint: format!("{}/token", idp.issuer()),
+            refresh: tokens["refresh_token"]
+                .as_str()
+                .expect("a refresh token")
+                .to_string(),
+        }
+    }
+
+    /// The next ID token; the refresh token rotates when the provider says so.
+    pub fn next_id_token(&mut self) -> String {
+        let (status, body) = post_form(
+            &self.token_endpoint,
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &self.refresh),
+                ("client_id", Idp::DESKTOP_CLIENT_ID),
+            ],
+        );
+        assert_eq!(status, 200, "{body}");
+        if let Some(r) = body["refresh_token"].as_str() {
+            self.refresh = r.to_string();
+        }
+        body["id_token"].as_str().unwrap().to_string()
+    }
+}
+
 pub fn device_flow(idp: &Idp, user: &IdpUser, scope: &str) -> (serde_json::Value, String) {
     let d = idp.discovery();
     let (status, auth) = post_form(
@@ -575,34 +613,14 @@ fn hostile_modes_make_id_tokens_that_a_verifier_refuses_each_for_its_reason() {
     let idp = Idp::start(std::slice::from_ref(&frank), &[]);
     // One sign-in; then each hostile ID token comes from a refresh (the same issuing code).
     let (tokens, _) = device_flow(&idp, &frank, "openid email groups offline_access");
-    let mut refresh = tokens["refresh_token"]
-        .as_str()
-        .expect("a refresh token")
-        .to_string();
-    let token_endpoint = format!("{}/token", idp.issuer());
-    let mut next_id_token = || {
-        let (status, body) = post_form(
-            &token_endpoint,
-            None,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", &refresh),
-                ("client_id", Idp::DESKTOP_CLIENT_ID),
-            ],
-        );
-        assert_eq!(status, 200, "{body}");
-        if let Some(r) = body["refresh_token"].as_str() {
-            refresh = r.to_string();
-        }
-        body["id_token"].as_str().unwrap().to_string()
-    };
-    let genuine = next_id_token();
+    let mut refresher = Refresher::new(&idp, &tokens);
+    let genuine = refresher.next_id_token();
     let claims = verify_id_token(&idp, &genuine, Idp::DESKTOP_CLIENT_ID).unwrap();
     assert_eq!(claims["groups"], serde_json::json!(["staff"]));
     assert!(claims.get("nonce").is_none());
     for mode in Hostile::ALL {
         idp.set_hostile(Some(mode));
-        let token = next_id_token();
+        let token = refresher.next_id_token();
         let verdict = verify_id_token(&idp, &token, Idp::DESKTOP_CLIENT_ID);
         match mode {
             Hostile::WrongAudience => {
@@ -631,7 +649,7 @@ fn hostile_modes_make_id_tokens_that_a_verifier_refuses_each_for_its_reason() {
         }
     }
     idp.set_hostile(None);
-    verify_id_token(&idp, &next_id_token(), Idp::DESKTOP_CLIENT_ID).unwrap();
+    verify_id_token(&idp, &refresher.next_id_token(), Idp::DESKTOP_CLIENT_ID).unwrap();
 }
 
 #[test]

@@ -237,14 +237,8 @@ fn forged_tokens_replayed_answers_and_a_provider_that_is_down_sign_nobody_in() {
 
     // Each kind of forged or misdirected ID token: the callback is refused with what is wrong
     // and no session is opened.
-    for (mode, why) in [
-        (Hostile::WrongAudience, "made for another application"),
-        (Hostile::Expired, "expired"),
-        (Hostile::WrongIssuer, "issued by another provider"),
-        (Hostile::WrongNonce, "nonce does not match"),
-        (Hostile::BadSignature, "signature does not verify"),
-        (Hostile::UnknownKey, "key the provider does not publish"),
-    ] {
+    for mode in Hostile::ALL {
+        let why = mode.refusal();
         idp.set_hostile(Some(mode));
         let mut c = Client::new(&server);
         let auth = c.start();
