@@ -208,13 +208,47 @@ fn no_token_in(text: &str, what: &str) {
     assert!(!text.contains("eyJ"), "a token in {what}:\n{text}");
 }
 
+/// The usual scene: an issuer whose service signs `user` in at the test provider (the groups
+/// of [`GROUPS`]), an enrolled software desktop trusting it, and that desktop's state before
+/// anything happens. Destructure it in the order of the fields, so that its parts drop as
+/// locals would: the desktop first, the issuer last.
+struct Scene {
+    issuer: Issuer,
+    user: IdpUser,
+    server: Server,
+    idp: Idp,
+    d: Desktop,
+    before: BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)>,
+}
+
+impl Scene {
+    fn new(user: IdpUser) -> Self {
+        let issuer = Issuer::new();
+        let trust = issuer.setup();
+        let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&user), GROUPS);
+        let d = Desktop::enrolled(&trust);
+        let before = snapshot(&d.state);
+        Self {
+            issuer,
+            user,
+            server,
+            idp,
+            d,
+            before,
+        }
+    }
+}
+
 #[test]
 fn signing_in_from_the_terminal_installs_the_pass_and_the_audit_names_the_person() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let olga = IdpUser::new("olga", &["staff", "hwpass-users"]);
-    let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
-    let d = Desktop::enrolled(&trust);
+    let Scene {
+        issuer,
+        user: olga,
+        server,
+        idp,
+        d,
+        before: _,
+    } = Scene::new(IdpUser::new("olga", &["staff", "hwpass-users"]));
 
     let pending = Pending::start(&d, &server.url, &["--valid-for", "2d", "--json"]);
     let shown = pending.shown();
@@ -335,12 +369,14 @@ fn a_tpm_desktop_gets_its_pass_sealed_to_its_tpm_through_sign_in() {
 
 #[test]
 fn turning_the_sign_in_down_at_the_provider_installs_nothing() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let olga = IdpUser::new("olga", &["hwpass-users"]);
-    let (server, _idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
-    let d = Desktop::enrolled(&trust);
-    let before = snapshot(&d.state);
+    let Scene {
+        issuer,
+        user: olga,
+        server,
+        idp: _idp,
+        d,
+        before,
+    } = Scene::new(IdpUser::new("olga", &["hwpass-users"]));
 
     let pending = Pending::start(&d, &server.url, &[]);
     let shown = pending.shown();
@@ -420,12 +456,14 @@ fn a_code_that_expires_before_anyone_signs_in_installs_nothing() {
 
 #[test]
 fn a_person_in_no_allowed_group_is_refused_with_the_groups_named() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let nina = IdpUser::new("nina", &["staff"]);
-    let (server, _idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&nina), GROUPS);
-    let d = Desktop::enrolled(&trust);
-    let before = snapshot(&d.state);
+    let Scene {
+        issuer,
+        user: nina,
+        server,
+        idp: _idp,
+        d,
+        before,
+    } = Scene::new(IdpUser::new("nina", &["staff"]));
 
     let pending = Pending::start(&d, &server.url, &[]);
     sign_in(&pending.shown(), &nina);
@@ -446,12 +484,14 @@ fn a_person_in_no_allowed_group_is_refused_with_the_groups_named() {
 
 #[test]
 fn a_subject_naming_someone_else_is_refused_before_anything_is_signed() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let olga = IdpUser::new("olga", &["hwpass-users"]);
-    let (server, _idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
-    let d = Desktop::enrolled(&trust);
-    let before = snapshot(&d.state);
+    let Scene {
+        issuer,
+        user: olga,
+        server,
+        idp: _idp,
+        d,
+        before,
+    } = Scene::new(IdpUser::new("olga", &["hwpass-users"]));
 
     let pending = Pending::start(&d, &server.url, &["--subject", "bob@corp.example"]);
     sign_in(&pending.shown(), &olga);
@@ -475,12 +515,14 @@ fn a_subject_naming_someone_else_is_refused_before_anything_is_signed() {
 
 #[test]
 fn ctrl_c_while_waiting_for_sign_in_exits_130_and_changes_nothing() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let olga = IdpUser::new("olga", &["hwpass-users"]);
-    let (server, _idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&olga), GROUPS);
-    let d = Desktop::enrolled(&trust);
-    let before = snapshot(&d.state);
+    let Scene {
+        issuer,
+        user: _olga,
+        server,
+        idp: _idp,
+        d,
+        before,
+    } = Scene::new(IdpUser::new("olga", &["hwpass-users"]));
 
     for json in [false, true] {
         let args: &[&str] = if json { &["--json"] } else { &[] };
@@ -553,11 +595,14 @@ fn refused_before_sign_in_plain_http_on_the_network_and_a_service_without_sign_i
 
 #[test]
 fn forged_and_misdirected_id_tokens_get_no_pass_at_the_self_service_api() {
-    let issuer = Issuer::new();
-    let trust = issuer.setup();
-    let frank = IdpUser::new("frank", &["hwpass-users"]);
-    let (server, idp) = Server::start_with_idp(&issuer, std::slice::from_ref(&frank), GROUPS);
-    let d = Desktop::enrolled(&trust);
+    let Scene {
+        issuer,
+        user: frank,
+        server,
+        idp,
+        d,
+        before: _,
+    } = Scene::new(IdpUser::new("frank", &["hwpass-users"]));
     let request = d.request(&frank.email, &[]);
     let body = sign_body(&request, None);
 
