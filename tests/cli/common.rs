@@ -27,6 +27,95 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Runs `openssl` with `args` in `dir`; fails the test when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    require("openssl", "openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.args(args).current_dir(dir);
+    let r = run(cmd, None);
+    assert_eq!(r.code, 0, "openssl {args:?}: {r:?}");
+}
+
+/// A new P-256 CA in `dir` (`NAME.key`, `NAME.pem`, valid 2 days) with subject CN `cn`; its
+/// certificate's path.
+pub fn test_ca(dir: &Path, name: &str, cn: &str) -> PathBuf {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={cn}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+        ],
+    );
+    dir.join(pem)
+}
+
+/// A CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 and `localhost`
+/// (`server.pem`, key `server.key`, not a CA, for server authentication), all in `dir`
+/// (webpki refuses a self-signed CA certificate used as the server's own).
+pub fn test_server_pki(dir: &Path) {
+    test_ca(dir, "ca", "hwpass test CA");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
 /// Held by every test that changes what is machine-wide (dpkg, the `hwpass` account,
 /// `/etc/hwpass`, `/var/lib/hwpass`: tests/cli/packages.rs) or depends on it (`init` as root
 /// looks for the `hwpass` account): one such test at a time, also across test processes (other

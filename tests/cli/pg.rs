@@ -241,67 +241,8 @@ impl Postgres {
     /// refuses TCP connections without it (`hostnossl … reject`); returns the CA's PEM file
     /// (outside the data directory).
     pub fn require_tls(&self) -> PathBuf {
-        require("openssl", "openssl");
         let dir = self.dir.path();
-        let openssl = |args: &[&str]| {
-            let mut cmd = Command::new("openssl");
-            cmd.args(args).current_dir(dir);
-            let r = run(cmd, None);
-            assert_eq!(r.code, 0, "openssl {args:?}: {r:?}");
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hwpass test PostgreSQL CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
+        test_server_pki(dir);
         let mut cmd = Command::new("chown");
         cmd.arg("postgres:postgres")
             .arg(dir.join("server.key"))

@@ -904,28 +904,7 @@ fn pg_over_tls_checks_the_servers_certificate_against_the_configured_ca() {
     assert_eq!(no_ca.code, 1, "{no_ca:?}");
     assert!(no_ca.stderr.contains("[store] ca_file"), "{no_ca:?}");
     // A CA that did not sign the server's certificate: refused by the TLS handshake.
-    let other = issuer.dir.path().join("other-ca.pem");
-    let mut cmd = std::process::Command::new("openssl");
-    cmd.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-    ])
-    .args([
-        "-nodes",
-        "-keyout",
-        "/dev/null",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=someone else",
-    ])
-    .arg("-out")
-    .arg(&other);
-    assert_eq!(run(cmd, None).code, 0);
+    let other = test_ca(issuer.dir.path(), "other-ca", "someone else");
     issuer.write_config(
         &url,
         &format!("ca_file = {:?}", other.display().to_string()),

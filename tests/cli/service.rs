@@ -761,81 +761,10 @@ fn web_forms_refuse_a_missing_or_wrong_csrf_token() {
 
 #[test]
 fn https_with_rustls_and_refresh_checks_the_servers_ca() {
-    require("openssl", "openssl");
     let issuer = Issuer::new();
     let trust = issuer.setup();
     let dir = issuer.dir.path();
-    // A CA and a server certificate for 127.0.0.1 signed by it (webpki refuses a self-signed
-    // CA certificate used as the server's own).
-    let ssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    ssl(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hwpass test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    ]
-    .concat());
-    ssl(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "tls.key",
-            "-out",
-            "tls.csr",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "tls.crt",
-    ]);
+    test_server_pki(dir);
     // TLS certificate validity is checked against the real clock inside rustls, so this
     // server and desktop run at the real time instead of the tests' fixed one.
     let now = std::time::SystemTime::now()
@@ -844,7 +773,7 @@ fn https_with_rustls_and_refresh_checks_the_servers_ca() {
         .as_secs() as i64;
     let server = Server::start_at(
         &issuer,
-        "tls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\n",
+        "tls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
         now,
     );
     assert!(
@@ -853,7 +782,7 @@ fn https_with_rustls_and_refresh_checks_the_servers_ca() {
         server.url
     );
     let d = Desktop::enrolled_at(&trust, now);
-    let ca = dir.join("ca.crt");
+    let ca = dir.join("ca.pem");
     let r = d.run(
         &[
             "refresh",
