@@ -553,12 +553,7 @@ impl Provider {
     /// endpoint (which hands over the ID token).
     pub fn device_endpoints(&self) -> Result<[String; 2], OidcError> {
         let known = self.known()?;
-        let device = known
-            .meta
-            .additional_metadata()
-            .device_authorization_endpoint
-            .as_ref()
-            .ok_or_else(|| self.no_device_endpoint())?;
+        let device = self.device_endpoint(&known)?;
         let token = known.meta.token_endpoint().ok_or_else(|| {
             OidcError::Config(format!(
                 "the sign-in provider {} names no token endpoint in its discovery document",
@@ -569,11 +564,22 @@ impl Provider {
     }
 
     #[cfg(feature = "desktop")]
-    fn no_device_endpoint(&self) -> OidcError {
-        OidcError::Config(format!(
-            "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
-            self.issuer
-        ))
+    /// The device authorization endpoint `known` names, or why there is none.
+    fn device_endpoint<'k>(
+        &self,
+        known: &'k Known,
+    ) -> Result<&'k DeviceAuthorizationUrl, OidcError> {
+        known
+            .meta
+            .additional_metadata()
+            .device_authorization_endpoint
+            .as_ref()
+            .ok_or_else(|| {
+                OidcError::Config(format!(
+                    "the sign-in provider {} offers no device sign-in (no device_authorization_endpoint in its discovery document)",
+                    self.issuer
+                ))
+            })
     }
 
     #[cfg(feature = "desktop")]
@@ -585,12 +591,7 @@ impl Provider {
         scopes: &[String],
     ) -> Result<DeviceCode, OidcError> {
         let (client, known) = self.client(client_id, None)?;
-        let url = known
-            .meta
-            .additional_metadata()
-            .device_authorization_endpoint
-            .clone()
-            .ok_or_else(|| self.no_device_endpoint())?;
+        let url = self.device_endpoint(&known)?.clone();
         let client = client.set_device_authorization_url(url);
         let mut req = client.exchange_device_code();
         for s in scopes.iter().filter(|s| *s != "openid") {
@@ -624,12 +625,7 @@ impl Provider {
         sleep: impl Fn(Duration),
     ) -> Result<String, OidcError> {
         let (client, known) = self.client(client_id, None)?;
-        let url = known
-            .meta
-            .additional_metadata()
-            .device_authorization_endpoint
-            .clone()
-            .ok_or_else(|| self.no_device_endpoint())?;
+        let url = self.device_endpoint(&known)?.clone();
         // The poller retries a provider that does not answer (backing off) until the code's
         // lifetime is over and then reports the code expired: remember the last failure so
         // that case is told as what it was.
