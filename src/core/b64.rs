@@ -12,3 +12,8 @@ pub fn b64url(bytes: &[u8]) -> String {
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
+
+/// Whether `b` is in the base64url alphabet (RFC 4648 §5, no padding).
+pub fn is_b64url_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}

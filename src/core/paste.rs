@@ -12,7 +12,7 @@ pub fn clean(text: &str) -> String {
     // The usual case, a token pasted whole: nothing to undo.
     if text
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        .all(|b| crate::core::b64::is_b64url_byte(b) || b == b'.')
     {
         return text.to_string();
     }

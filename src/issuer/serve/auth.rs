@@ -176,11 +176,7 @@ fn cookie_raw(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
-        .filter(|v| {
-            v.len() <= 4096
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        .filter(|v| v.len() <= 4096 && v.bytes().all(crate::core::b64::is_b64url_byte))
 }
 
 fn random_id() -> Result<String, ApiError> {
