@@ -1,6 +1,6 @@
 // A real OpenID Provider (node-oidc-provider) for hwpass's tests, on loopback only.
 //
-//   node tests/oidc/provider.mjs PORT CONFIG.json
+//   tests/oidc/node tests/oidc/provider.mjs PORT CONFIG.json
 //
 // PORT 0 lets the system choose. Once listening it prints exactly one line on stdout,
 // `ready http://127.0.0.1:PORT` (the issuer), and logs requests (method and path, never a query
